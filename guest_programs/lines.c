@@ -1,0 +1,23 @@
+/* lines: output-heavy. Prints numbered lines with some work between them; used by the
+ * fault-tolerance tests, which check that every line arrives exactly once, in order. */
+#include "ftvm.h"
+
+#define LINES 2000
+
+int main(void)
+{
+    uint64_t x = 0x9E3779B97F4A7C15ull;
+    for (uint64_t n = 1; n <= LINES; n++) {
+        for (int k = 0; k < 20000; k++) {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+        }
+        ftvm_puts("line ");
+        ftvm_put_u64(n);
+        ftvm_puts(" ");
+        ftvm_put_hex(x & 0xffff);
+        ftvm_putc('\n');
+    }
+    return 0;
+}

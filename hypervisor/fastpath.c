@@ -1,0 +1,169 @@
+/* The hot paths of ftvm: block counting and virtual time (RDTSC/RDTSCP).
+ *
+ * Each translated block that runs calls ftvm_block_hook. It counts the block, unless a
+ * stop was asked for, in which case it stops Unicorn *before* the block runs and leaves
+ * the count alone; the same hook fires for the same block on resume and counts it then.
+ * So (blocks, pc) names the same instant however often the hypervisor stops, resumes or
+ * moves the state into a fresh engine.
+ */
+#include <signal.h>
+#include <stdint.h>
+#include <string.h>
+#include <time.h>
+#include <unicorn/unicorn.h>
+
+#include "fastpath.h"
+
+#define FTVM_TSC_HOST 0
+#define FTVM_TSC_SYNTHETIC 1
+#define FTVM_TSC_REPLAY 2
+
+#define FTVM_DIV_TSC_EXHAUSTED 1  /* guest ran more RDTSCs than the log holds */
+#define FTVM_DIV_TSC_POINT 2      /* an RDTSC ran at another block count than logged */
+
+#define SYNC_TSC_DRAIN 1u
+#define SYNC_DIVERGED 2u
+#define SYNC_HYPERCALL 4u  /* set from Python port hooks */
+
+#define RFLAGS_IF 0x200u
+
+void ftvm_block_hook(void *uc_, uint64_t address, uint32_t size, void *user)
+{
+    uc_engine *uc = (uc_engine *)uc_;
+    ftvm_cpu *c = (ftvm_cpu *)user;
+    (void)size;
+    if (__builtin_expect(c->blocks == c->stop_at || c->async_req || c->sync_req || c->irq_wait, 0)) {
+        int stop = 1;
+        if (c->blocks != c->stop_at && !c->async_req && !c->sync_req) {
+            /* Only irq_wait: stop once the guest has interrupts enabled. */
+            uint64_t rflags = 0;
+            uc_reg_read(uc, UC_X86_REG_RFLAGS, &rflags);
+            stop = (rflags & RFLAGS_IF) != 0;
+        }
+        if (stop) {
+            c->stop_pc = address;
+            uc_emu_stop(uc);
+            return;
+        }
+    }
+    c->blocks++;
+}
+
+uint64_t ftvm_host_ns(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
+}
+
+static uint64_t next_tsc(uc_engine *uc, ftvm_cpu *c)
+{
+    uint64_t v;
+    if (c->tsc_mode == FTVM_TSC_REPLAY) {
+        if (c->tsc_pos >= c->tsc_len) {
+            if (!c->diverged) {
+                c->diverged = FTVM_DIV_TSC_EXHAUSTED;
+                c->div_blocks = c->blocks;
+                c->div_index = c->tsc_count;
+            }
+            c->sync_req |= SYNC_DIVERGED;
+            uc_emu_stop(uc);
+            return c->tsc_last;
+        }
+        uint64_t want_blocks = c->tsc_buf[2 * (uint64_t)c->tsc_pos];
+        v = c->tsc_buf[2 * (uint64_t)c->tsc_pos + 1];
+        if (want_blocks != c->blocks && !c->diverged) {
+            c->diverged = FTVM_DIV_TSC_POINT;
+            c->div_blocks = c->blocks;
+            c->div_expected = want_blocks;
+            c->div_index = c->tsc_count;
+            c->sync_req |= SYNC_DIVERGED;
+            uc_emu_stop(uc);
+        }
+        c->tsc_pos++;
+        /* Ask for a refill while a whole block's worth is left (a translated block
+         * holds at most 512 instructions). */
+        if (c->tsc_more && c->tsc_len - c->tsc_pos < 1024)
+            c->sync_req |= SYNC_TSC_DRAIN;
+    } else {
+        if (c->tsc_mode == FTVM_TSC_SYNTHETIC)
+            v = (uint64_t)((int64_t)(c->blocks * c->tsc_synth_ns_per_block) + c->tsc_offset_ns);
+        else
+            v = (uint64_t)((int64_t)ftvm_host_ns() + c->tsc_offset_ns);
+        if (v <= c->tsc_last)   /* never backwards, never the same twice */
+            v = c->tsc_last + 1;
+        if (c->tsc_len < c->tsc_cap) {
+            c->tsc_buf[2 * (uint64_t)c->tsc_len] = c->blocks;
+            c->tsc_buf[2 * (uint64_t)c->tsc_len + 1] = v;
+            c->tsc_len++;
+        }
+        /* The buffer keeps slack past the high-water mark for the rest of the block:
+         * a translated block holds at most 512 instructions. */
+        if (c->tsc_len >= c->tsc_high_water)
+            c->sync_req |= SYNC_TSC_DRAIN;
+    }
+    c->tsc_last = v;
+    c->tsc_count++;
+    return v;
+}
+
+int ftvm_rdtsc_hook(void *uc_, void *user)
+{
+    uc_engine *uc = (uc_engine *)uc_;
+    uint64_t v = next_tsc(uc, (ftvm_cpu *)user);
+    uint64_t lo = v & 0xffffffffull, hi = v >> 32;
+    uc_reg_write(uc, UC_X86_REG_RAX, &lo);
+    uc_reg_write(uc, UC_X86_REG_RDX, &hi);
+    return 1; /* skip the real instruction */
+}
+
+int ftvm_rdtscp_hook(void *uc_, void *user)
+{
+    uc_engine *uc = (uc_engine *)uc_;
+    ftvm_cpu *c = (ftvm_cpu *)user;
+    uint64_t v = next_tsc(uc, c);
+    uint64_t lo = v & 0xffffffffull, hi = v >> 32, aux = c->tsc_aux;
+    uc_reg_write(uc, UC_X86_REG_RAX, &lo);
+    uc_reg_write(uc, UC_X86_REG_RDX, &hi);
+    uc_reg_write(uc, UC_X86_REG_RCX, &aux);
+    return 1;
+}
+
+/* SIGINT/SIGTERM while the guest runs: Python's own handler would only run once
+ * emu_start returns, which for a CPU-bound guest may be never. */
+static ftvm_cpu *signal_cpu;
+static struct sigaction old_int, old_term;
+static int signals_installed;
+
+static void on_signal(int sig)
+{
+    if (signal_cpu) {
+        signal_cpu->signal = (uint32_t)sig;
+        signal_cpu->async_req = 1;
+    }
+}
+
+int ftvm_install_signals(ftvm_cpu *cpu)
+{
+    struct sigaction sa;
+    memset(&sa, 0, sizeof sa);
+    sa.sa_handler = on_signal;
+    sigemptyset(&sa.sa_mask);
+    signal_cpu = cpu;
+    if (sigaction(SIGINT, &sa, &old_int) != 0)
+        return -1;
+    if (sigaction(SIGTERM, &sa, &old_term) != 0)
+        return -1;
+    signals_installed = 1;
+    return 0;
+}
+
+void ftvm_restore_signals(void)
+{
+    if (signals_installed) {
+        sigaction(SIGINT, &old_int, NULL);
+        sigaction(SIGTERM, &old_term, NULL);
+        signals_installed = 0;
+    }
+    signal_cpu = NULL;
+}

@@ -1,0 +1,48 @@
+/* Shared between the C fast path and Python (cffi cdef reads this file).
+ * Keep it free of preprocessor directives: cffi parses it as declarations. */
+
+typedef struct ftvm_cpu {
+    /* Execution point: blocks that have actually run. A block whose hook asked for
+     * a stop has not run and is not counted; it is counted when it runs on resume. */
+    uint64_t blocks;
+    /* Stop before running a block when blocks == stop_at (UINT64_MAX: never). */
+    uint64_t stop_at;
+    /* Stop requests. async_req may be set from other threads or a signal handler;
+     * sync_req is set by hooks on the emulation thread. Python clears both. */
+    volatile uint32_t async_req;
+    uint32_t sync_req;
+    /* Stop at the first block boundary where RFLAGS.IF is set (an IRQ waits). */
+    uint32_t irq_wait;
+    /* Set by the SIGINT/SIGTERM handler: the signal number. */
+    volatile uint32_t signal;
+    /* Address of the block that was about to run when the hook stopped. */
+    uint64_t stop_pc;
+
+    /* Virtual time (RDTSC/RDTSCP). Units: nanoseconds of guest time. */
+    uint32_t tsc_mode;          /* FTVM_TSC_HOST, FTVM_TSC_SYNTHETIC, FTVM_TSC_REPLAY */
+    uint32_t tsc_aux;           /* value RDTSCP puts in ECX */
+    int64_t tsc_offset_ns;      /* host mode: vtime = CLOCK_MONOTONIC + offset */
+    uint64_t tsc_last;          /* last value returned; vtime never goes backwards */
+    uint64_t tsc_count;         /* RDTSC/RDTSCP executed so far */
+    uint64_t tsc_synth_ns_per_block; /* synthetic mode: vtime advances this much per block */
+    /* Record: (blocks, value) pairs appended here; replay: pairs consumed from here. */
+    uint64_t *tsc_buf;
+    uint32_t tsc_len;           /* pairs in the buffer */
+    uint32_t tsc_cap;           /* capacity in pairs */
+    uint32_t tsc_pos;           /* replay: next pair to consume */
+    uint32_t tsc_high_water;    /* record: ask for a stop (to drain) at this many pairs */
+    uint32_t tsc_more;          /* replay: more pairs wait in Python; ask for a refill when low */
+
+    /* Replay divergence seen by a C hook (FTVM_DIV_*), with where it happened. */
+    uint32_t diverged;
+    uint64_t div_blocks;        /* blocks when it happened */
+    uint64_t div_expected;      /* what the log said (blocks of the RDTSC) */
+    uint64_t div_index;         /* index of the RDTSC in the run */
+} ftvm_cpu;
+
+void ftvm_block_hook(void *uc, uint64_t address, uint32_t size, void *user);
+int ftvm_rdtsc_hook(void *uc, void *user);
+int ftvm_rdtscp_hook(void *uc, void *user);
+uint64_t ftvm_host_ns(void);
+int ftvm_install_signals(ftvm_cpu *cpu);
+void ftvm_restore_signals(void);

@@ -1,0 +1,242 @@
+"""Recording: run a guest on the host's real inputs and log every nondeterministic
+thing that happens, at the execution point where it happens.
+
+The loop: run the CPU until something stops it (an arrival from the host, a hypercall,
+HLT, a full RDTSC buffer, a fault). At each stop, drain RDTSC results into the log,
+hand host arrivals to the devices (Input records), deliver one interrupt if the guest
+can take it (Irq record), write a digest when one is due, and go on.
+"""
+from __future__ import annotations
+
+import socket
+import time
+
+from logging_channel import records as R
+
+from . import __version__, abi
+from .errors import GuestStuck
+from .machine import Config, Machine
+from .sources.interrupts import HostEvents
+from .uc import NO_STOP, lib
+
+HLT = 0xF4
+
+
+class Chaos:
+    """Test hook: extra stops at given block counts, some of them moving the state into
+    a fresh engine. Must not change anything the guest can see."""
+
+    def __init__(self, stops=(), migrate_every=0):
+        self.stops = sorted(set(stops))
+        self.migrate_every = migrate_every
+        self.count = 0
+
+    def next_stop(self, blocks):
+        while self.stops and self.stops[0] < blocks:
+            self.stops.pop(0)
+        return self.stops[0] if self.stops else NO_STOP
+
+    def at_stop(self, machine):
+        if self.stops and self.stops[0] == machine.blocks:
+            self.stops.pop(0)
+            self.count += 1
+            if self.migrate_every and self.count % self.migrate_every == 0:
+                machine.vcpu.migrate()
+
+
+class ScriptedInput:
+    """Test hook: input that arrives at given block counts instead of from stdin.
+    ``events`` is [(blocks, bytes or None for end of input)]."""
+
+    def __init__(self, events):
+        self.events = sorted(events, key=lambda e: e[0])
+
+    def next_stop(self):
+        return self.events[0][0] if self.events else NO_STOP
+
+    def due(self, blocks):
+        out = []
+        while self.events and self.events[0][0] <= blocks:
+            out.append(self.events.pop(0)[1])
+        return out
+
+
+class Recorder:
+    def __init__(self, elf_bytes, image, elf_name, writer, config: Config, console,
+                 stdin_fd=None, script: ScriptedInput | None = None, chaos: Chaos | None = None,
+                 status=None):
+        self.writer = writer
+        self.config = config
+        self.console = console
+        self.m = Machine(image, config, "record", console, log_append=self._append)
+        self.script = script
+        self.chaos = chaos
+        self.status = status or (lambda msg: None)
+        self.host = HostEvents(self.m.cpu, None if script else stdin_fd)
+        self.m.on_timer_change = self.host.set_timer
+        if config.digest_interval_ms and not script:
+            # Guest time follows the host clock here, so a host-side poke at the digest
+            # interval makes sure a CPU-bound guest still stops for its digests.
+            self.host.start_poker(config.digest_interval_ms / 1000)
+        self.events = 0
+        self._events_at_digest = 0
+        self._vtime_at_digest = 0
+        self._t0 = time.monotonic_ns()
+        writer.append(R.Header(elf=elf_bytes, elf_sha256=image.sha256, elf_name=elf_name, abi=abi.ABI_VERSION,
+                               config=dict(config.to_dict(), host=socket.gethostname()),
+                               created_unix=time.time(), ftvm_version=__version__))
+
+    def _append(self, rec):
+        self.writer.append(rec)
+
+    def _event(self, rec):
+        self.writer.append(rec)
+        self.events += 1
+
+    # --- the loop ----------------------------------------------------------------------
+    def run(self):
+        """Record until the guest ends. Returns the End record written."""
+        m, cpu = self.m, self.m.cpu
+        lib.ftvm_install_signals(cpu)
+        try:
+            return self._loop(m, cpu)
+        finally:
+            lib.ftvm_restore_signals()
+            self.host.close()
+            m.console.flush()
+
+    def _loop(self, m, cpu):
+        while True:
+            self._arm(m)
+            fault = m.vcpu.run()
+            self._drain_tsc()
+            if fault is not None:
+                return self._end("fault", fault.status, f"guest fault: {fault.describe()}")
+            if m.exit_status is not None:
+                return self._end("exit", m.exit_status, f"guest exited with status {m.exit_status}")
+            if cpu.signal:
+                return self._end("interrupted", abi_interrupt_status(), f"recording stopped by signal {cpu.signal}")
+            rip = m.vcpu.reg("rip")
+            halted = (not cpu.async_req and not cpu.sync_req and cpu.blocks != cpu.stop_at
+                      and not cpu.irq_wait and m.vcpu.read(rip - 1, 1)[0] == HLT)
+            cpu.async_req = 0
+            cpu.sync_req = 0
+            cpu.irq_wait = 0
+            if m.iret_pending:
+                m.finish_iret()
+            if self.chaos:
+                self.chaos.at_stop(m)
+            self._take_host_events()
+            delivered = self._maybe_deliver()
+            while halted and not delivered:
+                if not self._can_wake():
+                    m.console.flush()
+                    return self._end("stuck", abi_stuck_status(), self._stuck_reason())
+                self.host.wait(0.05)
+                if cpu.signal:
+                    return self._end("interrupted", abi_interrupt_status(), f"recording stopped by signal {cpu.signal}")
+                self._take_host_events()
+                delivered = self._maybe_deliver()
+            self._maybe_digest()
+
+    def _arm(self, m):
+        stop = NO_STOP
+        if self.script:
+            stop = min(stop, self.script.next_stop())
+        if self.chaos:
+            stop = min(stop, self.chaos.next_stop(m.blocks))
+        m.cpu.stop_at = stop
+
+    def _drain_tsc(self):
+        batch = self.m.vtime.drain()
+        if batch is not None:
+            self.writer.append(batch)
+
+    def _take_host_events(self):
+        m = self.m
+        rip = m.vcpu.reg("rip")
+        if self.script:
+            for data in self.script.due(m.blocks):
+                self._input(rip, data)
+            return
+        data, eof_now, ticks = self.host.take()
+        if data:
+            self._input(rip, data)
+        if eof_now:
+            self._input(rip, None)
+        if ticks and m.timer_period_us:
+            m.irq.raise_line(abi.IRQ_TIMER)
+
+    def _input(self, rip, data):
+        self._event(R.Input(self.m.blocks, rip, data))
+        self.m.input.append(data)
+        self.m.irq.raise_line(abi.IRQ_INPUT)
+
+    def _maybe_deliver(self) -> bool:
+        m = self.m
+        vector = m.irq.next_vector()
+        if vector is None:
+            return False
+        if not m.irq.handler:
+            return False              # the line stays raised until a handler is registered
+        rip = m.vcpu.reg("rip")
+        if m.vcpu.read(rip, 1)[0] == HLT:
+            # Let the HLT run first and deliver after it. This keeps `sti; hlt` free of
+            # the lost-wakeup race, as the STI interrupt shadow does on hardware.
+            return False
+        if not m.irq.can_deliver():
+            if not m.irq.in_handler:
+                m.cpu.irq_wait = 1    # stop as soon as the guest sets RFLAGS.IF
+            return False
+        problem = m.irq.deliver(vector)
+        if problem:
+            m.irq.pending.discard(vector)
+            return False
+        self._event(R.Irq(m.blocks, rip, vector))
+        return True
+
+    def _can_wake(self) -> bool:
+        m = self.m
+        if not m.irq.handler or m.irq.in_handler or not (m.vcpu.reg("rflags") & abi.RFLAGS_IF):
+            return False
+        return self.host.timer_running() or bool(m.irq.pending) or (
+            self.script is not None and bool(self.script.events)) or (
+            self.script is None and self.host.input_may_come())
+
+    def _stuck_reason(self):
+        m = self.m
+        if not m.irq.handler:
+            why = "it never registered an interrupt handler"
+        elif m.irq.in_handler:
+            why = "it is inside its interrupt handler"
+        elif not m.vcpu.reg("rflags") & abi.RFLAGS_IF:
+            why = "interrupts are disabled (RFLAGS.IF=0)"
+        else:
+            why = "no timer is set and input has ended"
+        return f"guest halted (HLT at pc {m.vcpu.reg('rip') - 1:#x}) and no interrupt can ever wake it: {why}"
+
+    def _maybe_digest(self):
+        m, c = self.m, self.config
+        due = c.digest_every_events and self.events - self._events_at_digest >= c.digest_every_events
+        if c.digest_interval_ms and m.vtime.now() - self._vtime_at_digest >= c.digest_interval_ms * 1_000_000:
+            due = True
+        if due:
+            d = m.digest()
+            self.writer.append(d)
+            self._events_at_digest = self.events
+            self._vtime_at_digest = m.vtime.now()
+
+    def _end(self, reason, status, detail):
+        self.m.console.flush()
+        end = R.End(reason, status, detail, self.m.digest(), time.monotonic_ns() - self._t0)
+        self.writer.append(end)
+        return end
+
+
+def abi_interrupt_status():
+    from .errors import EXIT_INTERRUPTED
+    return EXIT_INTERRUPTED
+
+
+def abi_stuck_status():
+    return GuestStuck.exit_status

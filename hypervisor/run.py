@@ -1,0 +1,64 @@
+"""What `ftvm record` and `ftvm replay` do, between the CLI and the machine."""
+from __future__ import annotations
+
+import os
+import sys
+
+from logging_channel.logfile import LogWriter
+
+from . import elf_loader
+from .console import Console, fd_sink
+from .machine import Config
+from .record import Recorder
+from .replay import Replayer
+
+
+def record_guest(guest, log_path, *, stack_size, mem_limit, digest_interval_ms, digest_every_events, say,
+                 stdin_fd=0):
+    data, image = elf_loader.load_file(guest, mem_limit=mem_limit, stack_size=stack_size)
+    config = Config(stack_size=stack_size, mem_limit=mem_limit, digest_interval_ms=digest_interval_ms,
+                    digest_every_events=digest_every_events)
+    writer = LogWriter(log_path)
+    say(f"recording {guest} to {log_path}")
+    try:
+        rec = Recorder(data, image, os.path.basename(guest), writer, config, Console(fd_sink(1)),
+                       stdin_fd=stdin_fd)
+        end = rec.run()
+    finally:
+        writer.close()
+    _report_end(say, end, f"{rec.events} events, log {writer.records} records, {writer.bytes} bytes")
+    return end.status
+
+
+def _report_end(say, end, extra):
+    if end.reason == "exit":
+        say(f"{end.detail} after {end.blocks} blocks; {extra}")
+    else:
+        say(f"{end.detail} at block {end.blocks} pc {end.pc:#x}; {extra}")
+
+
+def replay_log(log_path, point, say):
+    to_blocks = point[1] if point and point[0] == "blocks" else None
+    to_event = point[1] if point and point[0] == "event" else None
+    rp = Replayer(log_path, Console(fd_sink(1)), to_blocks=to_blocks, to_event=to_event)
+    res = rp.run()
+    if res.stopped_at is not None:
+        print_registers(res.stopped_at, res.message)
+        return 0
+    if res.end is not None:
+        say(f"{res.message} ({res.end.blocks} blocks, {rp.events} events; identical to the recording)")
+    else:
+        say(res.message)
+    return res.status
+
+
+def print_registers(regs, title):
+    from rich.console import Console as RichConsole
+    from rich.table import Table
+    t = Table(title=title, show_header=True, header_style="bold")
+    t.add_column("register")
+    t.add_column("value", justify="right")
+    for name, value in regs.items():
+        width = 34 if name.startswith("xmm") else 18
+        t.add_row(name, f"{value:#0{width}x}")
+    RichConsole(file=sys.stdout).print(t)

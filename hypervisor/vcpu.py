@@ -1,0 +1,207 @@
+"""The Unicorn shell: one emulated x86-64 CPU with the guest's memory, ftvm's C hooks
+(block counting, virtual time) and Python hooks for port I/O and faults.
+
+The engine can be thrown away and rebuilt from a snapshot at any stop (``migrate``):
+the execution point, which lives in the C struct ``ftvm_cpu``, carries over unchanged.
+"""
+from __future__ import annotations
+
+import ctypes
+import dataclasses
+import zlib
+
+from . import abi
+from .elf_loader import PF_R, PF_W, PF_X, Image
+from .uc import UC, X86, ffi, lib, unicorn
+
+_STOP_NEVER = (1 << 64) - 1   # emu_start's `until`: not a canonical address, never reached
+
+REGS = {
+    "rax": X86.UC_X86_REG_RAX, "rbx": X86.UC_X86_REG_RBX, "rcx": X86.UC_X86_REG_RCX,
+    "rdx": X86.UC_X86_REG_RDX, "rsi": X86.UC_X86_REG_RSI, "rdi": X86.UC_X86_REG_RDI,
+    "rbp": X86.UC_X86_REG_RBP, "rsp": X86.UC_X86_REG_RSP, "r8": X86.UC_X86_REG_R8,
+    "r9": X86.UC_X86_REG_R9, "r10": X86.UC_X86_REG_R10, "r11": X86.UC_X86_REG_R11,
+    "r12": X86.UC_X86_REG_R12, "r13": X86.UC_X86_REG_R13, "r14": X86.UC_X86_REG_R14,
+    "r15": X86.UC_X86_REG_R15, "rip": X86.UC_X86_REG_RIP, "rflags": X86.UC_X86_REG_RFLAGS,
+    "fs_base": X86.UC_X86_REG_FS_BASE, "gs_base": X86.UC_X86_REG_GS_BASE,
+    **{f"xmm{i}": X86.UC_X86_REG_XMM0 + i for i in range(16)},
+    "mxcsr": X86.UC_X86_REG_MXCSR,
+}
+
+_MEM_FAULTS = {
+    UC.UC_MEM_READ_UNMAPPED: "read of unmapped memory",
+    UC.UC_MEM_WRITE_UNMAPPED: "write to unmapped memory",
+    UC.UC_MEM_FETCH_UNMAPPED: "instruction fetch from unmapped memory",
+    UC.UC_MEM_WRITE_PROT: "write to read-only memory",
+    UC.UC_MEM_READ_PROT: "read of unreadable memory",
+    UC.UC_MEM_FETCH_PROT: "instruction fetch from non-executable memory",
+}
+# CPU exceptions, and the exit status a native process would get from the signal.
+_EXCEPTIONS = {0: ("divide error (#DE)", 136), 1: ("debug trap (#DB)", 133), 3: ("breakpoint (int3)", 133),
+               4: ("overflow (#OF)", 139), 5: ("bound range (#BR)", 139), 6: ("invalid opcode (#UD)", 132),
+               13: ("general protection fault (#GP)", 139), 14: ("page fault (#PF)", 139)}
+
+
+@dataclasses.dataclass
+class Fault:
+    """A guest fault, as seen by a hook: what, where, and the exit status it maps to."""
+    what: str
+    address: int | None
+    pc: int
+    status: int
+
+    def describe(self):
+        at = f" at address {self.address:#x}" if self.address is not None else ""
+        return f"{self.what}{at} (pc {self.pc:#x})"
+
+
+def _uc_perms(flags):
+    p = 0
+    if flags & PF_R:
+        p |= UC.UC_PROT_READ
+    if flags & PF_W:
+        p |= UC.UC_PROT_WRITE
+    if flags & PF_X:
+        p |= UC.UC_PROT_EXEC
+    return p
+
+
+class VCPU:
+    """One engine plus the C state. ``ports`` handles IN/OUT; it must offer
+    ``port_in(port, size) -> int`` and ``port_out(port, size, value)``."""
+
+    def __init__(self, image: Image, stack_size: int, ports, tsc_buf_pairs: int = 1 << 16):
+        self.image = image
+        self.stack_size = stack_size
+        self.ports = ports
+        self.cpu = ffi.new("ftvm_cpu *")
+        self.cpu.stop_at = _STOP_NEVER
+        self._tsc_buf = ffi.new("uint64_t[]", 2 * tsc_buf_pairs)
+        self.cpu.tsc_buf = self._tsc_buf
+        self.cpu.tsc_cap = tsc_buf_pairs
+        self.cpu.tsc_high_water = tsc_buf_pairs - 2048
+        self.fault: Fault | None = None
+        self.regions = [(start, size, flags) for start, size, flags in image.pages()]
+        self.regions.append((abi.STACK_TOP - stack_size, stack_size, PF_R | PF_W))
+        self.uc = self._new_engine()
+        for seg in image.segments:
+            self.uc.mem_write(seg.vaddr, seg.data)
+        self.uc.reg_write(X86.UC_X86_REG_RIP, image.entry)
+        self.uc.reg_write(X86.UC_X86_REG_RSP, abi.STACK_TOP - 8)
+
+    # --- engine --------------------------------------------------------------------
+    def _new_engine(self):
+        uc = unicorn.Uc(UC.UC_ARCH_X86, UC.UC_MODE_64)
+        for start, size, flags in self.regions:
+            uc.mem_map(start, size, _uc_perms(flags))
+        self._hooks = []
+        # Hooks go in before the first emu_start (see NOTES: hooks added after code was
+        # translated may not fire on it).
+        user = ctypes.c_void_p(int(ffi.cast("uintptr_t", self.cpu)))
+        self._add_c_hook(uc, UC.UC_HOOK_BLOCK, "ftvm_block_hook", user)
+        self._add_c_hook(uc, UC.UC_HOOK_INSN, "ftvm_rdtsc_hook", user, X86.UC_X86_INS_RDTSC)
+        self._add_c_hook(uc, UC.UC_HOOK_INSN, "ftvm_rdtscp_hook", user, X86.UC_X86_INS_RDTSCP)
+        uc.hook_add(UC.UC_HOOK_INSN, self._on_in, None, 1, 0, X86.UC_X86_INS_IN)
+        uc.hook_add(UC.UC_HOOK_INSN, self._on_out, None, 1, 0, X86.UC_X86_INS_OUT)
+        uc.hook_add(UC.UC_HOOK_INSN, self._on_syscall, None, 1, 0, X86.UC_X86_INS_SYSCALL)
+        uc.hook_add(UC.UC_HOOK_MEM_UNMAPPED | UC.UC_HOOK_MEM_PROT, self._on_mem_fault)
+        uc.hook_add(UC.UC_HOOK_INSN_INVALID, self._on_invalid)
+        uc.hook_add(UC.UC_HOOK_INTR, self._on_intr)
+        return uc
+
+    def _add_c_hook(self, uc, kind, name, user, insn=None):
+        handle = ctypes.c_size_t()
+        fn = ctypes.c_void_p(int(ffi.cast("uintptr_t", getattr(lib, name))))
+        extra = () if insn is None else (ctypes.c_int(insn),)
+        status = unicorn.unicorn_py3.unicorn.uclib.uc_hook_add(
+            uc._uch, ctypes.byref(handle), kind, fn, user, ctypes.c_uint64(1), ctypes.c_uint64(0), *extra)
+        if status != UC.UC_ERR_OK:
+            raise unicorn.UcError(status)
+        self._hooks.append(handle)
+
+    def migrate(self):
+        """Move the whole CPU and memory state into a fresh engine."""
+        ctx = self.uc.context_save()
+        mem = [(start, bytes(self.uc.mem_read(start, size))) for start, size, _ in self.regions]
+        old = self.uc
+        self.uc = self._new_engine()
+        for start, data in mem:
+            self.uc.mem_write(start, data)
+        self.uc.context_restore(ctx)
+        del old
+
+    # --- running -------------------------------------------------------------------
+    def run(self):
+        """Run until something stops the engine. Returns the Fault, if the guest faulted."""
+        self.fault = None
+        try:
+            self.uc.emu_start(self.reg("rip"), _STOP_NEVER)
+        except unicorn.UcError as e:
+            if self.fault is None:
+                pc = self.reg("rip")
+                self.fault = Fault(f"emulation error: {e}", None, pc, abi_status_for(e))
+        return self.fault
+
+    # --- hooks (Python) --------------------------------------------------------------
+    def _on_in(self, uc, port, size, user):
+        return self.ports.port_in(port, size) & ((1 << (8 * size)) - 1)
+
+    def _on_out(self, uc, port, size, value, user):
+        self.ports.port_out(port, size, value)
+
+    def _on_syscall(self, uc, user):
+        self.fault = Fault("syscall instruction (not part of guest ABI v1)", None, self.reg("rip"), 159)
+        uc.emu_stop()
+
+    def _on_mem_fault(self, uc, access, address, size, value, user):
+        self.fault = Fault(_MEM_FAULTS.get(access, f"memory access {access}"), address, self.reg("rip"), 139)
+        return False
+
+    def _on_invalid(self, uc, user):
+        self.fault = Fault("invalid instruction", None, self.reg("rip"), 132)
+        return False
+
+    def _on_intr(self, uc, intno, user):
+        what, status = _EXCEPTIONS.get(intno, (f"unexpected interrupt {intno} (int {intno:#x})", 132))
+        self.fault = Fault(what, None, self.reg("rip"), status)
+        uc.emu_stop()
+
+    # --- state ---------------------------------------------------------------------
+    def reg(self, name):
+        return self.uc.reg_read(REGS[name])
+
+    def set_reg(self, name, value):
+        self.uc.reg_write(REGS[name], value)
+
+    def regs(self, names=None):
+        names = names or tuple(REGS)
+        return {n: self.uc.reg_read(REGS[n]) for n in names}
+
+    def mem_crcs(self):
+        """CRC32 of each mapped region, in address order: [(start, crc)]."""
+        return [(start, zlib.crc32(self.uc.mem_read(start, size))) for start, size, _ in self.regions]
+
+    def read(self, addr, size):
+        return bytes(self.uc.mem_read(addr, size))
+
+    def write(self, addr, data):
+        self.uc.mem_write(addr, data)
+
+    def context(self):
+        return self.uc.context_save()
+
+    def restore_context(self, ctx):
+        self.uc.context_restore(ctx)
+
+    @property
+    def memory_bytes(self):
+        return sum(size for _, size, _ in self.regions)
+
+
+def abi_status_for(err):
+    code = err.args[0] if err.args else None
+    if code in (UC.UC_ERR_INSN_INVALID,):
+        return 132
+    if code in (UC.UC_ERR_EXCEPTION,):
+        return 132
+    return 139

@@ -1,0 +1,262 @@
+"""Log records: what they hold, and how they are framed. Pure code, no I/O.
+
+A log is FILE_MAGIC followed by frames. Each frame is
+
+    u8 format version | u8 kind | u32 body length | u32 CRC32 | body (msgpack)
+
+little-endian, where the CRC32 covers the first six header bytes and the body. The
+first frame is a HEADER; a complete log ends with an END. The logging channel carries
+the very same frames, so a backup can append what it receives to its own file.
+
+Any change to what a record holds, or to the order or number of records a run
+produces, must bump FORMAT_VERSION. docs/log-format.md is the prose of this module.
+"""
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import operator
+import struct
+import zlib
+
+import msgpack
+
+FORMAT_VERSION = 1
+FILE_MAGIC = b"FTVMLOG\x00"
+FRAME = struct.Struct("<BBII")
+FRAME_HEAD = struct.Struct("<BBI")   # the part of the frame header the CRC covers
+BODY_MAX = 256 << 20                 # largest body a reader accepts (the ELF rides in HEADER)
+
+HEADER, INPUT, IRQ, TSC, RNG, DIGEST, END = 1, 2, 3, 4, 5, 6, 7
+KIND_NAMES = {HEADER: "header", INPUT: "input", IRQ: "irq", TSC: "tsc", RNG: "rng",
+              DIGEST: "digest", END: "end"}
+NAME_KINDS = {v: k for k, v in KIND_NAMES.items()}
+
+# Registers in a state digest, in this order (format version 1).
+DIGEST_REGS = ("rax", "rbx", "rcx", "rdx", "rsi", "rdi", "rbp", "rsp", "r8", "r9", "r10",
+               "r11", "r12", "r13", "r14", "r15", "rip", "rflags", "fs_base", "gs_base",
+               "xmm0", "xmm1", "xmm2", "xmm3", "xmm4", "xmm5", "xmm6", "xmm7", "xmm8",
+               "xmm9", "xmm10", "xmm11", "xmm12", "xmm13", "xmm14", "xmm15", "mxcsr")
+
+END_REASONS = ("exit", "fault", "stuck", "interrupted")
+
+
+class FrameError(Exception):
+    """A frame failed a check. ``truncated`` is true when the bytes simply stop before
+    the frame is whole (a cut, not damage); ``reason`` says what is wrong."""
+
+    def __init__(self, reason, truncated=False):
+        super().__init__(reason)
+        self.reason, self.truncated = reason, truncated
+
+
+# --- records -------------------------------------------------------------------------
+# Every record that happens at an execution point carries ``blocks`` (guest blocks run
+# before it) and ``pc`` (the address of the next instruction to run).
+
+@dataclasses.dataclass(frozen=True)
+class Header:
+    elf: bytes
+    elf_sha256: str
+    elf_name: str
+    abi: int
+    config: dict          # the machine configuration the run used (stack size, ...)
+    created_unix: float
+    ftvm_version: str
+    kind = HEADER
+
+
+@dataclasses.dataclass(frozen=True)
+class Input:
+    """Bytes appended to the input device's FIFO; ``data`` None means end of input."""
+    blocks: int
+    pc: int
+    data: bytes | None
+    kind = INPUT
+
+
+@dataclasses.dataclass(frozen=True)
+class Irq:
+    """An interrupt delivered to the guest's handler."""
+    blocks: int
+    pc: int
+    vector: int
+    kind = IRQ
+
+
+@dataclasses.dataclass(frozen=True)
+class TscBatch:
+    """Results of consecutive RDTSC/RDTSCP instructions: (blocks, value) pairs.
+    Encoded as the first pair and then deltas, which keeps most entries to 3-4 bytes."""
+    blocks: tuple
+    values: tuple
+    kind = TSC
+
+
+@dataclasses.dataclass(frozen=True)
+class Rng:
+    """A value the random-number device returned."""
+    blocks: int
+    value: int
+    kind = RNG
+
+
+@dataclasses.dataclass(frozen=True)
+class Digest:
+    """A state digest: registers (DIGEST_REGS order), CRC32 of each memory region
+    (start address, crc), guest time, and the console output so far (bytes, CRC32)."""
+    blocks: int
+    pc: int
+    vtime: int
+    regs: tuple
+    mem: tuple
+    out_bytes: int
+    out_crc: int
+    kind = DIGEST
+
+
+@dataclasses.dataclass(frozen=True)
+class End:
+    """The last record of a complete log: why the run ended, the guest's exit status
+    (or the status ftvm exits with), a human-readable detail, the final digest and
+    how long the run took on the host."""
+    reason: str
+    status: int
+    detail: str
+    digest: Digest
+    wall_ns: int
+    kind = END
+
+    @property
+    def blocks(self):
+        return self.digest.blocks
+
+    @property
+    def pc(self):
+        return self.digest.pc
+
+
+# --- body encoding ----------------------------------------------------------------------
+
+def _digest_fields(d: Digest):
+    return [d.blocks, d.pc, d.vtime, list(d.regs), [list(m) for m in d.mem], d.out_bytes, d.out_crc]
+
+
+def _body(rec) -> object:
+    k = rec.kind
+    if k == HEADER:
+        return {"elf": rec.elf, "elf_sha256": rec.elf_sha256, "elf_name": rec.elf_name,
+                "abi": rec.abi, "config": rec.config, "created_unix": rec.created_unix,
+                "ftvm_version": rec.ftvm_version}
+    if k == INPUT:
+        return [rec.blocks, rec.pc, rec.data]
+    if k == IRQ:
+        return [rec.blocks, rec.pc, rec.vector]
+    if k == TSC:
+        b, v = rec.blocks, rec.values
+        return [b[0], v[0], list(map(operator.sub, b[1:], b[:-1])), list(map(operator.sub, v[1:], v[:-1]))]
+    if k == RNG:
+        return [rec.blocks, rec.value]
+    if k == DIGEST:
+        return _digest_fields(rec)
+    if k == END:
+        return [rec.reason, rec.status, rec.detail, _digest_fields(rec.digest), rec.wall_ns]
+    raise AssertionError(f"unknown record kind {k}")
+
+
+def encode(rec, version: int = FORMAT_VERSION) -> bytes:
+    """One record as a whole frame."""
+    body = msgpack.packb(_body(rec), use_bin_type=True)
+    head = FRAME_HEAD.pack(version, rec.kind, len(body))
+    return head + struct.pack("<I", zlib.crc32(body, zlib.crc32(head))) + body
+
+
+def _is_uint(x, bits=64):
+    return type(x) is int and 0 <= x < (1 << bits)
+
+
+def _need(cond, what):
+    if not cond:
+        raise FrameError(what)
+
+
+def _digest_from(f, where="digest") -> Digest:
+    _need(isinstance(f, list) and len(f) == 7, f"{where}: expected 7 fields")
+    blocks, pc, vtime, regs, mem, out_bytes, out_crc = f
+    _need(_is_uint(blocks) and _is_uint(pc) and _is_uint(vtime), f"{where}: bad execution point or time")
+    _need(isinstance(regs, list) and len(regs) == len(DIGEST_REGS) and all(_is_uint(r, 128) for r in regs),
+          f"{where}: expected {len(DIGEST_REGS)} registers")
+    _need(isinstance(mem, list) and all(isinstance(m, list) and len(m) == 2 and _is_uint(m[0]) and _is_uint(m[1], 32)
+                                        for m in mem), f"{where}: bad memory hashes")
+    _need(_is_uint(out_bytes) and _is_uint(out_crc, 32), f"{where}: bad output summary")
+    return Digest(blocks, pc, vtime, tuple(regs), tuple(tuple(m) for m in mem), out_bytes, out_crc)
+
+
+def _from_body(kind, b):
+    if kind == HEADER:
+        _need(isinstance(b, dict), "header: expected a map")
+        try:
+            h = Header(b["elf"], b["elf_sha256"], b["elf_name"], b["abi"], b["config"],
+                       b["created_unix"], b["ftvm_version"])
+        except KeyError as e:
+            raise FrameError(f"header: missing field {e.args[0]!r}") from None
+        _need(isinstance(h.elf, bytes) and isinstance(h.elf_sha256, str) and isinstance(h.config, dict)
+              and type(h.abi) is int, "header: field of the wrong type")
+        return h
+    _need(isinstance(b, list), f"{KIND_NAMES[kind]}: expected an array")
+    if kind == INPUT:
+        _need(len(b) == 3 and _is_uint(b[0]) and _is_uint(b[1]) and (b[2] is None or isinstance(b[2], bytes)),
+              "input: expected [blocks, pc, bytes|nil]")
+        return Input(*b)
+    if kind == IRQ:
+        _need(len(b) == 3 and _is_uint(b[0]) and _is_uint(b[1]) and _is_uint(b[2], 8),
+              "irq: expected [blocks, pc, vector]")
+        return Irq(*b)
+    if kind == TSC:
+        _need(len(b) == 4 and _is_uint(b[0]) and _is_uint(b[1]) and isinstance(b[2], list)
+              and isinstance(b[3], list) and len(b[2]) == len(b[3]), "tsc: expected [blocks0, tsc0, [dblocks], [dtsc]]")
+        db, dv = b[2], b[3]
+        if db:
+            _need(set(map(type, db)) == {int} and set(map(type, dv)) == {int} and min(db) >= 0 and min(dv) > 0,
+                  "tsc: deltas must be integers, with time strictly increasing")
+        blocks = tuple(itertools.accumulate(db, initial=b[0]))
+        values = tuple(itertools.accumulate(dv, initial=b[1]))
+        _need(blocks[-1] < 1 << 64 and values[-1] < 1 << 64, "tsc: values overflow 64 bits")
+        return TscBatch(blocks, values)
+    if kind == RNG:
+        _need(len(b) == 2 and _is_uint(b[0]) and _is_uint(b[1], 32), "rng: expected [blocks, value]")
+        return Rng(*b)
+    if kind == DIGEST:
+        return _digest_from(b)
+    if kind == END:
+        _need(len(b) == 5 and b[0] in END_REASONS and _is_uint(b[1], 8) and isinstance(b[2], str)
+              and _is_uint(b[4]), "end: expected [reason, status, detail, digest, wall_ns]")
+        return End(b[0], b[1], b[2], _digest_from(b[3], "end digest"), b[4])
+    raise AssertionError(kind)
+
+
+def decode(buf, offset: int = 0):
+    """Decode the frame at ``offset`` of ``buf``. Returns (record, frame size).
+
+    Raises FrameError: truncated=True when ``buf`` ends before the frame does."""
+    avail = len(buf) - offset
+    if avail < FRAME.size:
+        raise FrameError(f"{avail} bytes left, a frame header needs {FRAME.size}", truncated=True)
+    version, kind, length, crc = FRAME.unpack_from(buf, offset)
+    if version != FORMAT_VERSION:
+        raise FrameError(f"format version {version}, this ftvm reads version {FORMAT_VERSION}")
+    if kind not in KIND_NAMES:
+        raise FrameError(f"unknown record kind {kind}")
+    if length > BODY_MAX:
+        raise FrameError(f"body length {length} is over the limit of {BODY_MAX}")
+    if avail < FRAME.size + length:
+        raise FrameError(f"{KIND_NAMES[kind]} record claims {length} body bytes, only {avail - FRAME.size} remain",
+                         truncated=True)
+    body = bytes(buf[offset + FRAME.size: offset + FRAME.size + length])
+    if zlib.crc32(body, zlib.crc32(FRAME_HEAD.pack(version, kind, length))) != crc:
+        raise FrameError(f"{KIND_NAMES[kind]} record fails its CRC32 check")
+    try:
+        obj = msgpack.unpackb(body, raw=False, use_list=True, strict_map_key=True)
+    except (ValueError, msgpack.ExtraData, msgpack.FormatError, msgpack.StackError) as e:
+        raise FrameError(f"{KIND_NAMES[kind]} record body is not valid msgpack ({e})") from None
+    return _from_body(kind, obj), FRAME.size + length
