@@ -42,6 +42,7 @@ void ftvm_block_hook(void *uc_, uint64_t address, uint32_t size, void *user)
         }
         if (stop) {
             c->stop_pc = address;
+            c->hook_stops++;
             uc_emu_stop(uc);
             return;
         }

@@ -15,8 +15,10 @@ typedef struct ftvm_cpu {
     uint32_t irq_wait;
     /* Set by the SIGINT/SIGTERM handler: the signal number. */
     volatile uint32_t signal;
-    /* Address of the block that was about to run when the hook stopped. */
+    /* Address of the block that was about to run when the hook last stopped, and how
+     * many times it has stopped (so the caller can tell a hook stop from HLT). */
     uint64_t stop_pc;
+    uint64_t hook_stops;
 
     /* Virtual time (RDTSC/RDTSCP). Units: nanoseconds of guest time. */
     uint32_t tsc_mode;          /* FTVM_TSC_HOST, FTVM_TSC_SYNTHETIC, FTVM_TSC_REPLAY */

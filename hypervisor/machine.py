@@ -36,7 +36,7 @@ class Config:
 
 
 class Machine:
-    def __init__(self, image, config: Config, mode: str, console: Console, log_append=None):
+    def __init__(self, image, config: Config, mode: str, console: Console, log_append=None, entropy=None):
         assert mode in ("record", "replay")
         self.mode = mode
         self.config = config
@@ -44,7 +44,7 @@ class Machine:
         self.vcpu = VCPU(image, config.stack_size, self)
         self.cpu = self.vcpu.cpu
         self.vtime = VirtualTime(self.cpu, mode, config.tsc_synthetic_ns_per_block)
-        self.rng = RngDevice(mode, log_append)
+        self.rng = RngDevice(mode, log_append, **({"entropy": entropy} if entropy else {}))
         self.irq = InterruptController(self.vcpu)
         self.input = InputDevice()
         self.timer_period_us = 0

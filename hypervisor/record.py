@@ -45,8 +45,9 @@ class Chaos:
 
 
 class ScriptedInput:
-    """Test hook: input that arrives at given block counts instead of from stdin.
-    ``events`` is [(blocks, bytes or None for end of input)]."""
+    """Test hook: arrivals at given block counts instead of from stdin and the host
+    timer. ``events`` is [(blocks, what)], what being bytes, None (end of input) or
+    "tick" (a timer tick)."""
 
     def __init__(self, events):
         self.events = sorted(events, key=lambda e: e[0])
@@ -60,20 +61,26 @@ class ScriptedInput:
             out.append(self.events.pop(0)[1])
         return out
 
+    def advance(self):
+        """The guest halts: bring the next arrival forward to now."""
+        if self.events:
+            self.events[0] = (0, self.events[0][1])
+
 
 class Recorder:
     def __init__(self, elf_bytes, image, elf_name, writer, config: Config, console,
                  stdin_fd=None, script: ScriptedInput | None = None, chaos: Chaos | None = None,
-                 status=None):
+                 status=None, entropy=None):
         self.writer = writer
         self.config = config
         self.console = console
-        self.m = Machine(image, config, "record", console, log_append=self._append)
+        self.m = Machine(image, config, "record", console, log_append=self._append, entropy=entropy)
         self.script = script
         self.chaos = chaos
         self.status = status or (lambda msg: None)
         self.host = HostEvents(self.m.cpu, None if script else stdin_fd)
-        self.m.on_timer_change = self.host.set_timer
+        if not script:
+            self.m.on_timer_change = self.host.set_timer
         if config.digest_interval_ms and not script:
             # Guest time follows the host clock here, so a host-side poke at the digest
             # interval makes sure a CPU-bound guest still stops for its digests.
@@ -116,9 +123,7 @@ class Recorder:
                 return self._end("exit", m.exit_status, f"guest exited with status {m.exit_status}")
             if cpu.signal:
                 return self._end("interrupted", abi_interrupt_status(), f"recording stopped by signal {cpu.signal}")
-            rip = m.vcpu.reg("rip")
-            halted = (not cpu.async_req and not cpu.sync_req and cpu.blocks != cpu.stop_at
-                      and not cpu.irq_wait and m.vcpu.read(rip - 1, 1)[0] == HLT)
+            halted = m.vcpu.halted
             cpu.async_req = 0
             cpu.sync_req = 0
             cpu.irq_wait = 0
@@ -132,7 +137,12 @@ class Recorder:
                 if not self._can_wake():
                     m.console.flush()
                     return self._end("stuck", abi_stuck_status(), self._stuck_reason())
-                self.host.wait(0.05)
+                if self.script:
+                    # Scripted time stands still while the guest halts: the next scripted
+                    # arrival comes now, at this (deterministic) point.
+                    self.script.advance()
+                else:
+                    self.host.wait(0.05)
                 if cpu.signal:
                     return self._end("interrupted", abi_interrupt_status(), f"recording stopped by signal {cpu.signal}")
                 self._take_host_events()
@@ -156,8 +166,12 @@ class Recorder:
         m = self.m
         rip = m.vcpu.reg("rip")
         if self.script:
-            for data in self.script.due(m.blocks):
-                self._input(rip, data)
+            for what in self.script.due(m.blocks):
+                if what == "tick":
+                    if m.timer_period_us:
+                        m.irq.raise_line(abi.IRQ_TIMER)
+                else:
+                    self._input(rip, what)
             return
         data, eof_now, ticks = self.host.take()
         if data:

@@ -18,7 +18,7 @@ from logging_channel.logfile import LogReader
 from . import abi, elf_loader
 from .errors import Divergence, EXIT_INTERRUPTED, LogDamaged, LogTruncated
 from .machine import Config, Machine, compare_digests
-from .record import HLT, Chaos
+from .record import Chaos
 from .uc import NO_STOP, SYNC_DIVERGED, SYNC_TSC_DRAIN, lib
 
 
@@ -134,18 +134,15 @@ class Replayer:
                 return self._check_end(ev, "fault", fault.status, f"guest fault: {fault.describe()}")
             if m.exit_status is not None:
                 return self._check_end(ev, "exit", m.exit_status, f"guest exited with status {m.exit_status}")
-            rip = m.vcpu.reg("rip")
-            stopped_by_hook = cpu.blocks == cpu.stop_at or cpu.sync_req
-            cpu.sync_req &= ~1 & ~4    # clear drain and hypercall requests (refill below)
+            halted = m.vcpu.halted
+            cpu.sync_req = 0
             if m.iret_pending:
                 m.finish_iret()
             if m.vtime.cpu.tsc_more and cpu.tsc_len - cpu.tsc_pos < 1024:
                 m.vtime.refill()
             if self.chaos:
                 self.chaos.at_stop(m)
-            if not stopped_by_hook and m.blocks < ev.blocks and m.vcpu.read(rip - 1, 1)[0] == HLT:
-                if ev.kind == R.END and ev.reason == "stuck":
-                    pass   # handled when blocks reach the end's point
+            if halted and m.blocks < ev.blocks:
                 raise Divergence(self._point(), f"the guest halted, but the log's next event "
                                                 f"({R.KIND_NAMES.get(ev.kind, 'cut')}) is at block {ev.blocks}")
 

@@ -14,6 +14,7 @@ from . import abi
 from .elf_loader import PF_R, PF_W, PF_X, Image
 from .uc import UC, X86, ffi, lib, unicorn
 
+_HLT = 0xF4
 _STOP_NEVER = (1 << 64) - 1   # emu_start's `until`: not a canonical address, never reached
 
 REGS = {
@@ -81,6 +82,7 @@ class VCPU:
         self.cpu.tsc_cap = tsc_buf_pairs
         self.cpu.tsc_high_water = tsc_buf_pairs - 2048
         self.fault: Fault | None = None
+        self.halted = False
         self.regions = [(start, size, flags) for start, size, flags in image.pages()]
         self.regions.append((abi.STACK_TOP - stack_size, stack_size, PF_R | PF_W))
         self.uc = self._new_engine()
@@ -132,15 +134,26 @@ class VCPU:
 
     # --- running -------------------------------------------------------------------
     def run(self):
-        """Run until something stops the engine. Returns the Fault, if the guest faulted."""
+        """Run until something stops the engine. Returns the Fault, if the guest faulted.
+        Afterwards ``halted`` says whether the guest stopped in HLT."""
         self.fault = None
+        stops = self.cpu.hook_stops
         try:
             self.uc.emu_start(self.reg("rip"), _STOP_NEVER)
         except unicorn.UcError as e:
             if self.fault is None:
                 pc = self.reg("rip")
                 self.fault = Fault(f"emulation error: {e}", None, pc, abi_status_for(e))
+        rip = self.reg("rip")
+        self.halted = (self.fault is None and self.cpu.hook_stops == stops and not self.cpu.sync_req
+                       and self._byte_before(rip) == _HLT)
         return self.fault
+
+    def _byte_before(self, rip):
+        try:
+            return self.uc.mem_read(rip - 1, 1)[0]
+        except unicorn.UcError:
+            return None
 
     # --- hooks (Python) --------------------------------------------------------------
     def _on_in(self, uc, port, size, user):
