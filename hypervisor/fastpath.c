@@ -59,24 +59,28 @@ uint64_t ftvm_host_ns(void)
 
 static uint64_t next_tsc(uc_engine *uc, ftvm_cpu *c)
 {
-    uint64_t v;
+    uint64_t v, pc = 0;
+    uc_reg_read(uc, UC_X86_REG_RIP, &pc);
     if (c->tsc_mode == FTVM_TSC_REPLAY) {
         if (c->tsc_pos >= c->tsc_len) {
             if (!c->diverged) {
                 c->diverged = FTVM_DIV_TSC_EXHAUSTED;
                 c->div_blocks = c->blocks;
+                c->div_pc = pc;
                 c->div_index = c->tsc_count;
             }
             c->sync_req |= SYNC_DIVERGED;
             uc_emu_stop(uc);
             return c->tsc_last;
         }
-        uint64_t want_blocks = c->tsc_buf[2 * (uint64_t)c->tsc_pos];
-        v = c->tsc_buf[2 * (uint64_t)c->tsc_pos + 1];
-        if (want_blocks != c->blocks && !c->diverged) {
+        uint64_t *e = c->tsc_buf + 3 * (uint64_t)c->tsc_pos;
+        v = e[2];
+        if ((e[0] != c->blocks || e[1] != pc) && !c->diverged) {
             c->diverged = FTVM_DIV_TSC_POINT;
             c->div_blocks = c->blocks;
-            c->div_expected = want_blocks;
+            c->div_pc = pc;
+            c->div_expected = e[0];
+            c->div_expected_pc = e[1];
             c->div_index = c->tsc_count;
             c->sync_req |= SYNC_DIVERGED;
             uc_emu_stop(uc);
@@ -94,8 +98,10 @@ static uint64_t next_tsc(uc_engine *uc, ftvm_cpu *c)
         if (v <= c->tsc_last)   /* never backwards, never the same twice */
             v = c->tsc_last + 1;
         if (c->tsc_len < c->tsc_cap) {
-            c->tsc_buf[2 * (uint64_t)c->tsc_len] = c->blocks;
-            c->tsc_buf[2 * (uint64_t)c->tsc_len + 1] = v;
+            uint64_t *e = c->tsc_buf + 3 * (uint64_t)c->tsc_len;
+            e[0] = c->blocks;
+            e[1] = pc;
+            e[2] = v;
             c->tsc_len++;
         }
         /* The buffer keeps slack past the high-water mark for the rest of the block:

@@ -27,18 +27,20 @@ typedef struct ftvm_cpu {
     uint64_t tsc_last;          /* last value returned; vtime never goes backwards */
     uint64_t tsc_count;         /* RDTSC/RDTSCP executed so far */
     uint64_t tsc_synth_ns_per_block; /* synthetic mode: vtime advances this much per block */
-    /* Record: (blocks, value) pairs appended here; replay: pairs consumed from here. */
+    /* Record: (blocks, pc, value) triples appended here; replay: consumed from here. */
     uint64_t *tsc_buf;
-    uint32_t tsc_len;           /* pairs in the buffer */
-    uint32_t tsc_cap;           /* capacity in pairs */
-    uint32_t tsc_pos;           /* replay: next pair to consume */
-    uint32_t tsc_high_water;    /* record: ask for a stop (to drain) at this many pairs */
-    uint32_t tsc_more;          /* replay: more pairs wait in Python; ask for a refill when low */
+    uint32_t tsc_len;           /* entries in the buffer */
+    uint32_t tsc_cap;           /* capacity in entries */
+    uint32_t tsc_pos;           /* replay: next entry to consume */
+    uint32_t tsc_high_water;    /* record: ask for a stop (to drain) at this many entries */
+    uint32_t tsc_more;          /* replay: more entries wait in Python; ask for a refill when low */
 
     /* Replay divergence seen by a C hook (FTVM_DIV_*), with where it happened. */
     uint32_t diverged;
     uint64_t div_blocks;        /* blocks when it happened */
-    uint64_t div_expected;      /* what the log said (blocks of the RDTSC) */
+    uint64_t div_pc;            /* pc of the RDTSC that ran */
+    uint64_t div_expected;      /* what the log said: blocks of the RDTSC ... */
+    uint64_t div_expected_pc;   /* ... and its pc */
     uint64_t div_index;         /* index of the RDTSC in the run */
 } ftvm_cpu;
 

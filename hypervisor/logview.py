@@ -111,8 +111,8 @@ def show(path, kinds, from_block, to_block, limit, expand_tsc, as_json, out=sys.
                 syms = Symbols(rec)
             rows = []
             if rec.kind == R.TSC and expand_tsc:
-                for b, v in zip(rec.blocks, rec.values):
-                    rows.append({"index": index, "offset": offset, "kind": "tsc", "blocks": b, "value": v})
+                for b, pc, v in zip(rec.blocks, rec.pcs, rec.values):
+                    rows.append({"index": index, "offset": offset, "kind": "tsc", "blocks": b, "pc": pc, "value": v})
             else:
                 rows.append(_record_dict(index, offset, rec))
             for d in rows:
@@ -129,7 +129,8 @@ def show(path, kinds, from_block, to_block, limit, expand_tsc, as_json, out=sys.
                         d["symbol"], d["insn"] = syms.symbol(d["pc"]), syms.insn(d["pc"])
                     out.write(json.dumps(d) + "\n")
                 elif "value" in d and d["kind"] == "tsc":
-                    out.write(f"{index:>7} @{offset:<10} tsc    block {d['blocks']:>12}  value {d['value']}\n")
+                    out.write(f"{index:>7} @{offset:<10} tsc    block {d['blocks']:>12} pc {d['pc']:#x} "
+                              f"{syms.symbol(d['pc'])} [{syms.insn(d['pc'])}]  value {d['value']}\n")
                 else:
                     out.write(_text(d, syms) + "\n")
                 shown += 1

@@ -13,7 +13,7 @@ from __future__ import annotations
 import dataclasses
 
 from logging_channel import records as R
-from logging_channel.logfile import LogReader
+from logging_channel.logfile import LogReader, scan
 
 from . import abi, elf_loader
 from .errors import Divergence, EXIT_INTERRUPTED, LogDamaged, LogTruncated
@@ -42,6 +42,8 @@ class ReplayResult:
 class Replayer:
     def __init__(self, path, console, to_blocks=None, to_event=None, chaos: Chaos | None = None):
         self.path = str(path)
+        # Refuse a damaged log before running anything; a truncated one replays up to the cut.
+        self.total_records, self.log_complete, self.log_cut = scan(path)
         self.reader = LogReader(path)
         self._records = iter(self.reader)
         self.console = console

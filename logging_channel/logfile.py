@@ -151,3 +151,37 @@ def read_header(path) -> R.Header:
         for _, _, rec in r:
             return rec
     raise LogTruncated(str(path), 0, len(R.FILE_MAGIC), "no header record")
+
+
+def scan(path):
+    """Check every frame's framing and CRC without decoding bodies: a quick pass that
+    lets replay refuse a damaged log before running anything.
+
+    Returns (records, complete, cut) where ``cut`` is the LogTruncated a replay will
+    meet at the end (None when the log ends cleanly after whole records). Raises
+    LogDamaged for the first damaged frame."""
+    path = str(path)
+    try:
+        with open(path, "rb") as f:
+            data = f.read()
+    except OSError as e:
+        raise IoFailure(f"{path}: cannot open log: {e.strerror}") from None
+    if data[:len(R.FILE_MAGIC)] != R.FILE_MAGIC:
+        if len(data) < len(R.FILE_MAGIC) and R.FILE_MAGIC.startswith(data):
+            return 0, False, LogTruncated(path, 0, 0, "the file ends inside the log's magic bytes")
+        raise LogDamaged(path, 0, 0, "not an ftvm log (bad magic bytes)")
+    off, index, complete = len(R.FILE_MAGIC), 0, False
+    while off < len(data):
+        if complete:
+            raise LogDamaged(path, index, off, "data after the end record")
+        try:
+            R.check_frame(data, off)
+        except R.FrameError as e:
+            if e.truncated:
+                return index, False, LogTruncated(path, index, off, e.reason)
+            raise LogDamaged(path, index, off, e.reason) from None
+        _, kind, length, _ = R.FRAME.unpack_from(data, off)
+        complete = kind == R.END
+        off += R.FRAME.size + length
+        index += 1
+    return index, complete, None

@@ -86,9 +86,11 @@ class Irq:
 
 @dataclasses.dataclass(frozen=True)
 class TscBatch:
-    """Results of consecutive RDTSC/RDTSCP instructions: (blocks, value) pairs.
-    Encoded as the first pair and then deltas, which keeps most entries to 3-4 bytes."""
+    """Results of consecutive RDTSC/RDTSCP instructions: the block count and pc of
+    each, and the value it returned. Encoded as the first entry and then deltas, which
+    keeps most entries to 3-5 bytes."""
     blocks: tuple
+    pcs: tuple
     values: tuple
     kind = TSC
 
@@ -153,8 +155,8 @@ def _body(rec) -> object:
     if k == IRQ:
         return [rec.blocks, rec.pc, rec.vector]
     if k == TSC:
-        b, v = rec.blocks, rec.values
-        return [b[0], v[0], list(map(operator.sub, b[1:], b[:-1])), list(map(operator.sub, v[1:], v[:-1]))]
+        b, p, v = rec.blocks, rec.pcs, rec.values
+        return [b[0], p[0], v[0], _deltas(b), _deltas(p), _deltas(v)]
     if k == RNG:
         return [rec.blocks, rec.value]
     if k == DIGEST:
@@ -162,6 +164,10 @@ def _body(rec) -> object:
     if k == END:
         return [rec.reason, rec.status, rec.detail, _digest_fields(rec.digest), rec.wall_ns]
     raise AssertionError(f"unknown record kind {k}")
+
+
+def _deltas(seq):
+    return list(map(operator.sub, seq[1:], seq[:-1]))
 
 
 def encode(rec, version: int = FORMAT_VERSION) -> bytes:
@@ -213,16 +219,21 @@ def _from_body(kind, b):
               "irq: expected [blocks, pc, vector]")
         return Irq(*b)
     if kind == TSC:
-        _need(len(b) == 4 and _is_uint(b[0]) and _is_uint(b[1]) and isinstance(b[2], list)
-              and isinstance(b[3], list) and len(b[2]) == len(b[3]), "tsc: expected [blocks0, tsc0, [dblocks], [dtsc]]")
-        db, dv = b[2], b[3]
+        _need(len(b) == 6 and _is_uint(b[0]) and _is_uint(b[1]) and _is_uint(b[2])
+              and all(isinstance(x, list) for x in b[3:]) and len(b[3]) == len(b[4]) == len(b[5]),
+              "tsc: expected [blocks0, pc0, tsc0, [dblocks], [dpc], [dtsc]]")
+        db, dp, dv = b[3], b[4], b[5]
+        # Time runs forward in every log ftvm writes, but that is the recorder's promise,
+        # not the format's: a value that runs backwards is for replay to catch.
         if db:
-            _need(set(map(type, db)) == {int} and set(map(type, dv)) == {int} and min(db) >= 0 and min(dv) > 0,
-                  "tsc: deltas must be integers, with time strictly increasing")
+            _need(set(map(type, db)) == set(map(type, dp)) == set(map(type, dv)) == {int} and min(db) >= 0,
+                  "tsc: deltas must be integers, block counts non-decreasing")
         blocks = tuple(itertools.accumulate(db, initial=b[0]))
-        values = tuple(itertools.accumulate(dv, initial=b[1]))
-        _need(blocks[-1] < 1 << 64 and values[-1] < 1 << 64, "tsc: values overflow 64 bits")
-        return TscBatch(blocks, values)
+        pcs = tuple(itertools.accumulate(dp, initial=b[1]))
+        values = tuple(itertools.accumulate(dv, initial=b[2]))
+        _need(blocks[-1] < 1 << 64 and 0 <= min(pcs) and max(pcs) < 1 << 64 and 0 <= min(values)
+              and max(values) < 1 << 64, "tsc: values outside 64 bits")
+        return TscBatch(blocks, pcs, values)
     if kind == RNG:
         _need(len(b) == 2 and _is_uint(b[0]) and _is_uint(b[1], 32), "rng: expected [blocks, value]")
         return Rng(*b)
@@ -235,8 +246,8 @@ def _from_body(kind, b):
     raise AssertionError(kind)
 
 
-def decode(buf, offset: int = 0):
-    """Decode the frame at ``offset`` of ``buf``. Returns (record, frame size).
+def check_frame(buf, offset: int = 0):
+    """Check the framing and CRC of the frame at ``offset``; returns its body bytes.
 
     Raises FrameError: truncated=True when ``buf`` ends before the frame does."""
     avail = len(buf) - offset
@@ -244,19 +255,29 @@ def decode(buf, offset: int = 0):
         raise FrameError(f"{avail} bytes left, a frame header needs {FRAME.size}", truncated=True)
     version, kind, length, crc = FRAME.unpack_from(buf, offset)
     if version != FORMAT_VERSION:
-        raise FrameError(f"format version {version}, this ftvm reads version {FORMAT_VERSION}")
+        raise FrameError(f"format version {version}; this ftvm reads version {FORMAT_VERSION} "
+                         f"(a log from another ftvm version, or damage)")
     if kind not in KIND_NAMES:
         raise FrameError(f"unknown record kind {kind}")
     if length > BODY_MAX:
         raise FrameError(f"body length {length} is over the limit of {BODY_MAX}")
     if avail < FRAME.size + length:
-        raise FrameError(f"{KIND_NAMES[kind]} record claims {length} body bytes, only {avail - FRAME.size} remain",
+        raise FrameError(f"{KIND_NAMES[kind]} record claims {length} body bytes, only {avail - FRAME.size} remain "
+                         "(the log was cut short, or the length is damaged)",
                          truncated=True)
     body = bytes(buf[offset + FRAME.size: offset + FRAME.size + length])
     if zlib.crc32(body, zlib.crc32(FRAME_HEAD.pack(version, kind, length))) != crc:
         raise FrameError(f"{KIND_NAMES[kind]} record fails its CRC32 check")
+    return kind, body
+
+
+def decode(buf, offset: int = 0):
+    """Decode the frame at ``offset`` of ``buf``. Returns (record, frame size).
+
+    Raises FrameError: truncated=True when ``buf`` ends before the frame does."""
+    kind, body = check_frame(buf, offset)
     try:
         obj = msgpack.unpackb(body, raw=False, use_list=True, strict_map_key=True)
     except (ValueError, msgpack.ExtraData, msgpack.FormatError, msgpack.StackError) as e:
         raise FrameError(f"{KIND_NAMES[kind]} record body is not valid msgpack ({e})") from None
-    return _from_body(kind, obj), FRAME.size + length
+    return _from_body(kind, obj), FRAME.size + len(body)

@@ -28,7 +28,7 @@ def _essence(recs):
     pairs = []
     for r in out:
         if getattr(r, "kind", None) == R.TSC:
-            pairs.extend(zip(r.blocks, r.values))
+            pairs.extend(zip(r.blocks, r.pcs, r.values))
         else:
             flat.append(r)
     return flat, pairs

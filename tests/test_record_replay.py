@@ -59,7 +59,7 @@ def test_guest_stuck_in_hlt_is_reported(guests, tmp_path):
     log = tmp_path / "s.ftlog"
     rec = run_ftvm("record", guests / "stuck.elf", "-o", log)
     assert rec.returncode == 6, rec.stderr
-    assert "no interrupt can ever wake it: interrupts are disabled" in rec.stderr
+    assert "no interrupt can ever wake it" in rec.stderr
     rep = run_ftvm("replay", log)
     assert rep.returncode == 6 and rep.stdout == rec.stdout
 

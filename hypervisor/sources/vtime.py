@@ -1,9 +1,9 @@
 """Virtual time: what RDTSC and RDTSCP return. The hot path is C (fastpath.c).
 
 Record: the C hook reads CLOCK_MONOTONIC, adds an offset, never goes backwards, and
-buffers (blocks, value) pairs; ``drain`` turns them into TscBatch records.
-Replay: ``feed`` queues logged pairs; the C hook hands them out and checks that each
-RDTSC runs at the block count the log says; ``refill`` tops the C buffer up.
+buffers (blocks, pc, value) entries; ``drain`` turns them into TscBatch records.
+Replay: ``feed`` queues logged entries; the C hook hands them out and checks that each
+RDTSC runs at the block count and pc the log says; ``refill`` tops the C buffer up.
 Units: nanoseconds of guest time.
 """
 from __future__ import annotations
@@ -48,9 +48,9 @@ class VirtualTime:
         n = c.tsc_len
         if n == 0:
             return None
-        flat = ffi.unpack(c.tsc_buf, 2 * n)
+        flat = ffi.unpack(c.tsc_buf, 3 * n)
         c.tsc_len = 0
-        return R.TscBatch(tuple(flat[0::2]), tuple(flat[1::2]))
+        return R.TscBatch(tuple(flat[0::3]), tuple(flat[1::3]), tuple(flat[2::3]))
 
     # --- replay side -----------------------------------------------------------------
     def feed(self, batch: R.TscBatch):
@@ -63,7 +63,7 @@ class VirtualTime:
         c.sync_req &= ~SYNC_TSC_DRAIN
         left = c.tsc_len - c.tsc_pos
         if c.tsc_pos:
-            ffi.memmove(c.tsc_buf, c.tsc_buf + 2 * c.tsc_pos, 16 * left)
+            ffi.memmove(c.tsc_buf, c.tsc_buf + 3 * c.tsc_pos, 24 * left)
             c.tsc_pos = 0
             c.tsc_len = left
         while self._queue:
@@ -72,15 +72,16 @@ class VirtualTime:
             if room == 0:
                 break
             take = min(room, len(batch.values))
-            pairs = array.array("Q", bytes(16 * take))
-            pairs[0::2] = array.array("Q", batch.blocks[:take])
-            pairs[1::2] = array.array("Q", batch.values[:take])
-            ffi.memmove(c.tsc_buf + 2 * c.tsc_len, pairs, 16 * take)
+            entries = array.array("Q", bytes(24 * take))
+            entries[0::3] = array.array("Q", batch.blocks[:take])
+            entries[1::3] = array.array("Q", batch.pcs[:take])
+            entries[2::3] = array.array("Q", batch.values[:take])
+            ffi.memmove(c.tsc_buf + 3 * c.tsc_len, entries, 24 * take)
             c.tsc_len += take
             if take == len(batch.values):
                 self._queue.popleft()
             else:
-                self._queue[0] = R.TscBatch(batch.blocks[take:], batch.values[take:])
+                self._queue[0] = R.TscBatch(batch.blocks[take:], batch.pcs[take:], batch.values[take:])
         c.tsc_more = 1 if self._queue else 0
 
     def pending(self) -> int:
@@ -90,9 +91,9 @@ class VirtualTime:
     def divergence(self, point):
         c = self.cpu
         if c.diverged == DIV_TSC_POINT:
-            return Divergence(point, f"RDTSC #{c.div_index} ran after {c.div_blocks} blocks, "
-                                     f"but the log has it after {c.div_expected} blocks")
+            return Divergence(point, f"RDTSC #{c.div_index} ran at block {c.div_blocks} pc {c.div_pc:#x}, "
+                                     f"but the log has it at block {c.div_expected} pc {c.div_expected_pc:#x}")
         if c.diverged == DIV_TSC_EXHAUSTED:
-            return Divergence(point, f"RDTSC #{c.div_index} ran after {c.div_blocks} blocks, "
+            return Divergence(point, f"RDTSC #{c.div_index} ran at block {c.div_blocks} pc {c.div_pc:#x}, "
                                      f"but the log holds no more RDTSC results before the next event")
         return None
