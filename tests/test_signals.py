@@ -1,0 +1,32 @@
+"""Ctrl-C (SIGINT) or SIGTERM during recording closes the log properly: it ends with an
+end record, replays, and ftvm exits 130 without a traceback."""
+import signal
+import subprocess
+import time
+
+import pytest
+
+from conftest import FTVM, log_records, run_ftvm
+from logging_channel import records as R
+
+
+@pytest.mark.parametrize("guest,sig", [("compute.elf", signal.SIGINT), ("echo.elf", signal.SIGINT),
+                                       ("compute.elf", signal.SIGTERM)])
+def test_signal_closes_the_log(guests, tmp_path, guest, sig):
+    log = tmp_path / "x.ftlog"
+    # echo waits in HLT for input that never comes (stdin stays open); compute is busy.
+    p = subprocess.Popen([str(FTVM), "record", guests / guest, "-o", log], stdin=subprocess.PIPE,
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    time.sleep(0.8)
+    p.send_signal(sig)
+    out, err = p.communicate(timeout=30)
+    err = err.decode()
+    assert p.returncode == 130, err
+    assert "Traceback" not in err
+    assert f"stopped by signal {int(sig)}" in err
+    recs = log_records(log)
+    assert recs[-1].kind == R.END and recs[-1].reason == "interrupted"
+    rep = run_ftvm("replay", log)
+    assert rep.returncode == 130, rep.stderr
+    assert rep.stdout == out
+    assert "the recording was interrupted here" in rep.stderr
