@@ -140,8 +140,15 @@ class End:
 
 # --- body encoding ----------------------------------------------------------------------
 
+_WIDE = tuple(name.startswith("xmm") for name in DIGEST_REGS)   # 128-bit: two u64 slots
+_M64 = (1 << 64) - 1
+
+
 def _digest_fields(d: Digest):
-    return [d.blocks, d.pc, d.vtime, list(d.regs), [list(m) for m in d.mem], d.out_bytes, d.out_crc]
+    regs = []
+    for wide, v in zip(_WIDE, d.regs):
+        regs += (v & _M64, v >> 64) if wide else (v,)
+    return [d.blocks, d.pc, d.vtime, regs, [list(m) for m in d.mem], d.out_bytes, d.out_crc]
 
 
 def _body(rec) -> object:
@@ -190,8 +197,10 @@ def _digest_from(f, where="digest") -> Digest:
     _need(isinstance(f, list) and len(f) == 7, f"{where}: expected 7 fields")
     blocks, pc, vtime, regs, mem, out_bytes, out_crc = f
     _need(_is_uint(blocks) and _is_uint(pc) and _is_uint(vtime), f"{where}: bad execution point or time")
-    _need(isinstance(regs, list) and len(regs) == len(DIGEST_REGS) and all(_is_uint(r, 128) for r in regs),
+    _need(isinstance(regs, list) and len(regs) == len(DIGEST_REGS) + sum(_WIDE) and all(_is_uint(r) for r in regs),
           f"{where}: expected {len(DIGEST_REGS)} registers")
+    it = iter(regs)
+    regs = [next(it) | (next(it) << 64) if wide else next(it) for wide in _WIDE]
     _need(isinstance(mem, list) and all(isinstance(m, list) and len(m) == 2 and _is_uint(m[0]) and _is_uint(m[1], 32)
                                         for m in mem), f"{where}: bad memory hashes")
     _need(_is_uint(out_bytes) and _is_uint(out_crc, 32), f"{where}: bad output summary")
