@@ -12,9 +12,9 @@ setup(
     python_requires=">=3.10",
     packages=find_packages(include=["hypervisor", "hypervisor.*", "logging_channel", "logging_channel.*",
                                     "shared_disk", "shared_disk.*"]),
-    package_data={"hypervisor": ["fastpath.c", "fastpath.h"]},
+    package_data={"hypervisor": ["fastpath.c", "fastpath.h"], "logging_channel": ["codec.c"]},
     setup_requires=["cffi>=1.16"],
-    cffi_modules=["hypervisor/_fastpath_build.py:ffibuilder"],
+    cffi_modules=["hypervisor/_fastpath_build.py:ffibuilder", "logging_channel/_codec_build.py:ffibuilder"],
     install_requires=[
         "unicorn>=2.1.2,<2.2",
         "cffi>=1.16",

@@ -27,27 +27,55 @@
 
 #define RFLAGS_IF 0x200u
 
+static int stop_wanted(uc_engine *uc, ftvm_cpu *c)
+{
+    if (c->blocks == c->stop_at || c->async_req || c->sync_req)
+        return 1;
+    if (c->irq_wait) {
+        /* An interrupt waits: stop once the guest has interrupts enabled. */
+        uint64_t rflags = 0;
+        uc_reg_read(uc, UC_X86_REG_RFLAGS, &rflags);
+        return (rflags & RFLAGS_IF) != 0;
+    }
+    return 0;
+}
+
 void ftvm_block_hook(void *uc_, uint64_t address, uint32_t size, void *user)
 {
-    uc_engine *uc = (uc_engine *)uc_;
     ftvm_cpu *c = (ftvm_cpu *)user;
     (void)size;
-    if (__builtin_expect(c->blocks == c->stop_at || c->async_req || c->sync_req || c->irq_wait, 0)) {
-        int stop = 1;
-        if (c->blocks != c->stop_at && !c->async_req && !c->sync_req) {
-            /* Only irq_wait: stop once the guest has interrupts enabled. */
-            uint64_t rflags = 0;
-            uc_reg_read(uc, UC_X86_REG_RFLAGS, &rflags);
-            stop = (rflags & RFLAGS_IF) != 0;
-        }
-        if (stop) {
-            c->stop_pc = address;
-            c->hook_stops++;
-            uc_emu_stop(uc);
-            return;
-        }
+    if (__builtin_expect(c->blocks >= c->trip, 0) && stop_wanted((uc_engine *)uc_, c)) {
+        c->stop_pc = address;
+        c->hook_stops++;
+        uc_emu_stop((uc_engine *)uc_);
+        return; /* not counted: the block has not run */
     }
+    c->block_pc = address;
     c->blocks++;
+}
+
+void ftvm_arm(ftvm_cpu *c, uint64_t stop_at)
+{
+    c->stop_at = stop_at;
+    c->trip = stop_at;
+    __atomic_thread_fence(__ATOMIC_SEQ_CST);
+    /* A poke that lands between these lines has set trip = 0 itself (ftvm_poke sets
+     * async_req first, then trip), so no request is lost. */
+    if (c->async_req || c->sync_req || c->irq_wait)
+        c->trip = 0;
+}
+
+void ftvm_poke(ftvm_cpu *c)
+{
+    c->async_req = 1;
+    __atomic_thread_fence(__ATOMIC_SEQ_CST);
+    c->trip = 0;
+}
+
+void ftvm_request(ftvm_cpu *c, uint32_t sync_bits)
+{
+    c->sync_req |= sync_bits;
+    c->trip = 0;
 }
 
 uint64_t ftvm_host_ns(void)
@@ -59,8 +87,7 @@ uint64_t ftvm_host_ns(void)
 
 static uint64_t next_tsc(uc_engine *uc, ftvm_cpu *c)
 {
-    uint64_t v, pc = 0;
-    uc_reg_read(uc, UC_X86_REG_RIP, &pc);
+    uint64_t v, pc = c->block_pc;
     if (c->tsc_mode == FTVM_TSC_REPLAY) {
         if (c->tsc_pos >= c->tsc_len) {
             if (!c->diverged) {
@@ -69,7 +96,7 @@ static uint64_t next_tsc(uc_engine *uc, ftvm_cpu *c)
                 c->div_pc = pc;
                 c->div_index = c->tsc_count;
             }
-            c->sync_req |= SYNC_DIVERGED;
+            ftvm_request(c, SYNC_DIVERGED);
             uc_emu_stop(uc);
             return c->tsc_last;
         }
@@ -82,14 +109,14 @@ static uint64_t next_tsc(uc_engine *uc, ftvm_cpu *c)
             c->div_expected = e[0];
             c->div_expected_pc = e[1];
             c->div_index = c->tsc_count;
-            c->sync_req |= SYNC_DIVERGED;
+            ftvm_request(c, SYNC_DIVERGED);
             uc_emu_stop(uc);
         }
         c->tsc_pos++;
         /* Ask for a refill while a whole block's worth is left (a translated block
          * holds at most 512 instructions). */
         if (c->tsc_more && c->tsc_len - c->tsc_pos < 1024)
-            c->sync_req |= SYNC_TSC_DRAIN;
+            ftvm_request(c, SYNC_TSC_DRAIN);
     } else {
         if (c->tsc_mode == FTVM_TSC_SYNTHETIC)
             v = (uint64_t)((int64_t)(c->blocks * c->tsc_synth_ns_per_block) + c->tsc_offset_ns);
@@ -107,7 +134,7 @@ static uint64_t next_tsc(uc_engine *uc, ftvm_cpu *c)
         /* The buffer keeps slack past the high-water mark for the rest of the block:
          * a translated block holds at most 512 instructions. */
         if (c->tsc_len >= c->tsc_high_water)
-            c->sync_req |= SYNC_TSC_DRAIN;
+            ftvm_request(c, SYNC_TSC_DRAIN);
     }
     c->tsc_last = v;
     c->tsc_count++;
@@ -146,7 +173,7 @@ static void on_signal(int sig)
 {
     if (signal_cpu) {
         signal_cpu->signal = (uint32_t)sig;
-        signal_cpu->async_req = 1;
+        ftvm_poke(signal_cpu);
     }
 }
 

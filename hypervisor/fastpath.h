@@ -7,6 +7,12 @@ typedef struct ftvm_cpu {
     uint64_t blocks;
     /* Stop before running a block when blocks == stop_at (UINT64_MAX: never). */
     uint64_t stop_at;
+    /* The block hook's only test on its fast path: blocks >= trip sends it down the
+     * slow path, which works out whether to stop. trip is stop_at, or 0 while any
+     * request is pending. Set it through ftvm_arm / ftvm_poke. */
+    volatile uint64_t trip;
+    /* Start address of the block now running (the pc logged with each RDTSC). */
+    uint64_t block_pc;
     /* Stop requests. async_req may be set from other threads or a signal handler;
      * sync_req is set by hooks on the emulation thread. Python clears both. */
     volatile uint32_t async_req;
@@ -38,13 +44,16 @@ typedef struct ftvm_cpu {
     /* Replay divergence seen by a C hook (FTVM_DIV_*), with where it happened. */
     uint32_t diverged;
     uint64_t div_blocks;        /* blocks when it happened */
-    uint64_t div_pc;            /* pc of the RDTSC that ran */
+    uint64_t div_pc;            /* pc of the block of the RDTSC that ran */
     uint64_t div_expected;      /* what the log said: blocks of the RDTSC ... */
     uint64_t div_expected_pc;   /* ... and its pc */
     uint64_t div_index;         /* index of the RDTSC in the run */
 } ftvm_cpu;
 
 void ftvm_block_hook(void *uc, uint64_t address, uint32_t size, void *user);
+void ftvm_arm(ftvm_cpu *cpu, uint64_t stop_at);
+void ftvm_poke(ftvm_cpu *cpu);
+void ftvm_request(ftvm_cpu *cpu, uint32_t sync_bits);
 int ftvm_rdtsc_hook(void *uc, void *user);
 int ftvm_rdtscp_hook(void *uc, void *user);
 uint64_t ftvm_host_ns(void);

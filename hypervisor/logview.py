@@ -66,8 +66,8 @@ def _record_dict(index, offset, rec):
     elif rec.kind == R.IRQ:
         d.update(blocks=rec.blocks, pc=rec.pc, vector=rec.vector, name=abi.IRQ_NAMES.get(rec.vector, "?"))
     elif rec.kind == R.TSC:
-        d.update(count=len(rec.values), blocks=rec.blocks[0], last_blocks=rec.blocks[-1],
-                 first_tsc=rec.values[0], last_tsc=rec.values[-1])
+        e = rec.entries
+        d.update(count=rec.count, blocks=e[0], last_blocks=e[-3], first_tsc=e[2], last_tsc=e[-1])
     elif rec.kind == R.RNG:
         d.update(blocks=rec.blocks, value=rec.value)
     elif rec.kind == R.DIGEST:
@@ -154,7 +154,7 @@ def gather_stats(path):
                 header = rec
             if rec.kind == R.END:
                 end = rec
-            items[name] = items.get(name, 0) + (len(rec.values) if rec.kind == R.TSC else 1)
+            items[name] = items.get(name, 0) + (rec.count if rec.kind == R.TSC else 1)
         total = reader.bytes_read
         complete = reader.complete
     # Sizes: re-walk offsets cheaply by re-reading frame headers.

@@ -14,7 +14,7 @@ from .console import Console
 from .sources.interrupts import InputDevice, InterruptController
 from .sources.rng import RngDevice
 from .sources.vtime import VirtualTime
-from .uc import SYNC_HYPERCALL
+from .uc import SYNC_HYPERCALL, lib
 from .vcpu import VCPU
 
 
@@ -62,7 +62,7 @@ class Machine:
         return f"block {self.blocks} pc {self.vcpu.reg('rip'):#x}"
 
     def _stop_after_this_block(self):
-        self.cpu.sync_req |= SYNC_HYPERCALL
+        lib.ftvm_request(self.cpu, SYNC_HYPERCALL)
 
     # --- port I/O (called from Unicorn hooks) -------------------------------------------
     def port_in(self, port, size):

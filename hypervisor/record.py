@@ -155,7 +155,7 @@ class Recorder:
             stop = min(stop, self.script.next_stop())
         if self.chaos:
             stop = min(stop, self.chaos.next_stop(m.blocks))
-        m.cpu.stop_at = stop
+        lib.ftvm_arm(m.cpu, stop)
 
     def _drain_tsc(self):
         batch = self.m.vtime.drain()

@@ -76,7 +76,7 @@ class Replayer:
             for index, offset, rec in self._records:
                 if rec.kind == R.TSC:
                     m.vtime.feed(rec)
-                    self._max_blocks = max(self._max_blocks, rec.blocks[-1])
+                    self._max_blocks = max(self._max_blocks, rec.entries[-3])
                 elif rec.kind == R.RNG:
                     m.rng.feed(rec)
                     self._max_blocks = max(self._max_blocks, rec.blocks)
@@ -125,7 +125,7 @@ class Replayer:
                 target = min(target, self.to_blocks)
             if self.chaos:
                 target = min(target, self.chaos.next_stop(m.blocks))
-            cpu.stop_at = target
+            lib.ftvm_arm(cpu, target)
             fault = m.vcpu.run()
             if cpu.sync_req & SYNC_DIVERGED:
                 raise m.vtime.divergence(self._point())

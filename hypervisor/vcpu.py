@@ -76,7 +76,7 @@ class VCPU:
         self.stack_size = stack_size
         self.ports = ports
         self.cpu = ffi.new("ftvm_cpu *")
-        self.cpu.stop_at = _STOP_NEVER
+        lib.ftvm_arm(self.cpu, _STOP_NEVER)
         self._tsc_buf = ffi.new("uint64_t[]", 3 * tsc_buf_pairs)
         self.cpu.tsc_buf = self._tsc_buf
         self.cpu.tsc_cap = tsc_buf_pairs

@@ -13,19 +13,21 @@ produces, must bump FORMAT_VERSION. docs/log-format.md is the prose of this modu
 """
 from __future__ import annotations
 
+import array
 import dataclasses
-import itertools
-import operator
 import struct
 import zlib
 
 import msgpack
+
+from . import codec
 
 FORMAT_VERSION = 1
 FILE_MAGIC = b"FTVMLOG\x00"
 FRAME = struct.Struct("<BBII")
 FRAME_HEAD = struct.Struct("<BBI")   # the part of the frame header the CRC covers
 BODY_MAX = 256 << 20                 # largest body a reader accepts (the ELF rides in HEADER)
+TSC_BATCH_MAX = 1 << 20              # most RDTSC entries one record may hold
 
 HEADER, INPUT, IRQ, TSC, RNG, DIGEST, END = 1, 2, 3, 4, 5, 6, 7
 KIND_NAMES = {HEADER: "header", INPUT: "input", IRQ: "irq", TSC: "tsc", RNG: "rng",
@@ -84,15 +86,42 @@ class Irq:
     kind = IRQ
 
 
-@dataclasses.dataclass(frozen=True)
 class TscBatch:
-    """Results of consecutive RDTSC/RDTSCP instructions: the block count and pc of
-    each, and the value it returned. Encoded as the first entry and then deltas, which
-    keeps most entries to 3-5 bytes."""
-    blocks: tuple
-    pcs: tuple
-    values: tuple
+    """Results of consecutive RDTSC/RDTSCP instructions. Each entry is the block count
+    when the instruction ran, the pc of the block it is in, and the value returned.
+    Packed by codec.c as zigzag varints of the differences between entries, which
+    keeps most entries to 3-4 bytes. ``entries`` holds them unpacked, as an
+    array('Q') of blocks, pc, value, blocks, pc, value, ..."""
+
     kind = TSC
+    __slots__ = ("count", "packed", "entries")
+
+    def __init__(self, count: int, packed: bytes, entries):
+        self.count, self.packed, self.entries = count, packed, entries
+
+    @classmethod
+    def from_entries(cls, blocks, pcs, values):
+        words = array.array("Q", bytes(24 * len(blocks)))
+        words[0::3], words[1::3], words[2::3] = (array.array("Q", x) for x in (blocks, pcs, values))
+        return cls(len(blocks), codec.encode_entries(words, len(blocks)), words)
+
+    @property
+    def blocks(self):
+        return tuple(self.entries[0::3])
+
+    @property
+    def pcs(self):
+        return tuple(self.entries[1::3])
+
+    @property
+    def values(self):
+        return tuple(self.entries[2::3])
+
+    def __eq__(self, other):
+        return isinstance(other, TscBatch) and (self.count, self.packed) == (other.count, other.packed)
+
+    def __repr__(self):
+        return f"TscBatch(count={self.count}, packed={len(self.packed)} bytes)"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -162,8 +191,7 @@ def _body(rec) -> object:
     if k == IRQ:
         return [rec.blocks, rec.pc, rec.vector]
     if k == TSC:
-        b, p, v = rec.blocks, rec.pcs, rec.values
-        return [b[0], p[0], v[0], _deltas(b), _deltas(p), _deltas(v)]
+        return [rec.count, rec.packed]
     if k == RNG:
         return [rec.blocks, rec.value]
     if k == DIGEST:
@@ -171,10 +199,6 @@ def _body(rec) -> object:
     if k == END:
         return [rec.reason, rec.status, rec.detail, _digest_fields(rec.digest), rec.wall_ns]
     raise AssertionError(f"unknown record kind {k}")
-
-
-def _deltas(seq):
-    return list(map(operator.sub, seq[1:], seq[:-1]))
 
 
 def encode(rec, version: int = FORMAT_VERSION) -> bytes:
@@ -228,21 +252,11 @@ def _from_body(kind, b):
               "irq: expected [blocks, pc, vector]")
         return Irq(*b)
     if kind == TSC:
-        _need(len(b) == 6 and _is_uint(b[0]) and _is_uint(b[1]) and _is_uint(b[2])
-              and all(isinstance(x, list) for x in b[3:]) and len(b[3]) == len(b[4]) == len(b[5]),
-              "tsc: expected [blocks0, pc0, tsc0, [dblocks], [dpc], [dtsc]]")
-        db, dp, dv = b[3], b[4], b[5]
-        # Time runs forward in every log ftvm writes, but that is the recorder's promise,
-        # not the format's: a value that runs backwards is for replay to catch.
-        if db:
-            _need(set(map(type, db)) == set(map(type, dp)) == set(map(type, dv)) == {int} and min(db) >= 0,
-                  "tsc: deltas must be integers, block counts non-decreasing")
-        blocks = tuple(itertools.accumulate(db, initial=b[0]))
-        pcs = tuple(itertools.accumulate(dp, initial=b[1]))
-        values = tuple(itertools.accumulate(dv, initial=b[2]))
-        _need(blocks[-1] < 1 << 64 and 0 <= min(pcs) and max(pcs) < 1 << 64 and 0 <= min(values)
-              and max(values) < 1 << 64, "tsc: values outside 64 bits")
-        return TscBatch(blocks, pcs, values)
+        _need(len(b) == 2 and _is_uint(b[0], 32) and 0 < b[0] <= TSC_BATCH_MAX and isinstance(b[1], bytes),
+              "tsc: expected [count, packed entries]")
+        entries = codec.decode_entries(b[1], b[0])
+        _need(entries is not None, f"tsc: packed entries do not hold exactly {b[0]} entries")
+        return TscBatch(b[0], b[1], entries)
     if kind == RNG:
         _need(len(b) == 2 and _is_uint(b[0]) and _is_uint(b[1], 32), "rng: expected [blocks, value]")
         return Rng(*b)

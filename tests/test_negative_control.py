@@ -33,7 +33,7 @@ def test_changed_rdtsc_value_is_caught_at_the_next_rdtsc(guests, tmp_path):
         if rec == first:
             vals = list(rec.values)
             vals[k] = vals[0] + 5_000_000
-            return R.TscBatch(rec.blocks, rec.pcs, tuple(vals))
+            return R.TscBatch.from_entries(rec.blocks, rec.pcs, tuple(vals))
         return rec
 
     bad = tmp_path / "bad.ftlog"

@@ -23,8 +23,8 @@ def tsc_st(draw):
     n = draw(st.integers(1, 50))
     blocks = sorted(draw(st.lists(st.integers(0, 2**40), min_size=n, max_size=n)))
     pcs = draw(st.lists(st.integers(0x400000, 0x500000), min_size=n, max_size=n))
-    values = sorted(draw(st.lists(st.integers(0, 2**62), min_size=n, max_size=n)))
-    return R.TscBatch(tuple(blocks), tuple(pcs), tuple(values))
+    values = draw(st.lists(u64, min_size=n, max_size=n))
+    return R.TscBatch.from_entries(blocks, pcs, values)
 
 
 records = st.one_of(
@@ -58,7 +58,7 @@ def test_any_single_bit_flip_is_caught(rec, data):
 
 def test_rdtsc_entries_are_small():
     n = 10_000
-    batch = R.TscBatch(tuple(range(0, 12 * n, 12)), (0x401234,) * n, tuple(range(10**9, 10**9 + 150 * n, 150)))
+    batch = R.TscBatch.from_entries(range(0, 12 * n, 12), (0x401234,) * n, range(10**9, 10**9 + 150 * n, 150))
     assert len(R.encode(batch)) / n <= 5
 
 

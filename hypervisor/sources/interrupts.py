@@ -19,6 +19,7 @@ import threading
 import time
 
 from .. import abi
+from ..uc import lib
 
 
 class InputDevice:
@@ -121,7 +122,7 @@ class HostEvents:
             threading.Thread(target=self._read_stdin, name="ftvm-stdin", daemon=True).start()
 
     def _poke(self):
-        self._cpu.async_req = 1
+        lib.ftvm_poke(self._cpu)
         self._cond.notify_all()
 
     def _read_stdin(self):
@@ -172,7 +173,7 @@ class HostEvents:
                 with self._cond:
                     if self._closed:
                         return
-                    self._cpu.async_req = 1
+                    lib.ftvm_poke(self._cpu)
         threading.Thread(target=poke, name="ftvm-poker", daemon=True).start()
 
     def take(self):

@@ -11,6 +11,7 @@ from __future__ import annotations
 import array
 import collections
 
+from logging_channel import codec
 from logging_channel import records as R
 
 from ..errors import Divergence
@@ -48,13 +49,14 @@ class VirtualTime:
         n = c.tsc_len
         if n == 0:
             return None
-        flat = ffi.unpack(c.tsc_buf, 3 * n)
+        words = array.array("Q", bytes(ffi.buffer(c.tsc_buf, 24 * n)))
+        packed = codec.encode_entries(int(ffi.cast("uintptr_t", c.tsc_buf)), n)
         c.tsc_len = 0
-        return R.TscBatch(tuple(flat[0::3]), tuple(flat[1::3]), tuple(flat[2::3]))
+        return R.TscBatch(n, packed, words)
 
     # --- replay side -----------------------------------------------------------------
     def feed(self, batch: R.TscBatch):
-        self._queue.append(batch)
+        self._queue.append((batch.entries, 0))
         if not self.cpu.tsc_more or self.cpu.tsc_len - self.cpu.tsc_pos < 1024:
             self.refill()
 
@@ -71,22 +73,20 @@ class VirtualTime:
             room = c.tsc_cap - c.tsc_len
             if room == 0:
                 break
-            take = min(room, len(batch.values))
-            entries = array.array("Q", bytes(24 * take))
-            entries[0::3] = array.array("Q", batch.blocks[:take])
-            entries[1::3] = array.array("Q", batch.pcs[:take])
-            entries[2::3] = array.array("Q", batch.values[:take])
-            ffi.memmove(c.tsc_buf + 3 * c.tsc_len, entries, 24 * take)
+            words, start = batch
+            avail = (len(words) - start) // 3
+            take = min(room, avail)
+            ffi.memmove(c.tsc_buf + 3 * c.tsc_len, memoryview(words)[start:start + 3 * take], 24 * take)
             c.tsc_len += take
-            if take == len(batch.values):
+            if take == avail:
                 self._queue.popleft()
             else:
-                self._queue[0] = R.TscBatch(batch.blocks[take:], batch.pcs[take:], batch.values[take:])
+                self._queue[0] = (words, start + 3 * take)
         c.tsc_more = 1 if self._queue else 0
 
     def pending(self) -> int:
         """Logged RDTSC results not yet consumed."""
-        return self.cpu.tsc_len - self.cpu.tsc_pos + sum(len(b.values) for b in self._queue)
+        return self.cpu.tsc_len - self.cpu.tsc_pos + sum((len(w) - s) // 3 for w, s in self._queue)
 
     def divergence(self, point):
         c = self.cpu
