@@ -1,17 +1,24 @@
-/* tsc-heavy: one RDTSC about every 100 instructions, for a stress test of the virtual
- * time path and the log's bytes per RDTSC. */
+/* tsc-heavy: one RDTSC about every 100 instructions of ordinary mixed work (table
+ * loads and stores, multiplies, a data-dependent branch), for a stress test of the
+ * virtual time path and of the log's bytes per RDTSC. */
 #include "ftvm.h"
+
+#define TABLE 4096
+static uint32_t table[TABLE];
 
 int main(void)
 {
-    uint64_t x = 0x243F6A8885A308D3ull, sum = 0, prev = ftvm_rdtsc(), backwards = 0;
+    uint64_t x = 0x243F6A8885A308D3ull, acc = 0, sum = 0, prev = ftvm_rdtsc(), backwards = 0;
     const uint64_t rounds = 2000000;
     for (uint64_t i = 0; i < rounds; i++) {
-        for (int k = 0; k < 8; k++) { /* ~96 instructions of ALU work */
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x += k;
+        for (int k = 0; k < 5; k++) {
+            uint32_t idx = (uint32_t)(x >> 7) & (TABLE - 1);
+            table[idx] += (uint32_t)x;
+            x = x * 6364136223846793005ull + table[(idx * 7) & (TABLE - 1)];
+            if (x & 0x100)
+                acc ^= x >> 3;
+            else
+                acc += x;
         }
         uint64_t t = ftvm_rdtsc();
         if (t <= prev)
@@ -24,7 +31,7 @@ int main(void)
     ftvm_puts(" elapsed_ns=");
     ftvm_put_u64(sum);
     ftvm_puts(" state=");
-    ftvm_put_hex(x);
+    ftvm_put_hex(acc ^ x);
     ftvm_puts(backwards ? " monotonic=NO\n" : " monotonic=yes\n");
     return backwards ? 1 : 0;
 }

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import ctypes
 import dataclasses
+import mmap
 import zlib
 
 from . import abi
@@ -85,6 +86,9 @@ class VCPU:
         self.halted = False
         self.regions = [(start, size, flags) for start, size, flags in image.pages()]
         self.regions.append((abi.STACK_TOP - stack_size, stack_size, PF_R | PF_W))
+        # Guest memory is ours (anonymous mappings handed to Unicorn with mem_map_ptr),
+        # so digests and snapshots read it in place, without copies.
+        self.ram = [mmap.mmap(-1, size) for _, size, _ in self.regions]
         self.uc = self._new_engine()
         for seg in image.segments:
             self.uc.mem_write(seg.vaddr, seg.data)
@@ -94,8 +98,8 @@ class VCPU:
     # --- engine --------------------------------------------------------------------
     def _new_engine(self):
         uc = unicorn.Uc(UC.UC_ARCH_X86, UC.UC_MODE_64)
-        for start, size, flags in self.regions:
-            uc.mem_map(start, size, _uc_perms(flags))
+        for (start, size, flags), ram in zip(self.regions, self.ram):
+            uc.mem_map_ptr(start, size, _uc_perms(flags), ctypes.addressof(ctypes.c_char.from_buffer(ram)))
         self._hooks = []
         # Hooks go in before the first emu_start (see NOTES: hooks added after code was
         # translated may not fire on it).
@@ -122,15 +126,24 @@ class VCPU:
         self._hooks.append(handle)
 
     def migrate(self):
-        """Move the whole CPU and memory state into a fresh engine."""
+        """Move the whole CPU and memory state into a fresh engine, memory copied into
+        fresh host pages (as a state transfer to another process would)."""
         ctx = self.uc.context_save()
-        mem = [(start, bytes(self.uc.mem_read(start, size))) for start, size, _ in self.regions]
-        old = self.uc
+        fresh = []
+        for ram in self.ram:
+            m = mmap.mmap(-1, len(ram))
+            m[:] = ram
+            fresh.append(m)
+        old, self.uc = self.uc, None
+        old_ram, self.ram = self.ram, fresh
         self.uc = self._new_engine()
-        for start, data in mem:
-            self.uc.mem_write(start, data)
         self.uc.context_restore(ctx)
-        del old
+        _close_engine(old)      # before its memory goes: the engine points into it
+        for m in old_ram:
+            try:
+                m.close()
+            except BufferError:     # a ctypes view still exists; the GC will free it
+                pass
 
     # --- running -------------------------------------------------------------------
     def run(self):
@@ -192,7 +205,7 @@ class VCPU:
 
     def mem_crcs(self):
         """CRC32 of each mapped region, in address order: [(start, crc)]."""
-        return [(start, zlib.crc32(self.uc.mem_read(start, size))) for start, size, _ in self.regions]
+        return [(start, zlib.crc32(ram)) for (start, _, _), ram in zip(self.regions, self.ram)]
 
     def read(self, addr, size):
         return bytes(self.uc.mem_read(addr, size))
@@ -209,6 +222,14 @@ class VCPU:
     @property
     def memory_bytes(self):
         return sum(size for _, size, _ in self.regions)
+
+
+def _close_engine(uc):
+    """Free a Unicorn engine now rather than whenever the garbage collector gets to it
+    (the binding closes it from a weakref finalizer, which is idempotent)."""
+    fin = getattr(uc, "_Uc__finalizer", None)
+    if fin is not None:
+        fin()
 
 
 def abi_status_for(err):
