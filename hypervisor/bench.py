@@ -57,7 +57,7 @@ def plain_run(image, stack_size=abi.STACK_SIZE_DEFAULT):
 def record_run(data, image, name, log_path):
     out = bytearray()
     writer = LogWriter(log_path)
-    rec = Recorder(data, image, name, writer, Config(), Console(out.extend))
+    rec = Recorder.new(data, image, name, writer, Config(), Console(out.extend))
     t = time.perf_counter()
     end = rec.run()
     elapsed = time.perf_counter() - t

@@ -1,4 +1,11 @@
-"""Console output (port 0xE9): counted, checksummed, and handed to a sink in chunks."""
+"""Console output (port 0xE9): counted, checksummed, and handed on in chunks.
+
+Bytes collect in a buffer. When a line ends (or the buffer fills), the console either
+flushes to its sink at once (replay), or asks its owner to take the bytes at the next
+stop (``on_flush_wanted``, set by the recorder, which releases output only at stops).
+A backup also keeps the bytes it produced since the observer last confirmed, to send
+them again if it goes live (``retain``).
+"""
 from __future__ import annotations
 
 import os
@@ -6,35 +13,58 @@ import zlib
 
 
 class Console:
-    """Collects guest console bytes. ``flush`` hands what is buffered to ``sink``
-    (a callable taking bytes); the default sink writes to a file descriptor."""
-
     FLUSH_BYTES = 4096
 
     def __init__(self, sink=None):
-        self.total = 0
-        self.crc = 0
+        self.total = 0           # bytes the guest has written
+        self.crc = 0             # CRC32 of all of them
+        self.sink = sink         # callable(bytes), for immediate flushing
+        self.on_flush_wanted = None
         self._buf = bytearray()
-        self._sink = sink
+        self.retain = False      # keep flushed bytes for a possible re-send
+        self.retained = bytearray()
+        self.retained_from = 0   # console offset of retained[0]
 
     def put(self, byte: int):
         self._buf.append(byte)
         self.total += 1
+        self.crc = zlib.crc32(bytes((byte,)), self.crc)
         if byte == 0x0A or len(self._buf) >= self.FLUSH_BYTES:
-            self.flush()
+            if self.on_flush_wanted is not None:
+                self.on_flush_wanted()
+            else:
+                self.flush()
 
-    def flush(self):
-        if not self._buf:
-            return
+    def pending(self) -> bytes:
+        return bytes(self._buf)
+
+    def take(self) -> bytes:
+        """Everything not yet handed on (the recorder's way of flushing)."""
         data = bytes(self._buf)
         self._buf.clear()
-        self.crc = zlib.crc32(data, self.crc)
-        if self._sink is not None:
-            self._sink(data)
+        if self.retain and data:
+            self.retained += data
+        return data
+
+    def flush(self):
+        data = self.take()
+        if data and self.sink is not None:
+            self.sink(data)
+
+    def confirmed(self, offset: int):
+        """The observer has everything before ``offset``: drop it from the retained bytes."""
+        drop = min(max(0, offset - self.retained_from), len(self.retained))
+        if drop:
+            del self.retained[:drop]
+            self.retained_from += drop
+
+    def unconfirmed_since(self, offset: int) -> bytes:
+        """Retained bytes from console offset ``offset`` on (for a re-send)."""
+        start = max(0, offset - self.retained_from)
+        return bytes(self.retained[start:]) + bytes(self._buf)
 
     def summary(self):
-        """(bytes, crc32) of everything put so far (flushes first)."""
-        self.flush()
+        """(bytes, crc32) of everything written so far."""
         return self.total, self.crc
 
 

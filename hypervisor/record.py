@@ -2,9 +2,14 @@
 thing that happens, at the execution point where it happens.
 
 The loop: run the CPU until something stops it (an arrival from the host, a hypercall,
-HLT, a full RDTSC buffer, a fault). At each stop, drain RDTSC results into the log,
-hand host arrivals to the devices (Input records), deliver one interrupt if the guest
-can take it (Irq record), write a digest when one is due, and go on.
+HLT, a full RDTSC buffer, console output to hand out, a fault). At each stop, drain
+RDTSC results into the log, hand host arrivals to the devices (Input records), deliver
+one interrupt if the guest can take it (Irq record), write a digest when one is due,
+hand console output on, and go on.
+
+Console output leaves only at stops, with the log position that covers it, so that
+the fault-tolerant primary can hold it until the backup has that position (the
+Output Rule). Plain recording releases it at once.
 """
 from __future__ import annotations
 
@@ -14,10 +19,10 @@ import time
 from logging_channel import records as R
 
 from . import __version__, abi
-from .errors import GuestStuck
+from .errors import EXIT_INTERRUPTED, GuestStuck
 from .machine import Config, Machine
 from .sources.interrupts import HostEvents
-from .uc import NO_STOP, lib
+from .uc import NO_STOP, SYNC_HYPERCALL, TSC_HOST, lib
 
 HLT = 0xF4
 
@@ -67,38 +72,97 @@ class ScriptedInput:
             self.events[0] = (0, self.events[0][1])
 
 
+class PlainOutput:
+    """Where recorded console output goes without fault tolerance: straight out."""
+
+    def __init__(self, write):
+        self._write = write
+
+    def output(self, offset, data, cover):
+        self._write(data)
+
+    def exit(self, total, status, detail, cover):
+        pass
+
+    def after_stop(self, recorder):
+        pass
+
+
 class Recorder:
-    def __init__(self, elf_bytes, image, elf_name, writer, config: Config, console,
-                 stdin_fd=None, script: ScriptedInput | None = None, chaos: Chaos | None = None,
-                 status=None, entropy=None):
-        self.writer = writer
+    """Drives a Machine in record mode. Build it with ``new`` (a fresh guest) or
+    ``take_over`` (a replayed machine going live)."""
+
+    def __init__(self, machine: Machine, sink, config: Config, out, host: HostEvents,
+                 script: ScriptedInput | None = None, chaos: Chaos | None = None, progress_records=False):
+        self.m = machine
+        self.sink = sink                # has append(record) and .records
         self.config = config
-        self.console = console
-        self.m = Machine(image, config, "record", console, log_append=self._append, entropy=entropy)
+        self.out = out                  # output(offset, data, cover), exit(...), after_stop(recorder)
+        self.host = host
         self.script = script
         self.chaos = chaos
-        self.status = status or (lambda msg: None)
-        self.host = HostEvents(self.m.cpu, None if script else stdin_fd)
-        if not script:
-            self.m.on_timer_change = self.host.set_timer
-        if config.digest_interval_ms and not script:
-            # Guest time follows the host clock here, so a host-side poke at the digest
-            # interval makes sure a CPU-bound guest still stops for its digests.
-            self.host.start_poker(config.digest_interval_ms / 1000)
+        self.progress_records = progress_records
         self.events = 0
         self._events_at_digest = 0
-        self._vtime_at_digest = 0
+        self._vtime_at_digest = machine.vtime.now()
+        self._logged_at_stop = False
         self._t0 = time.monotonic_ns()
-        writer.append(R.Header(elf=elf_bytes, elf_sha256=image.sha256, elf_name=elf_name, abi=abi.ABI_VERSION,
-                               config=dict(config.to_dict(), host=socket.gethostname()),
-                               created_unix=time.time(), ftvm_version=__version__))
+        self._console_offset = machine.console.total - len(machine.console.pending())
+        machine.console.on_flush_wanted = self._flush_wanted
+        machine.rng.mode = "record"
+        machine.rng.set_append(self._append)
+        machine.mode = "record"
+        if not script:
+            machine.on_timer_change = host.set_timer
+        else:
+            machine.on_timer_change = None
 
+    @classmethod
+    def new(cls, elf_bytes, image, elf_name, sink, config: Config, console, out=None, stdin_fd=None,
+            script=None, chaos=None, entropy=None, progress_records=False, poke_interval_s=None):
+        m = Machine(image, config, "record", console, entropy=entropy)
+        host = HostEvents(m.cpu, None if script else stdin_fd)
+        sink.append(R.Header(elf=elf_bytes, elf_sha256=image.sha256, elf_name=elf_name, abi=abi.ABI_VERSION,
+                             config=dict(config.to_dict(), host=socket.gethostname()),
+                             created_unix=time.time(), ftvm_version=__version__))
+        rec = cls(m, sink, config, out or PlainOutput(console_write(console)), host, script, chaos,
+                  progress_records)
+        interval = poke_interval_s if poke_interval_s is not None else (
+            config.digest_interval_ms / 1000 if config.digest_interval_ms else 0)
+        if interval and not script:
+            # A CPU-bound guest must still stop now and then (digests, pacing).
+            host.start_poker(interval)
+        return rec
+
+    @classmethod
+    def take_over(cls, machine: Machine, sink, config: Config, out, host: HostEvents, tsc_offset_ns: int,
+                  golive: R.GoLive | None = None, poke_interval_s=0.01):
+        """Go live from a replayed machine: guest time continues from the host clock
+        plus ``tsc_offset_ns``, and everything from here on is recorded."""
+        cpu = machine.cpu
+        cpu.tsc_mode = TSC_HOST
+        cpu.tsc_offset_ns = tsc_offset_ns
+        cpu.tsc_len = cpu.tsc_pos = 0
+        cpu.tsc_more = 0
+        rec = cls(machine, sink, config, out, host, progress_records=True)
+        if golive is not None:
+            rec._append(golive)
+        if machine.timer_period_us:
+            host.set_timer(machine.timer_period_us)
+        host.start_poker(poke_interval_s)
+        return rec
+
+    # --- log ---------------------------------------------------------------------------
     def _append(self, rec):
-        self.writer.append(rec)
+        self.sink.append(rec)
 
     def _event(self, rec):
-        self.writer.append(rec)
+        self.sink.append(rec)
         self.events += 1
+        self._logged_at_stop = True
+
+    def _flush_wanted(self):
+        lib.ftvm_request(self.m.cpu, SYNC_HYPERCALL)   # hand it out at the end of this block
 
     # --- the loop ----------------------------------------------------------------------
     def run(self):
@@ -110,19 +174,19 @@ class Recorder:
         finally:
             lib.ftvm_restore_signals()
             self.host.close()
-            m.console.flush()
 
     def _loop(self, m, cpu):
         while True:
             self._arm(m)
             fault = m.vcpu.run()
+            self._logged_at_stop = False
             self._drain_tsc()
             if fault is not None:
                 return self._end("fault", fault.status, f"guest fault: {fault.describe()}")
             if m.exit_status is not None:
                 return self._end("exit", m.exit_status, f"guest exited with status {m.exit_status}")
             if cpu.signal:
-                return self._end("interrupted", abi_interrupt_status(), f"recording stopped by signal {cpu.signal}")
+                return self._end("interrupted", EXIT_INTERRUPTED, f"recording stopped by signal {cpu.signal}")
             halted = m.vcpu.halted
             cpu.async_req = 0
             cpu.sync_req = 0
@@ -134,9 +198,10 @@ class Recorder:
             self._take_host_events()
             delivered = self._maybe_deliver()
             while halted and not delivered:
+                self._flush_console()
+                self.out.after_stop(self)
                 if not self._can_wake():
-                    m.console.flush()
-                    return self._end("stuck", abi_stuck_status(), self._stuck_reason())
+                    return self._end("stuck", GuestStuck.exit_status, self._stuck_reason())
                 if self.script:
                     # Scripted time stands still while the guest halts: the next scripted
                     # arrival comes now, at this (deterministic) point.
@@ -144,10 +209,14 @@ class Recorder:
                 else:
                     self.host.wait(0.05)
                 if cpu.signal:
-                    return self._end("interrupted", abi_interrupt_status(), f"recording stopped by signal {cpu.signal}")
+                    return self._end("interrupted", EXIT_INTERRUPTED, f"recording stopped by signal {cpu.signal}")
                 self._take_host_events()
                 delivered = self._maybe_deliver()
             self._maybe_digest()
+            self._flush_console()
+            if self.progress_records and not self._logged_at_stop:
+                self._append(R.Progress(m.blocks, m.vcpu.reg("rip")))
+            self.out.after_stop(self)
 
     def _arm(self, m):
         stop = NO_STOP
@@ -160,7 +229,19 @@ class Recorder:
     def _drain_tsc(self):
         batch = self.m.vtime.drain()
         if batch is not None:
-            self.writer.append(batch)
+            self.sink.append(batch)
+
+    def _flush_console(self):
+        """Hand console output on, covered by everything logged so far. A Progress
+        record marks this point, so a backup can replay up to the output."""
+        data = self.m.console.take()
+        if not data:
+            return
+        if self.progress_records and not self._logged_at_stop:
+            self._append(R.Progress(self.m.blocks, self.m.vcpu.reg("rip")))
+            self._logged_at_stop = True
+        self.out.output(self._console_offset, data, self.sink.records)
+        self._console_offset += len(data)
 
     def _take_host_events(self):
         m = self.m
@@ -235,22 +316,19 @@ class Recorder:
         if c.digest_interval_ms and m.vtime.now() - self._vtime_at_digest >= c.digest_interval_ms * 1_000_000:
             due = True
         if due:
-            d = m.digest()
-            self.writer.append(d)
+            self._append(m.digest())
+            self._logged_at_stop = True
             self._events_at_digest = self.events
             self._vtime_at_digest = m.vtime.now()
 
     def _end(self, reason, status, detail):
-        self.m.console.flush()
+        self._flush_console()
         end = R.End(reason, status, detail, self.m.digest(), time.monotonic_ns() - self._t0)
-        self.writer.append(end)
+        self._append(end)
+        self.out.exit(self._console_offset, status, detail, self.sink.records)
+        self.out.after_stop(self)
         return end
 
 
-def abi_interrupt_status():
-    from .errors import EXIT_INTERRUPTED
-    return EXIT_INTERRUPTED
-
-
-def abi_stuck_status():
-    return GuestStuck.exit_status
+def console_write(console):
+    return console.sink if console.sink is not None else (lambda data: None)

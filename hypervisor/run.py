@@ -21,8 +21,8 @@ def record_guest(guest, log_path, *, stack_size, mem_limit, digest_interval_ms, 
     writer = LogWriter(log_path)
     say(f"recording {guest} to {log_path}")
     try:
-        rec = Recorder(data, image, os.path.basename(guest), writer, config, Console(fd_sink(1)),
-                       stdin_fd=stdin_fd)
+        rec = Recorder.new(data, image, os.path.basename(guest), writer, config, Console(fd_sink(1)),
+                           stdin_fd=stdin_fd)
         end = rec.run()
     finally:
         writer.close()

@@ -29,9 +29,9 @@ FRAME_HEAD = struct.Struct("<BBI")   # the part of the frame header the CRC cove
 BODY_MAX = 256 << 20                 # largest body a reader accepts (the ELF rides in HEADER)
 TSC_BATCH_MAX = 1 << 20              # most RDTSC entries one record may hold
 
-HEADER, INPUT, IRQ, TSC, RNG, DIGEST, END = 1, 2, 3, 4, 5, 6, 7
+HEADER, INPUT, IRQ, TSC, RNG, DIGEST, END, PROGRESS, GOLIVE = 1, 2, 3, 4, 5, 6, 7, 8, 9
 KIND_NAMES = {HEADER: "header", INPUT: "input", IRQ: "irq", TSC: "tsc", RNG: "rng",
-              DIGEST: "digest", END: "end"}
+              DIGEST: "digest", END: "end", PROGRESS: "progress", GOLIVE: "golive"}
 NAME_KINDS = {v: k for k, v in KIND_NAMES.items()}
 
 # Registers in a state digest, in this order (format version 1).
@@ -125,6 +125,27 @@ class TscBatch:
 
 
 @dataclasses.dataclass(frozen=True)
+class Progress:
+    """The primary got this far with nothing else to report. It lets a backup replay up
+    to here (and so cover console output released at this point)."""
+    blocks: int
+    pc: int
+    kind = PROGRESS
+
+
+@dataclasses.dataclass(frozen=True)
+class GoLive:
+    """A backup took over here as primary of ``view``, after ``outage_ms`` without a
+    primary. Changes nothing in the guest; replay checks the point."""
+    blocks: int
+    pc: int
+    view: int
+    node: str
+    outage_ms: int
+    kind = GOLIVE
+
+
+@dataclasses.dataclass(frozen=True)
 class Rng:
     """A value the random-number device returned."""
     blocks: int
@@ -194,6 +215,10 @@ def _body(rec) -> object:
         return [rec.count, rec.packed]
     if k == RNG:
         return [rec.blocks, rec.value]
+    if k == PROGRESS:
+        return [rec.blocks, rec.pc]
+    if k == GOLIVE:
+        return [rec.blocks, rec.pc, rec.view, rec.node, rec.outage_ms]
     if k == DIGEST:
         return _digest_fields(rec)
     if k == END:
@@ -262,6 +287,13 @@ def _from_body(kind, b):
         return Rng(*b)
     if kind == DIGEST:
         return _digest_from(b)
+    if kind == PROGRESS:
+        _need(len(b) == 2 and _is_uint(b[0]) and _is_uint(b[1]), "progress: expected [blocks, pc]")
+        return Progress(*b)
+    if kind == GOLIVE:
+        _need(len(b) == 5 and _is_uint(b[0]) and _is_uint(b[1]) and _is_uint(b[2], 32) and isinstance(b[3], str)
+              and _is_uint(b[4]), "golive: expected [blocks, pc, view, node, outage_ms]")
+        return GoLive(*b)
     if kind == END:
         _need(len(b) == 5 and b[0] in END_REASONS and _is_uint(b[1], 8) and isinstance(b[2], str)
               and _is_uint(b[4]), "end: expected [reason, status, detail, digest, wall_ns]")

@@ -63,8 +63,8 @@ def record_inproc(tmp_path, guest, name="run", script=None, chaos=None, seed=0, 
     writer = LogWriter(path)
     rnd = random.Random(seed)
     cfg = Config(digest_interval_ms=0, digest_every_events=digest_every_events, tsc_synthetic_ns_per_block=synthetic_ns)
-    rec = Recorder(data, image, guest, writer, cfg, Console(out.extend), script=script, chaos=chaos,
-                   entropy=lambda n: rnd.randbytes(n))
+    rec = Recorder.new(data, image, guest, writer, cfg, Console(out.extend), script=script, chaos=chaos,
+                       entropy=lambda n: rnd.randbytes(n))
     end = rec.run()
     writer.close()
     return path, bytes(out), end

@@ -33,6 +33,9 @@ class RngDevice:
         self._append(R.Rng(blocks, value))
         return value
 
+    def set_append(self, log_append):
+        self._append = log_append
+
     def feed(self, rec: R.Rng):
         self._queue.append(rec)
 

@@ -1,0 +1,176 @@
+"""The deterministic core of fault tolerance. No sockets, clocks, threads or
+randomness: every function takes the time it needs as an argument (nanoseconds of the
+caller's monotonic clock), so tests drive it with fake time.
+"""
+from __future__ import annotations
+
+import collections
+import dataclasses
+
+
+@dataclasses.dataclass
+class Held:
+    """One thing the Output Rule holds back: console bytes or the exit."""
+    cover: int          # log records the backup must have for this to go out
+    offset: int         # console byte offset (for the exit: total console bytes)
+    data: bytes | None  # console bytes; None for the exit
+    status: int = 0
+    detail: str = ""
+
+
+class OutputGate:
+    """Output Rule: nothing leaves before the backup has acknowledged the log position
+    that covers it. Held output is bounded (``max_bytes``); when the gate is full the
+    primary must stop executing until acknowledgements free it."""
+
+    def __init__(self, max_bytes: int = 1 << 20):
+        self.max_bytes = max_bytes
+        self.held = collections.deque()
+        self.held_bytes = 0
+        self.released_bytes = 0
+
+    def hold(self, cover: int, offset: int, data: bytes):
+        self.held.append(Held(cover, offset, data))
+        self.held_bytes += len(data)
+
+    def hold_exit(self, cover: int, total: int, status: int, detail: str):
+        self.held.append(Held(cover, total, None, status, detail))
+
+    def full(self) -> bool:
+        return self.held_bytes >= self.max_bytes
+
+    def release(self, acked: int, protected: bool, backup_fresh: bool):
+        """What may leave now. ``acked``: records the backup has acknowledged;
+        ``protected``: a backup exists; ``backup_fresh``: the backup was heard from
+        recently enough that this node is still the primary it thinks it is."""
+        out = []
+        while self.held:
+            h = self.held[0]
+            if protected and not (backup_fresh and h.cover <= acked):
+                break
+            self.held.popleft()
+            if h.data is not None:
+                self.held_bytes -= len(h.data)
+                self.released_bytes += len(h.data)
+            out.append(h)
+        return out
+
+
+class ClockSkew:
+    """Cristian's algorithm over heartbeats: the peer's clock minus ours, from the
+    sample with the shortest round trip among the last ``window``."""
+
+    def __init__(self, window: int = 64):
+        self.samples = collections.deque(maxlen=window)
+
+    def sample(self, now: int, peer_sent: int, echo: int, held: int):
+        """A heartbeat arrived at ``now``, sent at ``peer_sent`` (peer clock), echoing
+        our clock value ``echo`` that the peer had held for ``held`` ns."""
+        if echo <= 0 or echo > now:
+            return
+        rtt = now - echo - max(held, 0)
+        if rtt < 0:
+            return
+        self.samples.append((rtt, peer_sent + rtt // 2 - now))
+
+    @property
+    def offset_ns(self):
+        return min(self.samples)[1] if self.samples else 0
+
+    @property
+    def rtt_ns(self):
+        return min(self.samples)[0] if self.samples else None
+
+
+class PeerWatch:
+    """When a peer was last heard from, judged by when it *sent* (mapped onto our
+    clock through the skew estimate), so that messages that sat in a queue while this
+    process was frozen do not count as fresh."""
+
+    def __init__(self, timeout_ns: int):
+        self.timeout_ns = timeout_ns
+        self.last_ns = None
+
+    def heard(self, now: int, peer_sent: int | None = None, skew_ns: int = 0):
+        t = now if peer_sent is None else min(now, peer_sent - skew_ns)
+        if self.last_ns is None or t > self.last_ns:
+            self.last_ns = t
+
+    def silent_ns(self, now: int):
+        return None if self.last_ns is None else now - self.last_ns
+
+    def fresh(self, now: int) -> bool:
+        return self.last_ns is not None and now - self.last_ns < self.timeout_ns
+
+    def dead(self, now: int, started_ns: int, startup_grace_ns: int) -> bool:
+        if self.last_ns is None:
+            return now - started_ns >= startup_grace_ns
+        return now - self.last_ns >= self.timeout_ns
+
+
+class LagTracker:
+    """How far the backup trails, as time: how long ago the primary was where the
+    backup is now. The primary samples (time, blocks) at its stops."""
+
+    def __init__(self, keep: int = 4096):
+        self.samples = collections.deque(maxlen=keep)
+
+    def primary_at(self, now: int, blocks: int):
+        self.samples.append((now, blocks))
+
+    def lag_ns(self, now: int, backup_blocks: int) -> int:
+        if not self.samples or backup_blocks >= self.samples[-1][1]:
+            return 0
+        # The newest sample at or below the backup's position; the lag is measured
+        # from the first sample past it (when the primary moved beyond).
+        for t, b in reversed(self.samples):
+            if b <= backup_blocks:
+                break
+            first_past = t
+        else:
+            first_past = self.samples[0][0]
+        return max(0, now - first_past)
+
+
+class Slew:
+    """Absorb a forward clock correction gradually instead of stepping time back:
+    ``excess_ns`` is how far guest time runs ahead of where it should; each call to
+    ``absorb`` takes back at most 1/16 of the time that passed."""
+
+    RATE_DIV = 16
+
+    def __init__(self, excess_ns: int = 0, now: int = 0):
+        self.excess_ns = max(0, excess_ns)
+        self._last = now
+
+    def absorb(self, now: int) -> int:
+        take = min(self.excess_ns, max(0, now - self._last) // self.RATE_DIV)
+        self._last = now
+        self.excess_ns -= take
+        return take
+
+
+def go_live_offset(primary_offset_ns: int, skew_ns: int, host_now_ns: int, tsc_last: int):
+    """The virtual-time offset a backup takes when it goes live, and the excess to slew.
+
+    The primary's guest time was host_p + primary_offset; host_p = host_b + skew. So
+    the backup's offset is primary_offset + skew. If that would put guest time at or
+    behind the last value the guest saw, start just after it and slew the excess."""
+    offset = primary_offset_ns + skew_ns
+    if host_now_ns + offset > tsc_last:
+        return offset, 0
+    start = tsc_last + 1
+    return start - host_now_ns, start - (host_now_ns + offset)
+
+
+def on_lost_contact(role: str, claim_won: bool) -> str:
+    """What a node does when its peer has been silent past the timeout and it has tried
+    the shared-disk test-and-set for the next view: exactly one node wins it.
+
+    primary: won -> carry on unprotected; lost -> the backup went live: halt.
+    backup:  won -> go live;              lost -> the primary carries on alone: halt."""
+    if role == "primary":
+        return "continue_alone" if claim_won else "halt"
+    if role == "backup":
+        return "go_live" if claim_won else "halt"
+    raise AssertionError(role)

@@ -1,0 +1,111 @@
+"""Messages of the logging channel and of the observer link. Pure code, no I/O.
+
+Every message is
+
+    u8 version | u8 type | u16 sender | u32 view | u64 seq | u32 payload length | u32 CRC32 | payload
+
+little-endian; the CRC32 covers the 20 header bytes before it and the payload, which
+is one msgpack object. ``view`` is the view (epoch) the sender believes in: it fences
+stale primaries. ``seq`` depends on the type (below). A message that fails any check
+is refused with a reason; receivers count and drop such messages, never crash.
+
+| type | direction | seq | payload |
+|---|---|---|---|
+| LOG | primary -> backup | index of the first record | [frames (bin), count, primary blocks, tsc_offset_ns] |
+| ACK | backup -> primary | records received (next index wanted) | [replayed blocks, replayed records] |
+| HEARTBEAT | both ways | sender's clock (ns) | [echo of the peer's last clock seen, ns held since, sender role] |
+| OUTPUT | node -> observer | console byte offset | bytes |
+| EXIT | node -> observer | console bytes in all | [status, detail] |
+| HELLO | node -> observer | input offset wanted | [node name, role, pid, detail] |
+| INPUT | observer -> node | input byte offset | bytes, or nil for end of input |
+| CONFIRM | observer -> nodes | console bytes delivered | nil |
+"""
+from __future__ import annotations
+
+import dataclasses
+import struct
+import zlib
+
+import msgpack
+
+VERSION = 1
+HEAD = struct.Struct("<BBHIQI")
+CRC = struct.Struct("<I")
+SIZE = HEAD.size + CRC.size
+PAYLOAD_MAX = 64 << 20
+
+LOG, ACK, HEARTBEAT, OUTPUT, EXIT, HELLO, INPUT, CONFIRM = range(1, 9)
+TYPE_NAMES = {LOG: "log", ACK: "ack", HEARTBEAT: "heartbeat", OUTPUT: "output", EXIT: "exit",
+              HELLO: "hello", INPUT: "input", CONFIRM: "confirm"}
+
+
+@dataclasses.dataclass(frozen=True)
+class Message:
+    type: int
+    sender: int
+    view: int
+    seq: int
+    payload: object
+
+
+class BadMessage(Exception):
+    """A message failed a check; ``reason`` says which."""
+
+    def __init__(self, reason):
+        super().__init__(reason)
+        self.reason = reason
+
+
+def encode(type_: int, sender: int, view: int, seq: int, payload=None) -> bytes:
+    body = msgpack.packb(payload, use_bin_type=True)
+    head = HEAD.pack(VERSION, type_, sender, view, seq, len(body))
+    return head + CRC.pack(zlib.crc32(body, zlib.crc32(head))) + body
+
+
+def decode(data: bytes) -> Message:
+    if len(data) < SIZE:
+        raise BadMessage(f"{len(data)} bytes, shorter than a header ({SIZE})")
+    version, type_, sender, view, seq, length = HEAD.unpack_from(data, 0)
+    if version != VERSION:
+        raise BadMessage(f"version {version}, expected {VERSION}")
+    if type_ not in TYPE_NAMES:
+        raise BadMessage(f"unknown type {type_}")
+    if length > PAYLOAD_MAX or len(data) != SIZE + length:
+        raise BadMessage(f"payload length {length} does not match the {len(data) - SIZE} bytes that came")
+    (crc,) = CRC.unpack_from(data, HEAD.size)
+    body = data[SIZE:]
+    if zlib.crc32(body, zlib.crc32(data[:HEAD.size])) != crc:
+        raise BadMessage("CRC32 mismatch")
+    try:
+        payload = msgpack.unpackb(body, raw=False, use_list=True, strict_map_key=True)
+    except (ValueError, msgpack.ExtraData, msgpack.FormatError, msgpack.StackError) as e:
+        raise BadMessage(f"payload is not valid msgpack ({e})") from None
+    if not _shape_ok(type_, payload):
+        raise BadMessage(f"{TYPE_NAMES[type_]} payload has the wrong shape")
+    return Message(type_, sender, view, seq, payload)
+
+
+def _ints(xs, n):
+    return isinstance(xs, list) and len(xs) == n and all(type(x) is int for x in xs)
+
+
+def _shape_ok(t, p):
+    if t == LOG:
+        return (isinstance(p, list) and len(p) == 4 and isinstance(p[0], bytes) and type(p[1]) is int
+                and type(p[2]) is int and type(p[3]) is int)
+    if t == ACK:
+        return _ints(p, 2)
+    if t == HEARTBEAT:
+        return isinstance(p, list) and len(p) == 3 and type(p[0]) is int and type(p[1]) is int and isinstance(p[2], str)
+    if t == OUTPUT:
+        return isinstance(p, bytes)
+    if t == EXIT:
+        return isinstance(p, list) and len(p) == 2 and type(p[0]) is int and isinstance(p[1], str)
+    if t == HELLO:
+        return (isinstance(p, list) and len(p) == 4 and isinstance(p[0], str) and isinstance(p[1], str)
+                and type(p[2]) is int and isinstance(p[3], str))
+    if t == INPUT:
+        return p is None or isinstance(p, bytes)
+    if t == CONFIRM:
+        return p is None
+    return False

@@ -1,0 +1,1 @@
+"""Shared storage: the arbiter whose atomic test-and-set decides who may be primary."""
