@@ -13,7 +13,7 @@ import sys
 import click
 
 from . import __version__
-from .errors import EXIT_INTERRUPTED, EXIT_USAGE, FtvmError
+from .errors import EXIT_INTERRUPTED, FtvmError
 
 
 def say(msg):
@@ -155,7 +155,7 @@ def log():
 @log.command("show")
 @click.argument("log_path", metavar="LOG", type=click.Path(dir_okay=False))
 @click.option("-k", "--kind", "kinds", multiple=True,
-              type=click.Choice(["header", "input", "irq", "tsc", "rng", "digest", "end"]),
+              type=click.Choice(["header", "input", "irq", "tsc", "rng", "digest", "end", "progress", "golive"]),
               help="Only records of this kind (repeatable).")
 @click.option("--from-block", type=int, default=None, help="Only records at or after this block count.")
 @click.option("--to-block", type=int, default=None, help="Only records at or before this block count.")
@@ -177,6 +177,142 @@ def log_stats(log_path, as_json):
     """Counts and bytes per record kind, bytes per event, events and blocks per second."""
     from .logview import stats
     stats(log_path, as_json)
+
+
+def _ft_options(fn):
+    fn = click.option("--hb-interval-ms", type=click.IntRange(1), default=20, show_default=True,
+                      help="Heartbeat interval on the logging channel.")(fn)
+    fn = click.option("--fail-timeout-ms", type=click.IntRange(10), default=150, show_default=True,
+                      help="A peer silent this long is declared dead.")(fn)
+    fn = click.option("--max-lag-ms", type=click.IntRange(1), default=100, show_default=True,
+                      help="The primary slows down when the backup trails by more guest progress than this.")(fn)
+    return fn
+
+
+def _opts(hb_interval_ms, fail_timeout_ms, max_lag_ms):
+    from .ft.node import FtOptions
+    return FtOptions(hb_interval_ms=hb_interval_ms, fail_timeout_ms=fail_timeout_ms, max_lag_ms=max_lag_ms)
+
+
+@main.command()
+@click.argument("guest", type=click.Path(dir_okay=False))
+@click.option("--log", "log_path", type=click.Path(dir_okay=False),
+              help="When the run ends, write a replay log of the whole run (across failovers) here.")
+@click.option("--kill-primary-after", "kill_after", type=float, multiple=True, metavar="SECONDS",
+              help="SIGKILL whichever node is primary this many seconds after start (repeatable).")
+@click.option("--progress", is_flag=True, help="Show a live status table on stderr.")
+@click.option("--run-dir", type=click.Path(file_okay=False),
+              help="Directory for the nodes' logs, status and the shared disk (default: a new temporary one).")
+@_ft_options
+@operating_errors
+def run(guest, log_path, kill_after, progress, run_dir, hb_interval_ms, fail_timeout_ms, max_lag_ms):
+    """Run GUEST fault-tolerantly: a primary and a backup process joined by the logging
+    channel, and this process as the observer.
+
+    The guest's console is on stdout, exactly once, whatever fails; stdin goes to the
+    guest's input device through the primary. ftvm exits with the guest's exit status,
+    or 8 if every node died first (the logs stay in the run directory).
+    """
+    from .ft.observer import run_local
+    status = run_local(guest, log_path=log_path, kill_after=kill_after, progress=progress, run_dir=run_dir,
+                       opts=_opts(hb_interval_ms, fail_timeout_ms, max_lag_ms), say=say)
+    sys.exit(status)
+
+
+@main.command()
+@click.option("--name", required=True, help="This node's name (A, B, ...).")
+@click.option("--role", type=click.Choice(["primary", "backup"]), required=True)
+@click.option("--listen", required=True, metavar="ADDR", help="ZeroMQ address to bind, e.g. tcp://0.0.0.0:7001.")
+@click.option("--peer", required=True, metavar="ADDR", help="The other node's address.")
+@click.option("--peer-name", default=None, help="The other node's name (default: B for A, A otherwise).")
+@click.option("--observer", required=True, metavar="ADDR", help="The observer's address.")
+@click.option("--shared-dir", required=True, type=click.Path(file_okay=False),
+              help="Directory on storage both nodes share (the test-and-set lives here).")
+@click.option("--run-dir", required=True, type=click.Path(file_okay=False), help="Where to write status.")
+@click.option("--log", "log_path", required=True, type=click.Path(dir_okay=False), help="This node's log file.")
+@click.option("--guest", type=click.Path(dir_okay=False), help="The guest ELF (primary only).")
+@_ft_options
+@operating_errors
+def node(name, role, listen, peer, peer_name, observer, shared_dir, run_dir, log_path, guest,
+         hb_interval_ms, fail_timeout_ms, max_lag_ms):
+    """Run one node of a fault-tolerant pair (used by `ftvm run`; start it by hand to
+    put the nodes on different machines)."""
+    from .ft.node import Node
+    if role == "primary" and not guest:
+        raise click.UsageError("--guest is needed with --role primary")
+    os.makedirs(run_dir, exist_ok=True)
+    n = Node(name, role, listen, peer, observer, shared_dir, run_dir, log_path, guest=guest,
+             opts=_opts(hb_interval_ms, fail_timeout_ms, max_lag_ms), peer_name=peer_name)
+    sys.exit(n.run())
+
+
+@main.command()
+@click.option("--listen", required=True, metavar="ADDR", help="Address to bind for the nodes' messages.")
+@click.option("--node", "nodes", multiple=True, required=True, metavar="NAME=ADDR",
+              help="A node to follow (repeat for each).")
+@click.option("--run-dir", type=click.Path(file_okay=False), default=".", show_default=True)
+@click.option("--progress", is_flag=True)
+@operating_errors
+def observe(listen, nodes, run_dir, progress):
+    """Attach to nodes started by hand (`ftvm node`): print the console, forward stdin."""
+    from .ft.observer import Observer
+    addrs = {}
+    for spec in nodes:
+        if "=" not in spec:
+            raise click.BadParameter(f"{spec!r}: use NAME=ADDR", param_hint="--node")
+        k, v = spec.split("=", 1)
+        addrs[k] = v
+    obs = Observer(listen, addrs, run_dir, progress=progress, say=say)
+    sys.exit(obs.run())
+
+
+@main.command()
+@click.argument("which", type=click.Choice(["primary", "backup"]))
+@click.option("--run-dir", required=True, type=click.Path(file_okay=False, exists=True))
+@operating_errors
+def kill(which, run_dir):
+    """SIGKILL the node that is now primary (or backup) of the run in RUN_DIR."""
+    import signal as _signal
+
+    from .ft.observer import read_status
+    live = [s for s in read_status(run_dir) if s["alive"]]
+    if which == "primary":
+        cands = sorted((s for s in live if s["role"] == "primary"), key=lambda s: -s["view"])
+    else:
+        cands = [s for s in live if s["role"] == "backup"]
+    if not cands:
+        raise FtvmError(f"no live {which} in {run_dir} (nodes: "
+                        f"{', '.join(s['name'] + ':' + s['role'] for s in read_status(run_dir)) or 'none'})")
+    s = cands[0]
+    os.kill(s["pid"], _signal.SIGKILL)
+    say(f"killed {which} {s['name']} (pid {s['pid']}, view {s['view']})")
+
+
+@main.command()
+@click.option("--run-dir", required=True, type=click.Path(file_okay=False, exists=True))
+@click.option("--json", "as_json", is_flag=True)
+@operating_errors
+def status(run_dir, as_json):
+    """Role, view, lag, log, held output, failovers and clock offset of each node."""
+    import json as _json
+
+    from .ft.observer import read_status
+    sts = read_status(run_dir)
+    if as_json:
+        click.echo(_json.dumps(sts, indent=2))
+        return
+    from rich.console import Console as RichConsole
+    from rich.table import Table
+    t = Table(title=f"ftvm nodes in {run_dir}")
+    for col in ("node", "pid", "alive", "role", "view", "lag ms", "log records", "held B", "failovers",
+                "clock offset us", "garbage", "stale"):
+        t.add_column(col, justify="right")
+    for s in sts:
+        t.add_row(s["name"], str(s["pid"]), "yes" if s["alive"] else "no", s["role"], str(s["view"]),
+                  "-" if s["lag_ms"] is None else f"{s['lag_ms']:.1f}", str(s["log_records"]),
+                  str(s["held_bytes"]), str(s["failovers"]), f"{s['clock_offset_us']:.0f}",
+                  str(s["garbage"]), str(s["stale"]))
+    RichConsole().print(t)
 
 
 @main.command()

@@ -73,6 +73,10 @@ def _record_dict(index, offset, rec):
     elif rec.kind == R.DIGEST:
         d.update(blocks=rec.blocks, pc=rec.pc, vtime_ns=rec.vtime, out_bytes=rec.out_bytes,
                  regs=dict(zip(R.DIGEST_REGS, rec.regs)), mem_crc32={hex(a): c for a, c in rec.mem})
+    elif rec.kind == R.PROGRESS:
+        d.update(blocks=rec.blocks, pc=rec.pc)
+    elif rec.kind == R.GOLIVE:
+        d.update(blocks=rec.blocks, pc=rec.pc, view=rec.view, node=rec.node, outage_ms=rec.outage_ms)
     elif rec.kind == R.END:
         d.update(blocks=rec.blocks, pc=rec.pc, reason=rec.reason, status=rec.status, detail=rec.detail,
                  wall_ns=rec.wall_ns, vtime_ns=rec.digest.vtime, out_bytes=rec.digest.out_bytes)
@@ -99,6 +103,10 @@ def _text(d, syms):
         return f"{head} {where}  time {d['vtime_ns']} ns, console {d['out_bytes']} bytes"
     if k == "end":
         return f"{head} {where}  {d['reason']} status {d['status']}: {d['detail']}"
+    if k == "progress":
+        return f"{head} {where}"
+    if k == "golive":
+        return f"{head} {where}  node {d['node']} went live as primary of view {d['view']} after {d['outage_ms']} ms"
     return head
 
 

@@ -119,9 +119,12 @@ class Recorder:
 
     @classmethod
     def new(cls, elf_bytes, image, elf_name, sink, config: Config, console, out=None, stdin_fd=None,
-            script=None, chaos=None, entropy=None, progress_records=False, poke_interval_s=None):
+            script=None, chaos=None, entropy=None, progress_records=False, poke_interval_s=None, host=None):
         m = Machine(image, config, "record", console, entropy=entropy)
-        host = HostEvents(m.cpu, None if script else stdin_fd)
+        if host is None:
+            host = HostEvents(m.cpu, None if script else stdin_fd)
+        else:
+            host.bind(m.cpu)
         sink.append(R.Header(elf=elf_bytes, elf_sha256=image.sha256, elf_name=elf_name, abi=abi.ABI_VERSION,
                              config=dict(config.to_dict(), host=socket.gethostname()),
                              created_unix=time.time(), ftvm_version=__version__))
@@ -199,6 +202,7 @@ class Recorder:
             delivered = self._maybe_deliver()
             while halted and not delivered:
                 self._flush_console()
+                self._mark_progress()
                 self.out.after_stop(self)
                 if not self._can_wake():
                     return self._end("stuck", GuestStuck.exit_status, self._stuck_reason())
@@ -214,9 +218,14 @@ class Recorder:
                 delivered = self._maybe_deliver()
             self._maybe_digest()
             self._flush_console()
-            if self.progress_records and not self._logged_at_stop:
-                self._append(R.Progress(m.blocks, m.vcpu.reg("rip")))
+            self._mark_progress()
             self.out.after_stop(self)
+
+    def _mark_progress(self):
+        """Let a backup know it may replay up to this stop (once per stop)."""
+        if self.progress_records and not self._logged_at_stop:
+            self._append(R.Progress(self.m.blocks, self.m.vcpu.reg("rip")))
+            self._logged_at_stop = True
 
     def _arm(self, m):
         stop = NO_STOP
@@ -237,9 +246,7 @@ class Recorder:
         data = self.m.console.take()
         if not data:
             return
-        if self.progress_records and not self._logged_at_stop:
-            self._append(R.Progress(self.m.blocks, self.m.vcpu.reg("rip")))
-            self._logged_at_stop = True
+        self._mark_progress()
         self.out.output(self._console_offset, data, self.sink.records)
         self._console_offset += len(data)
 

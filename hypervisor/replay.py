@@ -2,15 +2,22 @@
 what the recording did.
 
 The log's records are read in order. RDTSC and random-number results are queued for
-the C and Python hooks, which check each is consumed at its logged block count. Every
-other record names an execution point (blocks, pc): the CPU runs to that block count,
-the PC is checked, and the record is applied (input bytes, an interrupt, a digest to
-compare, or the end). Any mismatch stops the replay with a Divergence that names the
+the C and Python hooks, which check each is consumed at its logged point. Every other
+record names an execution point (blocks, pc): the CPU runs to that block count, the
+PC is checked, and the record is applied (input bytes, an interrupt, a digest to
+compare, the end). Any mismatch stops the replay with a Divergence that names the
 point and what differs.
+
+The records come from a file (``FileSource``) or, on a backup, from the logging
+channel as they arrive (``StreamSource``). A backup replays as far as the log it has
+vouches for and waits for more; when told to take over, it replays everything it has
+and hands the machine over (``ReplayResult.handover``).
 """
 from __future__ import annotations
 
+import collections
 import dataclasses
+import threading
 
 from logging_channel import records as R
 from logging_channel.logfile import LogReader, scan
@@ -19,16 +26,18 @@ from . import abi, elf_loader
 from .errors import Divergence, EXIT_INTERRUPTED, LogDamaged, LogTruncated
 from .machine import Config, Machine, compare_digests
 from .record import Chaos
-from .uc import NO_STOP, SYNC_DIVERGED, SYNC_TSC_DRAIN, lib
+from .uc import SYNC_DIVERGED, lib
+
+CUT, HORIZON = -1, -2
 
 
 @dataclasses.dataclass
-class _Cut:
-    """Stands in for the records a truncated log lost: replay runs to ``blocks``, the
-    furthest point the log still vouches for, and stops there."""
+class _Stop:
+    """A pseudo-event: run to ``blocks`` and then: CUT (the log ends there: stop, with
+    ``error`` or a handover) or HORIZON (the log vouches for no more yet: wait)."""
+    kind: int
     blocks: int
-    error: LogTruncated
-    kind = -1
+    error: Exception | None = None
 
 
 @dataclasses.dataclass
@@ -37,56 +46,152 @@ class ReplayResult:
     end: R.End | None      # the log's end record, when replay reached it
     message: str
     stopped_at: dict | None = None   # registers, when --to stopped early
+    handover: bool = False           # a backup's stream ended: the machine is ready to go live
+
+
+class FileSource:
+    """Records from a log file; a damaged log is refused before anything runs."""
+
+    streaming = False
+
+    def __init__(self, path):
+        self.path = str(path)
+        scan(path)
+        self.reader = LogReader(path)
+        self._it = iter(self.reader)
+
+    def next(self):
+        """The next record, or None at the end of the file (LogTruncated if cut)."""
+        try:
+            return next(self._it)[2]
+        except StopIteration:
+            return None
+
+    def end_error(self):
+        return LogTruncated(self.path, self.reader.records_read, self.reader.bytes_read,
+                            "the log has no end record (was the recorder killed?)")
+
+    @property
+    def records_read(self):
+        return self.reader.records_read
+
+
+class StreamSource:
+    """Records pushed by the logging channel's receiver thread, in order."""
+
+    streaming = True
+    path = "<logging channel>"
+
+    def __init__(self):
+        self._q = collections.deque()
+        self._cond = threading.Condition()
+        self.ended = False
+        self.records_read = 0
+
+    def push(self, recs):
+        with self._cond:
+            self._q.extend(recs)
+            self._cond.notify_all()
+
+    def end(self):
+        """No more records will come (the primary is gone, or told us to stop)."""
+        with self._cond:
+            self.ended = True
+            self._cond.notify_all()
+
+    def poll(self, timeout):
+        """A record, or None if none came within ``timeout`` (or the stream ended)."""
+        with self._cond:
+            if not self._q and not self.ended:
+                self._cond.wait(timeout)
+            if self._q:
+                self.records_read += 1
+                return self._q.popleft()
+            return None
+
+    def next(self):
+        return self.poll(0)
 
 
 class Replayer:
-    def __init__(self, path, console, to_blocks=None, to_event=None, chaos: Chaos | None = None):
-        self.path = str(path)
-        # Refuse a damaged log before running anything; a truncated one replays up to the cut.
-        self.total_records, self.log_complete, self.log_cut = scan(path)
-        self.reader = LogReader(path)
-        self._records = iter(self.reader)
+    def __init__(self, source, console, to_blocks=None, to_event=None, chaos: Chaos | None = None,
+                 header: R.Header | None = None, on_progress=None):
+        if isinstance(source, (str, bytes)) or hasattr(source, "__fspath__"):
+            source = FileSource(source)
+        self.source = source
+        self.path = source.path
         self.console = console
         self.to_blocks = to_blocks
         self.to_event = to_event
         self.chaos = chaos
+        self.on_progress = on_progress or (lambda replayer: None)
         self.events = 0
-        self._max_blocks = 0       # the furthest point the log vouches for so far
-        try:
-            _, offset, header = next(self._records)
-        except StopIteration:
-            raise LogTruncated(self.path, 0, len(R.FILE_MAGIC), "the log has no header record") from None
+        self.records = 1
+        self._safe_blocks = 0      # the furthest point the log vouches for so far
+        if header is None:
+            header = source.next()
+            if header is None:
+                raise LogTruncated(self.path, 0, len(R.FILE_MAGIC), "the log has no header record")
+        if header.kind != R.HEADER:
+            raise LogDamaged(self.path, 0, len(R.FILE_MAGIC), "the first record is not a header")
         if header.abi != abi.ABI_VERSION:
-            raise LogDamaged(self.path, 0, offset, f"guest ABI version {header.abi}, this ftvm runs version {abi.ABI_VERSION}")
+            raise LogDamaged(self.path, 0, len(R.FILE_MAGIC),
+                             f"guest ABI version {header.abi}, this ftvm runs version {abi.ABI_VERSION}")
         self.header = header
         self.config = Config.from_dict(header.config)
         image = elf_loader.parse(header.elf, f"{self.path} (embedded {header.elf_name})",
                                  mem_limit=max(self.config.mem_limit, abi.MEM_LIMIT_DEFAULT),
                                  stack_size=self.config.stack_size)
         if image.sha256 != header.elf_sha256:
-            raise LogDamaged(self.path, 0, offset, "the embedded guest ELF does not match its SHA-256")
+            raise LogDamaged(self.path, 0, len(R.FILE_MAGIC), "the embedded guest ELF does not match its SHA-256")
         self.m = Machine(image, self.config, "replay", console)
+        self.last_golive = None
 
     # --- reading --------------------------------------------------------------------
+    def _take(self, rec):
+        """Queue a value record; returns the record if it is a point event."""
+        m = self.m
+        self.records += 1
+        if rec.kind == R.TSC:
+            m.vtime.feed(rec)
+            self._safe_blocks = max(self._safe_blocks, rec.entries[-3])
+            return None
+        if rec.kind == R.RNG:
+            m.rng.feed(rec)    # read mid-block: says nothing about how far is safe
+            return None
+        if rec.kind == R.HEADER:
+            raise LogDamaged(self.path, self.records - 1, 0, "a second header record")
+        self._safe_blocks = max(self._safe_blocks, rec.blocks)
+        return rec
+
     def _next_event(self):
         """The next record that happens at an execution point, queueing RDTSC and
-        random-number results met on the way."""
-        m = self.m
+        random-number results met on the way; or a _Stop."""
+        src, m = self.source, self.m
         try:
-            for index, offset, rec in self._records:
-                if rec.kind == R.TSC:
-                    m.vtime.feed(rec)
-                    self._max_blocks = max(self._max_blocks, rec.entries[-3])
-                elif rec.kind == R.RNG:
-                    m.rng.feed(rec)
-                    self._max_blocks = max(self._max_blocks, rec.blocks)
-                else:
-                    self._max_blocks = max(self._max_blocks, rec.blocks)
-                    return rec
+            while True:
+                rec = src.next()
+                if rec is not None:
+                    ev = self._take(rec)
+                    if ev is not None:
+                        return ev
+                    continue
+                if not src.streaming:
+                    return _Stop(CUT, self._safe_blocks, src.end_error())
+                if src.ended:
+                    return _Stop(CUT, self._safe_blocks)
+                if self._safe_blocks > m.blocks:
+                    return _Stop(HORIZON, self._safe_blocks)
+                self.on_progress(self)
+                rec = src.poll(0.02)
+                if m.cpu.signal:
+                    return _Stop(CUT, m.blocks, None)
+                if rec is not None:
+                    ev = self._take(rec)
+                    if ev is not None:
+                        return ev
         except LogTruncated as e:
-            return _Cut(self._max_blocks, e)
-        return _Cut(self._max_blocks, LogTruncated(self.path, self.reader.records_read, self.reader.bytes_read,
-                                                   "the log has no end record (was the recorder killed?)"))
+            return _Stop(CUT, self._safe_blocks, e)
 
     # --- the loop -------------------------------------------------------------------
     def run(self) -> ReplayResult:
@@ -109,17 +214,25 @@ class Replayer:
             if self.to_blocks is not None and m.blocks >= self.to_blocks:
                 return self._stop_here(f"stopped at block {m.blocks}")
             if m.blocks == ev.blocks:
-                if ev.kind == -1:
+                if ev.kind == CUT:
                     m.console.flush()
-                    raise LogTruncated(ev.error.path, ev.error.index, ev.error.offset,
-                                       f"{ev.error.reason}; replayed everything before it, up to block {m.blocks}")
+                    if cpu.signal:
+                        return ReplayResult(EXIT_INTERRUPTED, None, f"replay stopped by signal {cpu.signal} at {self._point()}")
+                    if ev.error is None:
+                        return ReplayResult(0, None, f"the log stream ended at {self._point()}", handover=True)
+                    e = ev.error
+                    raise LogTruncated(e.path, e.index, e.offset,
+                                       f"{e.reason}; replayed everything before it, up to block {m.blocks}")
+                if ev.kind == HORIZON:
+                    ev = self._next_event()
+                    continue
                 result = self._apply(ev)
                 if result is not None:
                     return result
                 ev = self._next_event()
                 continue
             if m.blocks > ev.blocks:
-                raise Divergence(self._point(), f"ran past the log's next {R.KIND_NAMES.get(ev.kind, 'event')} at block {ev.blocks}")
+                raise Divergence(self._point(), f"ran past the log's next {R.KIND_NAMES.get(ev.kind, 'point')} at block {ev.blocks}")
             target = ev.blocks
             if self.to_blocks is not None:
                 target = min(target, self.to_blocks)
@@ -146,7 +259,7 @@ class Replayer:
                 self.chaos.at_stop(m)
             if halted and m.blocks < ev.blocks:
                 raise Divergence(self._point(), f"the guest halted, but the log's next event "
-                                                f"({R.KIND_NAMES.get(ev.kind, 'cut')}) is at block {ev.blocks}")
+                                                f"({R.KIND_NAMES.get(ev.kind, 'end of log')}) is at block {ev.blocks}")
 
     def _stop_here(self, why):
         self.m.console.flush()
@@ -165,10 +278,11 @@ class Replayer:
             self._check_pc(ev)
             return self._finish(ev, ev.status, ev.detail)
         self._check_pc(ev)
-        self.events += 1
         if ev.kind == R.INPUT:
+            self.events += 1
             m.input.append(ev.data)
         elif ev.kind == R.IRQ:
+            self.events += 1
             if not m.irq.can_deliver():
                 raise Divergence(self._point(), f"the log delivers interrupt {ev.vector} here, but the guest cannot take it")
             problem = m.irq.deliver(ev.vector)
@@ -178,13 +292,15 @@ class Replayer:
             diffs = compare_digests(ev, m.digest())
             if diffs:
                 raise Divergence(self._point(), "state digest differs: " + "; ".join(diffs))
+        elif ev.kind == R.GOLIVE:
+            self.last_golive = ev
         return None
 
     def _check_end(self, ev, reason, status, detail):
         m = self.m
         if ev.kind != R.END or ev.reason != reason:
-            raise Divergence(self._point(), f"{detail}, but the log's next event is "
-                                            f"{R.KIND_NAMES.get(ev.kind, 'the cut')} at block {ev.blocks}")
+            what = R.KIND_NAMES.get(ev.kind, "the end of the log")
+            raise Divergence(self._point(), f"{detail}, but the log's next event is {what} at block {ev.blocks}")
         if (ev.blocks, ev.pc) != (m.blocks, m.vcpu.reg("rip")):
             raise Divergence(self._point(), f"{detail}, but the log has it at block {ev.blocks} pc {ev.pc:#x}")
         if ev.status != status:
@@ -199,12 +315,13 @@ class Replayer:
         left_tsc, left_rng = m.vtime.pending(), m.rng.pending()
         if left_tsc or left_rng:
             raise Divergence(self._point(), f"the guest ended with {left_tsc} RDTSC and {left_rng} random results of the log unused")
-        try:
-            extra = next(self._records, None)
-        except (LogDamaged, LogTruncated):
-            extra = True
-        if extra is not None:
-            raise LogDamaged(self.path, self.reader.records_read, self.reader.bytes_read, "data after the end record")
+        if not self.source.streaming:
+            try:
+                extra = self.source.next()
+            except (LogDamaged, LogTruncated):
+                extra = True
+            if extra is not None:
+                raise LogDamaged(self.path, self.source.records_read, 0, "data after the end record")
         m.console.flush()
         if ev.reason == "interrupted":
             return ReplayResult(ev.status, ev, f"replay complete: the recording was interrupted here ({detail})")

@@ -19,6 +19,7 @@ is refused with a reason; receivers count and drop such messages, never crash.
 | HELLO | node -> observer | input offset wanted | [node name, role, pid, detail] |
 | INPUT | observer -> node | input byte offset | bytes, or nil for end of input |
 | CONFIRM | observer -> nodes | console bytes delivered | nil |
+| STOP | observer -> nodes | 0 | nil: the run is over, exit |
 """
 from __future__ import annotations
 
@@ -34,9 +35,9 @@ CRC = struct.Struct("<I")
 SIZE = HEAD.size + CRC.size
 PAYLOAD_MAX = 64 << 20
 
-LOG, ACK, HEARTBEAT, OUTPUT, EXIT, HELLO, INPUT, CONFIRM = range(1, 9)
+LOG, ACK, HEARTBEAT, OUTPUT, EXIT, HELLO, INPUT, CONFIRM, STOP = range(1, 10)
 TYPE_NAMES = {LOG: "log", ACK: "ack", HEARTBEAT: "heartbeat", OUTPUT: "output", EXIT: "exit",
-              HELLO: "hello", INPUT: "input", CONFIRM: "confirm"}
+              HELLO: "hello", INPUT: "input", CONFIRM: "confirm", STOP: "stop"}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -106,6 +107,6 @@ def _shape_ok(t, p):
                 and type(p[2]) is int and isinstance(p[3], str))
     if t == INPUT:
         return p is None or isinstance(p, bytes)
-    if t == CONFIRM:
+    if t in (CONFIRM, STOP):
         return p is None
     return False

@@ -30,12 +30,14 @@ class InputDevice:
     def __init__(self):
         self.fifo = bytearray()
         self.eof = False       # end of input has been appended
+        self.total = 0         # bytes ever appended (the input stream offset)
 
     def append(self, data: bytes | None):
         if data is None:
             self.eof = True
         else:
             self.fifo += data
+            self.total += len(data)
 
     def status(self) -> int:
         return min(len(self.fifo), 0xFFFF) | (abi.INPUT_EOF_BIT if self.eof and not self.fifo else 0)
@@ -107,12 +109,12 @@ class HostEvents:
     at the next block boundary. ``take`` hands over what has arrived; ``wait`` blocks a
     halted guest until something does."""
 
-    def __init__(self, cpu, stdin_fd: int | None, fifo_room=None):
+    def __init__(self, cpu, stdin_fd: int | None, external_input=False, eof_taken=False):
         self._cpu = cpu
         self._cond = threading.Condition()
         self._data = bytearray()
-        self._eof = stdin_fd is None
-        self._eof_taken = False
+        self._eof = (stdin_fd is None and not external_input) or eof_taken
+        self._eof_taken = eof_taken
         self._ticks = 0
         self._timer_period_us = 0
         self._timer_gen = 0
@@ -120,10 +122,6 @@ class HostEvents:
         self._stdin_fd = stdin_fd
         if stdin_fd is not None:
             threading.Thread(target=self._read_stdin, name="ftvm-stdin", daemon=True).start()
-
-    def _poke(self):
-        lib.ftvm_poke(self._cpu)
-        self._cond.notify_all()
 
     def _read_stdin(self):
         while True:
@@ -164,6 +162,27 @@ class HostEvents:
                 self._ticks += 1
                 self._poke()
 
+    def bind(self, cpu):
+        """Poke this CPU on arrivals (for a HostEvents made before its machine)."""
+        with self._cond:
+            self._cpu = cpu
+            if self._data or self._eof:
+                lib.ftvm_poke(cpu)
+
+    def _poke(self):
+        if self._cpu is not None:
+            lib.ftvm_poke(self._cpu)
+        self._cond.notify_all()
+
+    def push_input(self, data: bytes | None):
+        """Input from elsewhere (the observer, over the network); None is end of input."""
+        with self._cond:
+            if data is None:
+                self._eof = True
+            else:
+                self._data += data
+            self._poke()
+
     def start_poker(self, interval_s: float):
         """Ask for a stop every ``interval_s`` (for periodic digests); nothing is logged
         by the poke itself."""
@@ -173,7 +192,8 @@ class HostEvents:
                 with self._cond:
                     if self._closed:
                         return
-                    lib.ftvm_poke(self._cpu)
+                    if self._cpu is not None:
+                        lib.ftvm_poke(self._cpu)
         threading.Thread(target=poke, name="ftvm-poker", daemon=True).start()
 
     def take(self):

@@ -1,0 +1,526 @@
+"""A fault-tolerant node: the primary records and streams its log to the backup, which
+replays it as a hot standby and goes live when the primary dies.
+
+Threads: the main thread runs the guest (recording or replaying); the I/O thread of
+the transport handles every message and the timers (heartbeats, failure detection,
+retransmission, status). They share the state below under ``self.lock``.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import sys
+import threading
+import time
+
+from logging_channel import messages as M
+from logging_channel import records as R
+from logging_channel.logfile import LogWriter
+from shared_disk.arbiter import Arbiter
+
+from .. import elf_loader
+from ..console import Console
+from ..errors import FtvmError
+from ..machine import Config
+from ..record import Recorder
+from ..replay import Replayer, StreamSource
+from ..sources.interrupts import HostEvents
+from ..uc import lib
+from . import core
+from .transport import Endpoint
+
+EXIT_STALE = 9          # this node learned it is stale (lost the test-and-set) and halted
+NODE_IDS = {}
+
+
+def node_id(name: str) -> int:
+    return sum(name.encode()) & 0xFFFF
+
+
+def now_ns() -> int:
+    return time.monotonic_ns()
+
+
+@dataclasses.dataclass
+class FtOptions:
+    hb_interval_ms: int = 20        # heartbeats, both ways
+    fail_timeout_ms: int = 150      # a peer silent this long is dead
+    startup_grace_ms: int = 5000    # how long a primary waits for its backup to appear
+    max_lag_ms: int = 100           # the primary slows down when the backup trails more
+    gate_bytes: int = 1 << 20       # console output held at most
+    unacked_bytes: int = 64 << 20   # log not yet acknowledged, at most
+    retransmit_ms: int = 50         # resend unacknowledged log after this long
+
+    def to_args(self):
+        return ["--hb-interval-ms", str(self.hb_interval_ms), "--fail-timeout-ms", str(self.fail_timeout_ms),
+                "--max-lag-ms", str(self.max_lag_ms)]
+
+
+class Halted(FtvmError):
+    """This node found it is stale: another node holds a newer view. It stops at once
+    and releases nothing more."""
+    exit_status = EXIT_STALE
+
+
+class FtSink:
+    """The primary's log: each record goes to the local file and is kept until the
+    backup acknowledges it."""
+
+    def __init__(self, writer: LogWriter):
+        self.writer = writer
+        self.records = writer.records
+        self.frames = []            # frames from index `base` on, not yet acknowledged
+        self.base = writer.records
+        self.sent = writer.records  # frames before this index have been sent once
+        self.bytes = 0
+
+    def append(self, rec):
+        frame = R.encode(rec)
+        self.writer.append_frames(frame, 1)
+        self.frames.append(frame)
+        self.bytes += len(frame)
+        self.records += 1
+
+    def acked(self, n):
+        drop = min(max(0, n - self.base), len(self.frames))
+        if drop:
+            self.bytes -= sum(len(f) for f in self.frames[:drop])
+            del self.frames[:drop]
+            self.base += drop
+
+    def frames_from(self, index, max_bytes=8 << 20):
+        out, size = [], 0
+        for f in self.frames[max(0, index - self.base):]:
+            if out and size + len(f) > max_bytes:
+                break
+            out.append(f)
+            size += len(f)
+        return out
+
+
+class Node:
+    def __init__(self, name, role, listen, peer, observer, shared_dir, run_dir, log_path,
+                 guest=None, view=1, opts: FtOptions | None = None, peer_name=None):
+        self.name, self.role, self.view = name, role, view
+        self.id = node_id(name)
+        self.peer_name = peer_name or ("B" if name == "A" else "A")
+        self.opts = opts or FtOptions()
+        self.run_dir = run_dir
+        self.log_path = log_path
+        self.guest = guest
+        self.arbiter = Arbiter(shared_dir)
+        self.lock = threading.RLock()
+        self.cond = threading.Condition(self.lock)
+        self.started = now_ns()
+        self.watch = core.PeerWatch(self.opts.fail_timeout_ms * 1_000_000)
+        self.skew = core.ClockSkew()
+        self.lag = core.LagTracker()
+        self.gate = core.OutputGate(self.opts.gate_bytes)
+        self.protected = peer is not None
+        self.peer_clock = (0, 0)        # (peer's clock in its last heartbeat, our time then)
+        self.acked = 0
+        self.backup_blocks = 0
+        self.backup_records = 0
+        self.last_ack_progress = now_ns()
+        self.observer_confirmed = 0
+        self.input_received = 0
+        self.host = None                # HostEvents of the recording guest
+        self.sink = None
+        self.machine = None
+        self.failovers = 0
+        self.stale = 0
+        self.halted = None
+        self.failover = False
+        self.primary_tsc_offset = 0
+        self.primary_blocks = 0
+        self.received = 0               # backup: records received from the primary
+        self.stream = StreamSource()
+        self.writer = LogWriter(log_path)
+        self.done = False
+        self.stop_requested = False
+        self.status_at = 0
+        self.events = []
+        self.ep = Endpoint(listen, self._on_message, self._on_tick, tick_s=self.opts.hb_interval_ms / 1000)
+        if peer:
+            self.ep.connect(self.peer_name, peer)
+        self.ep.connect("observer", observer, immediate=False)
+        self.unconfirmed = []           # released output the observer has not confirmed
+        self.exit_msg = None
+        self.resent_at = 0
+        self.hello_at = 0
+        self.hello_detail = ""
+
+    # --- small helpers --------------------------------------------------------------
+    def say(self, msg):
+        print(f"ftvm[{self.name}]: {msg}", file=sys.stderr, flush=True)
+
+    def send_peer(self, type_, seq, payload=None):
+        self.ep.send(self.peer_name, M.encode(type_, self.id, self.view, seq, payload))
+
+    def send_observer(self, type_, seq, payload=None):
+        self.ep.send("observer", M.encode(type_, self.id, self.view, seq, payload))
+
+    def hello(self, detail=None):
+        if detail is not None:
+            self.hello_detail = detail
+        self.hello_at = now_ns()
+        self.send_observer(M.HELLO, self.input_received, [self.name, self.role, os.getpid(), self.hello_detail])
+
+    # --- I/O thread: messages ---------------------------------------------------------
+    def _on_message(self, msg):
+        with self.lock:
+            t = msg.type
+            if t in (M.INPUT, M.CONFIRM, M.STOP):
+                return self._from_observer(msg)
+            if msg.sender != node_id(self.peer_name) or self.peer_name is None:
+                self.stale += 1
+                return
+            if msg.view != self.view:
+                self.stale += 1      # fencing: only the peer of our view counts
+                return
+            now = now_ns()
+            if t == M.HEARTBEAT:
+                echo, held, _role = msg.payload
+                self.skew.sample(now, msg.seq, echo, held)
+                self.watch.heard(now, msg.seq, self.skew.offset_ns)
+                self.peer_clock = (msg.seq, now)
+            elif t == M.ACK and self.role == "primary":
+                self.watch.heard(now)
+                if msg.seq > self.acked:
+                    self.acked = msg.seq
+                    self.last_ack_progress = now
+                    if self.sink is not None:
+                        self.sink.acked(msg.seq)
+                self.backup_blocks, self.backup_records = msg.payload
+                self._release()
+                self.cond.notify_all()
+            elif t == M.LOG and self.role == "backup" and not self.failover:
+                self.watch.heard(now)
+                self._receive_log(msg)
+            else:
+                self.stale += 1
+
+    def _from_observer(self, msg):
+        if msg.type == M.STOP:
+            self.stop_requested = True
+            self.cond.notify_all()
+            if self.machine is not None:
+                lib.ftvm_poke(self.machine.cpu)
+            return
+        if msg.type == M.CONFIRM:
+            self.observer_confirmed = max(self.observer_confirmed, msg.seq)
+            while self.unconfirmed and self.unconfirmed[0][0] + len(self.unconfirmed[0][1]) <= self.observer_confirmed:
+                self.unconfirmed.pop(0)
+            return
+        # INPUT: only the primary takes client input (rule 4).
+        if self.role != "primary" or self.host is None:
+            self.stale += 1
+            return
+        off, data = msg.seq, msg.payload
+        if data is None:
+            if off == self.input_received:
+                self.host.push_input(None)
+            return
+        if off + len(data) <= self.input_received or off > self.input_received:
+            return                   # a duplicate, or a gap the observer will fill again
+        fresh = data[self.input_received - off:]
+        self.input_received += len(fresh)
+        self.host.push_input(fresh)
+
+    def _receive_log(self, msg):
+        frames_blob, count, primary_blocks, tsc_offset = msg.payload
+        self.primary_tsc_offset = tsc_offset
+        self.primary_blocks = primary_blocks
+        if msg.seq > self.received:
+            self.stale += 1          # a gap: wait for the retransmission
+            return
+        recs, frames, off, index = [], [], 0, msg.seq
+        try:
+            while off < len(frames_blob):
+                rec, size = R.decode(frames_blob, off)
+                if index >= self.received:
+                    recs.append(rec)
+                    frames.append(frames_blob[off:off + size])
+                off += size
+                index += 1
+        except R.FrameError:
+            self.stale += 1
+            return
+        if recs:
+            self.writer.append_frames(b"".join(frames), len(frames))
+            self.received += len(recs)
+            self.stream.push(recs)
+        blocks = self.machine.cpu.blocks if self.machine is not None else 0
+        self.send_peer(M.ACK, self.received, [int(blocks), self.received])
+
+    # --- I/O thread: timers ------------------------------------------------------------
+    def _on_tick(self):
+        with self.lock:
+            now = now_ns()
+            if self.peer_name and self.protected and self.role in ("primary", "backup"):
+                echo_clock, echo_at = self.peer_clock
+                self.send_peer(M.HEARTBEAT, now, [echo_clock, now - echo_at if echo_at else 0, self.role])
+                if self.role == "backup":
+                    blocks = self.machine.cpu.blocks if self.machine is not None else 0
+                    self.send_peer(M.ACK, self.received, [int(blocks), self.received])
+            if self.role == "primary" and self.protected:
+                self._retransmit(now)
+                if self.watch.dead(now, self.started, self.opts.startup_grace_ms * 1_000_000):
+                    self._backup_lost(now)
+            elif self.role == "backup" and not self.failover:
+                if self.watch.dead(now, self.started, self.opts.startup_grace_ms * 1_000_000):
+                    self.failover = True
+                    self.failover_from = self.watch.last_ns or self.started
+                    self.stream.end()
+                    if self.machine is not None:
+                        lib.ftvm_poke(self.machine.cpu)
+            if self.role == "primary":
+                self._release()
+                if now - self.hello_at > 200_000_000:
+                    self.hello()
+                if (self.unconfirmed or self.exit_msg) and now - self.resent_at > 300_000_000:
+                    # The observer has not confirmed: send again (it drops duplicates).
+                    self.resent_at = now
+                    for off, data in self.unconfirmed:
+                        self.send_observer(M.OUTPUT, off, data)
+                    if self.exit_msg:
+                        self.send_observer(M.EXIT, *self.exit_msg)
+            if now - self.status_at > 200_000_000:
+                self.status_at = now
+                self._write_status(now)
+
+    def _retransmit(self, now):
+        s = self.sink
+        if s is None or self.acked >= s.sent:
+            return
+        if now - self.last_ack_progress > self.opts.retransmit_ms * 1_000_000:
+            frames = s.frames_from(self.acked)
+            if frames:
+                self.send_peer(M.LOG, self.acked, [b"".join(frames), len(frames), int(self.primary_blocks),
+                                                   int(self.machine.cpu.tsc_offset_ns)])
+            self.last_ack_progress = now
+
+    def _backup_lost(self, now):
+        """The backup went silent: race for the next view. Winning means carrying on
+        unprotected; losing means the backup went live and this node is stale."""
+        won = self.arbiter.claim(self.view + 1, self.name)
+        if core.on_lost_contact("primary", won) == "halt":
+            self._halt(f"lost the test-and-set for view {self.view + 1} to node "
+                       f"{self.arbiter.owner(self.view + 1)}: this primary is stale")
+            return
+        self.view += 1
+        self.protected = False
+        self.failovers += 1
+        self.say(f"backup {self.peer_name} is gone (silent {self.watch.silent_ns(now) // 1_000_000} ms): "
+                 f"running UNPROTECTED as primary of view {self.view}")
+        self.hello(f"backup lost; unprotected in view {self.view}")
+        self._release()
+        self.cond.notify_all()
+
+    def _halt(self, why):
+        self.halted = why
+        self.role = "halted"
+        self.gate.held.clear()
+        self.cond.notify_all()
+        if self.machine is not None:
+            lib.ftvm_poke(self.machine.cpu)
+
+    def _release(self):
+        """Send to the observer whatever the Output Rule lets out now."""
+        if self.role != "primary":
+            return
+        fresh = self.watch.fresh(now_ns())
+        for h in self.gate.release(self.acked, self.protected, fresh):
+            if h.data is None:
+                self.exit_msg = (h.offset, [h.status, h.detail])
+                self.send_observer(M.EXIT, *self.exit_msg)
+            else:
+                self.unconfirmed.append((h.offset, h.data))
+                self.send_observer(M.OUTPUT, h.offset, h.data)
+            self.resent_at = now_ns()
+
+    def _write_status(self, now):
+        lag_ms = self.lag.lag_ns(now, self.backup_blocks) / 1e6 if self.role == "primary" and self.protected else None
+        st = {"name": self.name, "pid": os.getpid(), "role": self.role, "view": self.view,
+              "protected": self.protected, "lag_ms": lag_ms,
+              "log_records": self.sink.records if self.sink else self.received,
+              "log_bytes": self.writer.bytes, "acked": self.acked, "held_bytes": self.gate.held_bytes,
+              "failovers": self.failovers, "clock_offset_us": self.skew.offset_ns / 1000,
+              "rtt_us": None if self.skew.rtt_ns is None else self.skew.rtt_ns / 1000,
+              "garbage": self.ep.garbage, "stale": self.stale, "halted": self.halted,
+              "blocks": int(self.machine.cpu.blocks) if self.machine is not None else 0,
+              "time": time.time(), "log": self.log_path}
+        path = os.path.join(self.run_dir, f"{self.name}.status.json")
+        try:
+            with open(path + ".tmp", "w") as f:
+                json.dump(st, f)
+            os.replace(path + ".tmp", path)
+        except OSError:
+            pass
+
+    # --- main thread: the primary's output protocol (Recorder.out) -------------------
+    def output(self, offset, data, cover):
+        with self.lock:
+            self.gate.hold(cover, offset, data)
+            self._release()
+
+    def exit(self, total, status, detail, cover):
+        with self.lock:
+            self.gate.hold_exit(cover, total, status, detail)
+            self._release()
+
+    def after_stop(self, rec):
+        with self.lock:
+            if self.halted:
+                raise Halted(self.halted)
+            m = self.machine
+            now = now_ns()
+            self.primary_blocks = int(m.cpu.blocks)
+            self.lag.primary_at(now, self.primary_blocks)
+            if self.slew is not None:
+                m.cpu.tsc_offset_ns -= self.slew.absorb(now)
+            s = self.sink
+            if self.protected and s.records > s.sent:
+                frames = s.frames_from(s.sent, max_bytes=1 << 62)
+                self.send_peer(M.LOG, s.sent, [b"".join(frames), len(frames), self.primary_blocks,
+                                               int(m.cpu.tsc_offset_ns)])
+                s.sent = s.records
+            elif not self.protected:
+                s.acked(s.records)
+                s.sent = s.records
+            self.confirmed_to_console()
+            self._release()
+            # Flow control: the backup may trail by at most max_lag_ms of guest progress,
+            # and held output and unacknowledged log are bounded.
+            limit = self.opts.max_lag_ms * 1_000_000
+            while self.protected and not self.halted and not self.stop_requested and (
+                    self.lag.lag_ns(now_ns(), self.backup_blocks) > limit or self.gate.full()
+                    or s.bytes > self.opts.unacked_bytes):
+                self.cond.wait(0.001)
+                self.lag.primary_at(now_ns(), self.primary_blocks)
+            if self.halted:
+                raise Halted(self.halted)
+
+    def confirmed_to_console(self):
+        if self.machine is not None:
+            self.machine.console.confirmed(self.observer_confirmed)
+
+    # --- main thread: roles -----------------------------------------------------------
+    def run(self):
+        self.ep.start()
+        self.slew = None
+        try:
+            if self.role == "primary":
+                self._run_primary()
+            else:
+                self._run_backup()
+        except Halted as e:
+            self.say(f"halting: {e}")
+            return EXIT_STALE
+        finally:
+            self.writer.close()
+        return 0
+
+    def _run_primary(self):
+        data, image = elf_loader.load_file(self.guest)
+        config = Config()
+        self.sink = FtSink(self.writer)
+        console = Console()
+        with self.lock:
+            self.host = HostEvents(None, None, external_input=True)
+        rec = Recorder.new(data, image, os.path.basename(self.guest), self.sink, config, console, out=self,
+                           progress_records=True, poke_interval_s=0.01, host=self.host)
+        self.machine = rec.m
+        self.hello("primary")
+        self._record(rec)
+
+    def _record(self, rec):
+        end = rec.run()
+        self.say(f"guest ended: {end.detail}")
+        self._wait_for_the_end()
+
+    def _wait_for_the_end(self):
+        """Keep serving (acks, retransmits, re-sends) until the observer has the exit."""
+        with self.lock:
+            deadline = time.monotonic() + 600
+            while not self.stop_requested and not self.halted and time.monotonic() < deadline:
+                if not self.gate.held and self.observer_confirmed >= self.gate.released_bytes:
+                    pass
+                self.cond.wait(0.05)
+            if self.halted:
+                raise Halted(self.halted)
+
+    def _run_backup(self):
+        self.hello("backup")
+        header = None
+        while header is None:
+            header = self.stream.poll(0.05)
+            if header is None and (self.stream.ended or self.stop_requested):
+                if self.stop_requested:
+                    return
+                raise FtvmError("the primary died before it sent any log; nothing to take over")
+        console = Console()
+        console.retain = True
+        rp = Replayer(self.stream, console, header=header, on_progress=lambda r: self.confirmed_to_console())
+        self.machine = rp.m
+        result = rp.run()
+        if self.stop_requested:
+            return
+        while not self.failover and not self.stop_requested:
+            # The guest ended in replay: wait until the run is over or the primary dies.
+            with self.lock:
+                self.cond.wait(0.05)
+        if self.stop_requested:
+            return
+        self._go_live(rp, result)
+
+    def _go_live(self, rp, result):
+        m = rp.m
+        won = self.arbiter.claim(self.view + 1, self.name)
+        if core.on_lost_contact("backup", won) == "halt":
+            raise Halted(f"lost the test-and-set for view {self.view + 1} to node "
+                         f"{self.arbiter.owner(self.view + 1)}: the primary carries on")
+        with self.lock:
+            outage_ms = (now_ns() - self.failover_from) // 1_000_000
+            self.view += 1
+            self.role = "primary"
+            self.protected = False
+            self.failovers += 1
+            self.sink = FtSink(self.writer)
+            self.input_received = m.input.total
+        if m.vtime.pending() or m.rng.pending():
+            self.say(f"warning: {m.vtime.pending()} RDTSC and {m.rng.pending()} random values of the "
+                     f"old primary were never reached; they are dropped")
+        rip = m.vcpu.reg("rip")
+        self.say(f"primary {self.peer_name} is gone: going live as primary of view {self.view} at block "
+                 f"{m.blocks} after a {outage_ms} ms outage")
+        console = m.console
+        resend_from = self.observer_confirmed
+        if result.end is not None:
+            # The guest had already ended: send what the observer lacks, and the exit.
+            with self.lock:
+                self.hello(f"went live in view {self.view} after {outage_ms} ms; guest already ended")
+                data = console.unconfirmed_since(resend_from)
+                if data:
+                    self.gate.hold(0, resend_from, data)
+                self.gate.hold_exit(0, console.total, result.end.status, result.end.detail)
+                self._release()
+            self._wait_for_the_end()
+            return
+        offset, excess = core.go_live_offset(self.primary_tsc_offset, self.skew.offset_ns,
+                                             int(lib.ftvm_host_ns()), int(m.cpu.tsc_last))
+        self.slew = core.Slew(excess, now_ns())
+        host = HostEvents(m.cpu, None, external_input=True, eof_taken=m.input.eof)
+        with self.lock:
+            self.host = host
+            data = console.unconfirmed_since(resend_from)
+            console.retain = False
+            console.take()
+            if data:
+                self.gate.hold(0, resend_from, data)
+            self.hello(f"went live in view {self.view} after {outage_ms} ms")
+        golive = R.GoLive(m.blocks, rip, self.view, self.name, outage_ms)
+        rec = Recorder.take_over(m, self.sink, rp.config, self, host, offset, golive)
+        rec._console_offset = console.total
+        self._record(rec)

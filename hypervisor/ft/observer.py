@@ -1,0 +1,298 @@
+"""The observer: the front process of `ftvm run`. It starts the nodes, prints the
+guest's console exactly once (outputs carry their byte offset; duplicates and stale
+views are dropped), forwards stdin to whoever is primary, kills the primary on
+schedule, and ends with the guest's exit status.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+
+from logging_channel import messages as M
+
+from ..console import fd_sink
+from ..errors import FtvmError
+from .node import FtOptions, node_id
+from .transport import Endpoint, free_tcp_port
+
+EXIT_NO_NODE = 8
+
+
+class AllNodesDead(FtvmError):
+    """Every node died before the guest ended. The logs stay in the run directory."""
+    exit_status = EXIT_NO_NODE
+
+
+class Observer:
+    def __init__(self, listen, nodes, run_dir, procs=None, kill_after=(), progress=False, log_path=None,
+                 stdin_fd=0, say=None, out_fd=1):
+        self.nodes = dict(nodes)                  # name -> address
+        self.ids = {node_id(n): n for n in nodes}
+        self.run_dir = run_dir
+        self.procs = procs or {}                  # name -> Popen (local runs)
+        self.kill_after = sorted(kill_after)
+        self.progress = progress
+        self.log_path = log_path
+        self.say = say or (lambda m: print(f"ftvm: {m}", file=sys.stderr, flush=True))
+        self.write = fd_sink(out_fd)
+        self.lock = threading.Condition()
+        self.view = 0
+        self.primary = None
+        self.delivered = 0
+        self.exit = None                          # (status, total, detail, node)
+        self.stale = 0
+        self.duplicates = 0
+        self.input = bytearray()
+        self.input_eof = False
+        self.failovers = []
+        self.t0 = time.monotonic()
+        self.last_output_t = None
+        self.ep = Endpoint(listen, self._on_message, self._on_tick, tick_s=0.05)
+        for name, addr in self.nodes.items():
+            self.ep.connect(name, addr)
+        if stdin_fd is not None:
+            threading.Thread(target=self._read_stdin, args=(stdin_fd,), name="ftvm-obs-stdin", daemon=True).start()
+
+    # --- I/O thread ---------------------------------------------------------------------
+    def _on_message(self, msg):
+        name = self.ids.get(msg.sender)
+        with self.lock:
+            if name is None:
+                self.stale += 1
+                return
+            if msg.type == M.HELLO:
+                node, role, pid, detail = msg.payload
+                if role == "primary" and msg.view >= self.view:
+                    if self.primary is not None and (node != self.primary or msg.view > self.view):
+                        outage = ""
+                        if node != self.primary and self.last_output_t is not None:
+                            outage = f", {int((time.monotonic() - self.last_output_t) * 1000)} ms since the last output"
+                        self.say(f"failover: node {node} is primary of view {msg.view} ({detail}{outage})")
+                        self.failovers.append((time.monotonic() - self.t0, node, msg.view, detail))
+                    self.view, self.primary = msg.view, node
+                    self._send_input_from(msg.seq)
+                self.lock.notify_all()
+                return
+            if msg.view < self.view:
+                self.stale += 1           # a stale primary: never let it through
+                return
+            if msg.type == M.OUTPUT:
+                end = msg.seq + len(msg.payload)
+                if end <= self.delivered or msg.seq > self.delivered:
+                    self.duplicates += end <= self.delivered
+                    return
+                self.write(msg.payload[self.delivered - msg.seq:])
+                self.delivered = end
+                self.last_output_t = time.monotonic()
+                self._confirm()
+            elif msg.type == M.EXIT:
+                status, detail = msg.payload
+                if self.exit is None:
+                    self.exit = (status, msg.seq, detail, name)
+                self._confirm()
+            self.lock.notify_all()
+
+    def _confirm(self):
+        data = M.encode(M.CONFIRM, 0, self.view, self.delivered, None)
+        for n in self.nodes:
+            self.ep.send(n, data)
+
+    def _send_input_from(self, offset):
+        if self.primary is None:
+            return
+        off = max(0, offset)
+        chunk = 1 << 16
+        while off < len(self.input):
+            data = bytes(self.input[off:off + chunk])
+            self.ep.send(self.primary, M.encode(M.INPUT, 0, self.view, off, data))
+            off += len(data)
+        if self.input_eof:
+            self.ep.send(self.primary, M.encode(M.INPUT, 0, self.view, len(self.input), None))
+
+    def _on_tick(self):
+        with self.lock:
+            self._confirm()
+
+    def _read_stdin(self, fd):
+        while True:
+            try:
+                data = os.read(fd, 65536)
+            except OSError:
+                data = b""
+            with self.lock:
+                off = len(self.input)
+                if data:
+                    self.input += data
+                else:
+                    self.input_eof = True
+                if self.primary is not None:
+                    self.ep.send(self.primary, M.encode(M.INPUT, 0, self.view, off, data or None))
+            if not data:
+                return
+
+    # --- main thread -----------------------------------------------------------------
+    def primary_pid(self):
+        with self.lock:
+            name = self.primary
+        p = self.procs.get(name)
+        return name, (p.pid if p is not None else None)
+
+    def run(self):
+        self.ep.start()
+        progress = Progress(self) if self.progress else None
+        try:
+            return self._loop()
+        finally:
+            if progress:
+                progress.stop()
+            self._shutdown()
+
+    def _loop(self):
+        kills = list(self.kill_after)
+        while True:
+            with self.lock:
+                if self.exit is not None and self.delivered >= self.exit[1]:
+                    status, total, detail, node = self.exit
+                    break
+                self.lock.wait(0.02)
+            now = time.monotonic() - self.t0
+            while kills and now >= kills[0]:
+                kills.pop(0)
+                name, pid = self.primary_pid()
+                if pid is None:
+                    self.say(f"--kill-primary-after: no primary known at {now:.2f} s")
+                    continue
+                self.say(f"killing primary {name} (pid {pid}) at {now:.2f} s")
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+            if self.procs and all(p.poll() is not None for p in self.procs.values()):
+                time.sleep(0.2)   # the last messages may still be on their way
+                with self.lock:
+                    if self.exit is not None and self.delivered >= self.exit[1]:
+                        continue
+                logs = ", ".join(f"{n}: {os.path.join(self.run_dir, n + '.ftlog')}" for n in self.procs)
+                raise AllNodesDead(f"every node is dead and the guest had not ended; logs kept ({logs})")
+        self.final_node = node
+        self.say(f"guest ended on node {node} (view {self.view}): {detail}")
+        return status
+
+    def _shutdown(self):
+        stop = M.encode(M.STOP, 0, self.view, 0, None)
+        for n in self.nodes:
+            self.ep.send(n, stop)
+        deadline = time.monotonic() + 5
+        for p in self.procs.values():
+            try:
+                p.wait(timeout=max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                p.terminate()
+                try:
+                    p.wait(timeout=2)
+                except subprocess.TimeoutExpired:
+                    p.kill()
+        self.ep.close(0.05)
+        if self.log_path and getattr(self, "final_node", None):
+            src = os.path.join(self.run_dir, f"{self.final_node}.ftlog")
+            if os.path.exists(src):
+                shutil.copyfile(src, self.log_path)
+                with open(self.log_path, "rb+") as f:
+                    os.fsync(f.fileno())
+
+
+class Progress:
+    """A live status table on stderr, from the nodes' status files."""
+
+    def __init__(self, obs: Observer):
+        from rich.console import Console
+        from rich.live import Live
+        self.obs = obs
+        self.live = Live(self._table(), console=Console(stderr=True), refresh_per_second=4, transient=False)
+        self.live.start()
+        self._stop = False
+        self.t = threading.Thread(target=self._loop, daemon=True)
+        self.t.start()
+
+    def _table(self):
+        from rich.table import Table
+        t = Table(title=f"ftvm run: view {self.obs.view}, primary {self.obs.primary}, "
+                        f"{self.obs.delivered} bytes out, {len(self.obs.failovers)} failovers")
+        for col in ("node", "role", "view", "lag ms", "log records", "log MB", "held B", "failovers",
+                    "clock offset us", "rtt us"):
+            t.add_column(col, justify="right")
+        for st in read_status(self.obs.run_dir):
+            t.add_row(st["name"], st["role"] + ("" if st.get("protected", True) or st["role"] != "primary" else " (alone)"),
+                      str(st["view"]), "-" if st["lag_ms"] is None else f"{st['lag_ms']:.1f}",
+                      str(st["log_records"]), f"{st['log_bytes'] / 1e6:.2f}", str(st["held_bytes"]),
+                      str(st["failovers"]), f"{st['clock_offset_us']:.0f}",
+                      "-" if st["rtt_us"] is None else f"{st['rtt_us']:.0f}")
+        return t
+
+    def _loop(self):
+        while not self._stop:
+            self.live.update(self._table())
+            time.sleep(0.25)
+
+    def stop(self):
+        self._stop = True
+        self.live.update(self._table())
+        self.live.stop()
+
+
+def read_status(run_dir):
+    out = []
+    try:
+        names = sorted(os.listdir(run_dir))
+    except OSError:
+        return out
+    for n in names:
+        if n.endswith(".status.json"):
+            try:
+                with open(os.path.join(run_dir, n)) as f:
+                    st = json.load(f)
+            except (OSError, ValueError):
+                continue
+            try:
+                os.kill(st["pid"], 0)
+                st["alive"] = True
+            except (ProcessLookupError, PermissionError):
+                st["alive"] = False
+            out.append(st)
+    return out
+
+
+def run_local(guest, log_path=None, kill_after=(), progress=False, run_dir=None, opts: FtOptions | None = None,
+              host="127.0.0.1", say=None, stdin_fd=0, out_fd=1):
+    """`ftvm run`: observer, primary and backup as three processes on this machine."""
+    import tempfile
+
+    from .. import elf_loader
+    elf_loader.load_file(guest)        # a bad ELF is refused here, before any process starts
+    opts = opts or FtOptions()
+    run_dir = run_dir or tempfile.mkdtemp(prefix="ftvm-run-")
+    os.makedirs(run_dir, exist_ok=True)
+    shared = os.path.join(run_dir, "shared")
+    obs_addr = f"tcp://{host}:{free_tcp_port(host)}"
+    addrs = {"A": f"tcp://{host}:{free_tcp_port(host)}", "B": f"tcp://{host}:{free_tcp_port(host)}"}
+    procs = {}
+    for name, role, peer in (("B", "backup", "A"), ("A", "primary", "B")):
+        cmd = [sys.executable, "-m", "hypervisor.cli", "node", "--name", name, "--role", role,
+               "--listen", addrs[name], "--peer", addrs[peer], "--peer-name", peer, "--observer", obs_addr,
+               "--shared-dir", shared, "--run-dir", run_dir, "--log", os.path.join(run_dir, f"{name}.ftlog"),
+               *opts.to_args()]
+        if role == "primary":
+            cmd += ["--guest", os.path.abspath(guest)]
+        with open(os.path.join(run_dir, f"{name}.stderr"), "wb") as err:
+            procs[name] = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=err)
+    with open(os.path.join(run_dir, "run.json"), "w") as f:
+        json.dump({"observer": obs_addr, "nodes": addrs, "pids": {n: p.pid for n, p in procs.items()},
+                   "observer_pid": os.getpid()}, f)
+    obs = Observer(obs_addr, addrs, run_dir, procs, kill_after, progress, log_path, stdin_fd, say, out_fd)
+    return obs.run()
