@@ -8,7 +8,7 @@ int main(void)
 {
     uint64_t x = 0x9E3779B97F4A7C15ull;
     for (uint64_t n = 1; n <= LINES; n++) {
-        for (int k = 0; k < 20000; k++) {
+        for (int k = 0; k < 60000; k++) {
             x ^= x << 13;
             x ^= x >> 7;
             x ^= x << 17;

@@ -129,7 +129,8 @@ class Node:
         self.sink = None
         self.machine = None
         self.failovers = 0
-        self.stale = 0
+        self.stale = 0                  # messages refused: wrong view or sender (fencing)
+        self.gaps = 0                   # log messages that skipped ahead (one was lost)
         self.halted = None
         self.failover = False
         self.primary_tsc_offset = 0
@@ -147,6 +148,7 @@ class Node:
         self.ep.connect("observer", observer, immediate=False)
         self.unconfirmed = []           # released output the observer has not confirmed
         self.exit_msg = None
+        self.last_release_unix = None
         self.resent_at = 0
         self.hello_at = 0
         self.hello_detail = ""
@@ -233,7 +235,7 @@ class Node:
         self.primary_tsc_offset = tsc_offset
         self.primary_blocks = primary_blocks
         if msg.seq > self.received:
-            self.stale += 1          # a gap: wait for the retransmission
+            self.gaps += 1           # an earlier message was lost: wait for the retransmission
             return
         recs, frames, off, index = [], [], 0, msg.seq
         try:
@@ -339,6 +341,7 @@ class Node:
                 self.unconfirmed.append((h.offset, h.data))
                 self.send_observer(M.OUTPUT, h.offset, h.data)
             self.resent_at = now_ns()
+            self.last_release_unix = time.time()
 
     def _write_status(self, now):
         lag_ms = self.lag.lag_ns(now, self.backup_blocks) / 1e6 if self.role == "primary" and self.protected else None
@@ -348,7 +351,8 @@ class Node:
               "log_bytes": self.writer.bytes, "acked": self.acked, "held_bytes": self.gate.held_bytes,
               "failovers": self.failovers, "clock_offset_us": self.skew.offset_ns / 1000,
               "rtt_us": None if self.skew.rtt_ns is None else self.skew.rtt_ns / 1000,
-              "garbage": self.ep.garbage, "stale": self.stale, "halted": self.halted,
+              "garbage": self.ep.garbage, "stale": self.stale, "gaps": self.gaps,
+              "released_bytes": self.gate.released_bytes, "last_release_unix": self.last_release_unix, "halted": self.halted,
               "blocks": int(self.machine.cpu.blocks) if self.machine is not None else 0,
               "time": time.time(), "log": self.log_path}
         path = os.path.join(self.run_dir, f"{self.name}.status.json")
@@ -432,7 +436,7 @@ class Node:
         rec = Recorder.new(data, image, os.path.basename(self.guest), self.sink, config, console, out=self,
                            progress_records=True, poke_interval_s=0.01, host=self.host)
         self.machine = rec.m
-        self.hello("primary")
+        self.hello("primary" if self.view == 1 else f"started afresh in view {self.view}")
         self._record(rec)
 
     def _record(self, rec):
@@ -459,7 +463,22 @@ class Node:
             if header is None and (self.stream.ended or self.stop_requested):
                 if self.stop_requested:
                     return
-                raise FtvmError("the primary died before it sent any log; nothing to take over")
+                if not self.guest:
+                    raise FtvmError("the primary died before it sent any log, and this backup has no "
+                                    "--guest to start from; nothing to take over")
+                # Nothing was logged, so nothing was released: start the guest afresh.
+                won = self.arbiter.claim(self.view + 1, self.name)
+                if core.on_lost_contact("backup", won) == "halt":
+                    raise Halted(f"lost the test-and-set for view {self.view + 1}: the primary carries on")
+                with self.lock:
+                    self.view += 1
+                    self.role = "primary"
+                    self.protected = False
+                    self.failovers += 1
+                self.say(f"primary {self.peer_name} died before its log started: starting the guest "
+                         f"as primary of view {self.view}")
+                self._run_primary()
+                return
         console = Console()
         console.retain = True
         rp = Replayer(self.stream, console, header=header, on_progress=lambda r: self.confirmed_to_console())

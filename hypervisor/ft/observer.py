@@ -69,11 +69,14 @@ class Observer:
             if msg.type == M.HELLO:
                 node, role, pid, detail = msg.payload
                 if role == "primary" and msg.view >= self.view:
-                    if self.primary is not None and (node != self.primary or msg.view > self.view):
+                    if self.view > 0 and (node != self.primary or msg.view > self.view):
                         outage = ""
                         if node != self.primary and self.last_output_t is not None:
                             outage = f", {int((time.monotonic() - self.last_output_t) * 1000)} ms since the last output"
-                        self.say(f"failover: node {node} is primary of view {msg.view} ({detail}{outage})")
+                        if node == self.primary:
+                            self.say(f"node {node} carries on as primary of view {msg.view} ({detail})")
+                        else:
+                            self.say(f"failover: node {node} is primary of view {msg.view} ({detail}{outage})")
                         self.failovers.append((time.monotonic() - self.t0, node, msg.view, detail))
                     self.view, self.primary = msg.view, node
                     self._send_input_from(msg.seq)
@@ -287,12 +290,12 @@ def run_local(guest, log_path=None, kill_after=(), progress=False, run_dir=None,
                "--listen", addrs[name], "--peer", addrs[peer], "--peer-name", peer, "--observer", obs_addr,
                "--shared-dir", shared, "--run-dir", run_dir, "--log", os.path.join(run_dir, f"{name}.ftlog"),
                *opts.to_args()]
-        if role == "primary":
-            cmd += ["--guest", os.path.abspath(guest)]
+        cmd += ["--guest", os.path.abspath(guest)]   # the backup needs it only if A dies before logging
         with open(os.path.join(run_dir, f"{name}.stderr"), "wb") as err:
             procs[name] = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=err)
     with open(os.path.join(run_dir, "run.json"), "w") as f:
         json.dump({"observer": obs_addr, "nodes": addrs, "pids": {n: p.pid for n, p in procs.items()},
                    "observer_pid": os.getpid()}, f)
     obs = Observer(obs_addr, addrs, run_dir, procs, kill_after, progress, log_path, stdin_fd, say, out_fd)
+    obs.primary = "A"      # until a HELLO says otherwise: the node started as primary
     return obs.run()

@@ -10,7 +10,10 @@ and the protocol above (acknowledgements, retransmission, heartbeats) copes.
 """
 from __future__ import annotations
 
+import heapq
 import itertools
+import os
+import random
 import socket
 import threading
 import time
@@ -26,6 +29,42 @@ def free_tcp_port(host="127.0.0.1") -> int:
     with socket.socket() as s:
         s.bind((host, 0))
         return s.getsockname()[1]
+
+
+class ChannelFaults:
+    """Test hook: misbehave on node-to-node sends, as a bad network would. Configured
+    by FTVM_CHANNEL_FAULTS, e.g. "drop=0.05,dup=0.05,reorder=0.05,delay_ms=5,seed=7":
+    each message is dropped, duplicated, held back behind the next one, or delayed by
+    up to delay_ms, with the given probabilities."""
+
+    def __init__(self, spec: str):
+        kv = dict(part.split("=", 1) for part in spec.split(",") if "=" in part)
+        self.drop = float(kv.get("drop", 0))
+        self.dup = float(kv.get("dup", 0))
+        self.reorder = float(kv.get("reorder", 0))
+        self.delay_s = float(kv.get("delay_ms", 0)) / 1000
+        self.rng = random.Random(int(kv.get("seed", 0)))
+        self.held = None
+        self.delayed = []       # heap of (due, n, name, data)
+        self._n = itertools.count()
+
+    def plan(self, name, data, now):
+        """[(due time, name, data)] to send for one message."""
+        r = self.rng.random()
+        if r < self.drop:
+            return []
+        out = [(now, name, data)]
+        if r < self.drop + self.dup:
+            out.append((now, name, data))
+        elif r < self.drop + self.dup + self.reorder:
+            held, self.held = self.held, (name, data)
+            return [] if held is None else [(now, *held)]
+        if self.held is not None:
+            out.append((now, *self.held))
+            self.held = None
+        if self.delay_s:
+            out = [(t + self.rng.random() * self.delay_s, n, d) for t, n, d in out]
+        return out
 
 
 class Endpoint:
@@ -49,6 +88,8 @@ class Endpoint:
         self._peers = {}                  # name -> PUSH socket (I/O thread only)
         self._peer_addrs = {}
         self.failure = None               # an exception raised by a handler, if any
+        spec = os.environ.get("FTVM_CHANNEL_FAULTS")
+        self.faults = ChannelFaults(spec) if spec else None
         self._io_thread = threading.Thread(target=self._loop, name="ftvm-io", daemon=True)
 
     def start(self):
@@ -84,6 +125,21 @@ class Endpoint:
         return s
 
     def _send_now(self, name, data):
+        if self.faults is not None and name != "observer":
+            now = time.monotonic()
+            for due, n, d in self.faults.plan(name, data, now):
+                heapq.heappush(self.faults.delayed, (due, next(self.faults._n), n, d))
+            self._flush_delayed(now)
+            return
+        self._send_raw(name, data)
+
+    def _flush_delayed(self, now):
+        q = self.faults.delayed
+        while q and q[0][0] <= now:
+            _, _, n, d = heapq.heappop(q)
+            self._send_raw(n, d)
+
+    def _send_raw(self, name, data):
         sock = self._peers.get(name)
         if sock is None:
             self.dropped += 1
@@ -121,7 +177,10 @@ class Endpoint:
         next_tick = time.monotonic() + self.tick_s
         quit_at = None
         while True:
-            timeout_ms = max(0, (next_tick - time.monotonic()) * 1000)
+            wake_at = next_tick
+            if self.faults is not None and self.faults.delayed:
+                wake_at = min(wake_at, self.faults.delayed[0][0])
+            timeout_ms = max(0, (wake_at - time.monotonic()) * 1000)
             events = dict(poller.poll(timeout_ms))
             if self._wake in events:
                 while True:
@@ -148,6 +207,8 @@ class Endpoint:
                         continue
                     self._guarded(self.on_message, msg)
             now = time.monotonic()
+            if self.faults is not None:
+                self._flush_delayed(now)
             if now >= next_tick:
                 next_tick = now + self.tick_s
                 self._guarded(self.on_tick)
