@@ -115,7 +115,7 @@ class StreamSource:
 
 class Replayer:
     def __init__(self, source, console, to_blocks=None, to_event=None, chaos: Chaos | None = None,
-                 header: R.Header | None = None, on_progress=None):
+                 header: R.Header | None = None, on_progress=None, should_stop=None):
         if isinstance(source, (str, bytes)) or hasattr(source, "__fspath__"):
             source = FileSource(source)
         self.source = source
@@ -125,6 +125,7 @@ class Replayer:
         self.to_event = to_event
         self.chaos = chaos
         self.on_progress = on_progress or (lambda replayer: None)
+        self.should_stop = should_stop or (lambda: False)   # a backup told to stop
         self.events = 0
         self.records = 1
         self._safe_blocks = 0      # the furthest point the log vouches for so far
@@ -251,6 +252,10 @@ class Replayer:
                 return self._check_end(ev, "exit", m.exit_status, f"guest exited with status {m.exit_status}")
             halted = m.vcpu.halted
             cpu.sync_req = 0
+            cpu.async_req = 0
+            if self.should_stop():
+                m.console.flush()
+                return ReplayResult(0, None, f"replay stopped on request at {self._point()}")
             if m.iret_pending:
                 m.finish_iret()
             if m.vtime.cpu.tsc_more and cpu.tsc_len - cpu.tsc_pos < 1024:

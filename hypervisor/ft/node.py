@@ -424,6 +424,7 @@ class Node:
             return EXIT_STALE
         finally:
             self.writer.close()
+            self.ep.close()
         return 0
 
     def _run_primary(self):
@@ -481,7 +482,8 @@ class Node:
                 return
         console = Console()
         console.retain = True
-        rp = Replayer(self.stream, console, header=header, on_progress=lambda r: self.confirmed_to_console())
+        rp = Replayer(self.stream, console, header=header, on_progress=lambda r: self.confirmed_to_console(),
+                      should_stop=lambda: self.stop_requested)
         self.machine = rp.m
         result = rp.run()
         if self.stop_requested:

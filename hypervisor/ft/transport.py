@@ -107,12 +107,15 @@ class Endpoint:
             self._pipe().send_multipart([b"S", name.encode(), data])
 
     def close(self, linger_s: float = 0.2):
-        """Stop the I/O thread after giving queued sends ``linger_s`` to leave."""
-        try:
-            self._pipe().send_multipart([b"Q", str(linger_s).encode(), b""])
-        except zmq.ZMQError:
-            pass
-        self._io_thread.join(timeout=2 + linger_s)
+        """Stop the I/O thread after giving queued sends ``linger_s`` to leave, then
+        close every socket (a context with open sockets would block the process's exit)."""
+        if self._io_thread.is_alive():
+            try:
+                self._pipe().send_multipart([b"Q", str(linger_s).encode(), b""])
+            except zmq.ZMQError:
+                pass
+            self._io_thread.join(timeout=2 + linger_s)
+        self.ctx.destroy(linger=0)
 
     # --- I/O thread ------------------------------------------------------------------
     def _pipe(self):
