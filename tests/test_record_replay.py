@@ -8,7 +8,7 @@ CASES = {
     "hello.elf": (b"", 0, b"Hello from an ftvm guest!"),
     "clock.elf": (b"", 0, b"monotonic=yes"),
     "echo.elf": (b"one\ntwo three\nlast", 0, b"echo[2]: TWO THREE\necho[3]: LAST\necho: 3 lines, 18 bytes"),
-    "ticker.elf": (b"", 0, b"ticker: ticks=50"),
+    "ticker.elf": (b"", 0, b"ticker: ticks=5"),
     "compute.elf": (b"", 0, b"compute: primes=148933 hash=0xe99dc9f7df849729"),
     "tsc_heavy.elf": (b"", 0, b"monotonic=yes"),
     "fault.elf": (b"", 139, b"fault: reading 0xdead0000"),

@@ -1,0 +1,212 @@
+"""Fault tolerance with real processes: primary and backup nodes joined by ZeroMQ over
+loopback TCP, the observer in front, real SIGKILLs.
+
+Every check is the same: the observer printed every line of the output-heavy guest
+exactly once and in order, ended with the guest's status, and the whole-run log
+replays to exactly what the observer printed."""
+import json
+import os
+import random
+import signal
+import socket
+import subprocess
+import time
+
+import pytest
+
+from conftest import FTVM, GUESTS, run_ftvm
+
+LINES = 2000
+
+
+def check_lines(out: bytes):
+    lines = out.decode().splitlines()
+    nums = [int(line.split()[1]) for line in lines]
+    assert nums == list(range(1, LINES + 1)), f"{len(nums)} lines; first bad at " + str(
+        next((i for i, n in enumerate(nums) if n != i + 1), None))
+
+
+def ft_run(tmp_path, guest="lines.elf", kills=(), input=b"", env=None, extra=(), timeout=120):
+    run_dir = tmp_path / "run"
+    log = tmp_path / "whole.ftlog"
+    args = [str(FTVM), "run", str(GUESTS / guest), "--run-dir", str(run_dir), "--log", str(log), *extra]
+    for k in kills:
+        args += ["--kill-primary-after", f"{k:.3f}"]
+    p = subprocess.run(args, input=input, capture_output=True, timeout=timeout,
+                       env=dict(os.environ, **(env or {})))
+    p.stderr = p.stderr.decode()
+    return p, run_dir, log
+
+
+def check_replay(log, out):
+    rep = run_ftvm("replay", "-q", log)
+    assert rep.returncode == 0, rep.stderr
+    assert rep.stdout == out, "the whole-run log replays to exactly the observer's output"
+
+
+@pytest.mark.parametrize("guest,stdin,expect", [
+    ("hello.elf", b"", b"Hello from an ftvm guest!\n"),
+    ("echo.elf", b"ab\ncd\n", b"echo[2]: CD\necho: 2 lines, 6 bytes\n"),
+    ("ticker.elf", b"", b"ticker: ticks=5"),
+    ("clock.elf", b"", b"monotonic=yes"),
+    ("mixed.elf", b"xyz\n", b"mixed: bytes=4"),
+])
+def test_ft_run_without_failures(guests, tmp_path, guest, stdin, expect):
+    p, run_dir, log = ft_run(tmp_path, guest, input=stdin)
+    assert p.returncode == 0, p.stderr
+    assert expect in p.stdout
+    assert "Traceback" not in p.stderr
+    check_replay(log, p.stdout)
+
+
+def test_seeded_random_primary_kills(guests, tmp_path):
+    """SIGKILL the primary at 50 seeded points spread over the run."""
+    seed = int(os.environ.get("FTVM_TEST_SEED", "20261122"))
+    rnd = random.Random(seed)
+    p, _, _ = ft_run(tmp_path / "probe")
+    assert p.returncode == 0
+    points = sorted(rnd.uniform(0.3, 2.0) for _ in range(50))
+    failovers = 0
+    for i, t in enumerate(points):
+        d = tmp_path / f"k{i}"
+        d.mkdir()
+        repro = (f"reproduce: FTVM_TEST_SEED={seed} (kill point #{i} = {t:.3f} s): "
+                 f"ftvm run {GUESTS / 'lines.elf'} --kill-primary-after {t:.3f} --log x.ftlog")
+        p, run_dir, log = ft_run(d, kills=[t])
+        assert p.returncode == 0, f"{repro}\n{p.stderr}"
+        try:
+            check_lines(p.stdout)
+            check_replay(log, p.stdout)
+        except AssertionError as e:
+            raise AssertionError(f"{repro}\n{e}\n{p.stderr}") from None
+        failovers += "failover: node B" in p.stderr
+    assert failovers >= 40, f"only {failovers} of 50 kills landed while the guest ran"
+
+
+def test_kill_the_backup(guests, tmp_path):
+    run_dir = tmp_path / "run"
+    log = tmp_path / "whole.ftlog"
+    proc = subprocess.Popen([str(FTVM), "run", str(GUESTS / "lines.elf"), "--run-dir", str(run_dir), "--log", str(log)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL)
+    time.sleep(0.8)
+    k = run_ftvm("kill", "backup", "--run-dir", run_dir)
+    assert k.returncode == 0, k.stderr
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 0, err
+    check_lines(out)
+    assert b"UNPROTECTED" in (run_dir / "A.stderr").read_bytes()
+    assert "carries on as primary of view 2" in err.decode()
+    check_replay(log, out)
+
+
+def test_kill_both_is_a_clear_error_with_logs_intact(guests, tmp_path):
+    p, run_dir, log = ft_run(tmp_path, kills=[0.6, 1.2])
+    assert p.returncode == 8, p.stderr
+    assert "every node is dead" in p.stderr and "Traceback" not in p.stderr
+    for name in ("A", "B"):
+        show = run_ftvm("log", "show", run_dir / f"{name}.ftlog", "-k", "header")
+        assert show.returncode == 0
+    # B's log holds the whole run up to its death: it replays as far as it goes.
+    rep = run_ftvm("replay", "-q", run_dir / "B.ftlog")
+    assert rep.returncode == 4, rep.stderr
+    assert p.stdout.startswith(rep.stdout[: len(p.stdout)]) or rep.stdout.startswith(p.stdout)
+
+
+def _claim_race(args):
+    directory, view, name = args
+    from shared_disk.arbiter import Arbiter
+    return Arbiter(directory).claim(view, name)
+
+
+def test_go_live_race_has_exactly_one_winner(tmp_path):
+    import multiprocessing
+    with multiprocessing.get_context("fork").Pool(8) as pool:
+        for view in range(1, 41):
+            wins = pool.map(_claim_race, [(str(tmp_path), view, f"n{i}") for i in range(8)])
+            assert sum(wins) == 1, wins
+    from shared_disk.arbiter import Arbiter
+    assert Arbiter(tmp_path).highest()[0] == 40
+
+
+def wait_for(pred, timeout=10):
+    t = time.monotonic() + timeout
+    while time.monotonic() < t:
+        if pred():
+            return True
+        time.sleep(0.02)
+    return False
+
+
+def status(run_dir, name):
+    try:
+        return json.loads((run_dir / f"{name}.status.json").read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def test_frozen_primary_never_releases_after_resume(guests, tmp_path):
+    run_dir = tmp_path / "run"
+    log = tmp_path / "whole.ftlog"
+    proc = subprocess.Popen([str(FTVM), "run", str(GUESTS / "lines.elf"), "--run-dir", str(run_dir), "--log", str(log)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL)
+    assert wait_for(lambda: status(run_dir, "A").get("released_bytes", 0) > 1000)
+    pid_a = status(run_dir, "A")["pid"]
+    os.kill(pid_a, signal.SIGSTOP)
+    frozen_at = time.time()
+    assert wait_for(lambda: status(run_dir, "B").get("role") == "primary"), "the backup went live"
+    time.sleep(0.3)
+    resumed_at = time.time()
+    os.kill(pid_a, signal.SIGCONT)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 0, err
+    check_lines(out)
+    a_err = (run_dir / "A.stderr").read_text()
+    assert "halting" in a_err and "stale" in a_err, a_err
+    st = status(run_dir, "A")
+    assert st["last_release_unix"] is None or st["last_release_unix"] < resumed_at, \
+        f"old primary released output {st['last_release_unix'] - frozen_at:.3f} s after it was frozen"
+    check_replay(log, out)
+
+
+def test_channel_faults_break_nothing(guests, tmp_path):
+    faults = "drop=0.05,dup=0.05,reorder=0.05,delay_ms=3,seed=11"
+    p, run_dir, log = ft_run(tmp_path, env={"FTVM_CHANNEL_FAULTS": faults})
+    assert p.returncode == 0, p.stderr
+    check_lines(p.stdout)
+    check_replay(log, p.stdout)
+
+
+def test_channel_faults_with_a_failover(guests, tmp_path):
+    faults = "drop=0.05,dup=0.05,reorder=0.05,delay_ms=3,seed=12"
+    p, run_dir, log = ft_run(tmp_path, kills=[1.0], env={"FTVM_CHANNEL_FAULTS": faults})
+    assert p.returncode == 0, p.stderr
+    check_lines(p.stdout)
+    check_replay(log, p.stdout)
+
+
+def test_garbage_sent_to_the_channel_port(guests, tmp_path):
+    import zmq
+    run_dir = tmp_path / "run"
+    log = tmp_path / "whole.ftlog"
+    proc = subprocess.Popen([str(FTVM), "run", str(GUESTS / "lines.elf"), "--run-dir", str(run_dir), "--log", str(log)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL)
+    assert wait_for(lambda: (run_dir / "run.json").exists())
+    time.sleep(0.3)
+    nodes = json.loads((run_dir / "run.json").read_text())["nodes"]
+    ctx = zmq.Context()
+    for name, addr in nodes.items():
+        host, port = addr.removeprefix("tcp://").rsplit(":", 1)
+        with socket.create_connection((host, int(port))) as s:      # not even ZMTP
+            s.sendall(os.urandom(4096))
+        push = ctx.socket(zmq.PUSH)
+        push.setsockopt(zmq.LINGER, 1000)
+        push.connect(addr)
+        for i in range(50):                                          # ZMTP, but junk inside
+            push.send(os.urandom(100 + i))
+        push.close()
+    ctx.term()
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 0, err
+    check_lines(out)
+    assert status(run_dir, "A")["garbage"] + status(run_dir, "B")["garbage"] >= 50
+    check_replay(log, out)

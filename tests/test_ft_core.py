@@ -1,0 +1,125 @@
+"""The deterministic core of fault tolerance, driven with fake time."""
+import ast
+import pathlib
+
+import pytest
+
+from hypervisor.ft import core
+
+MS = 1_000_000
+
+
+def test_output_gate_holds_until_the_covering_position_is_acked():
+    g = core.OutputGate()
+    g.hold(cover=5, offset=0, data=b"a\n")
+    g.hold(cover=9, offset=2, data=b"b\n")
+    g.hold_exit(cover=12, total=4, status=3, detail="exit")
+    assert g.release(acked=4, protected=True, backup_fresh=True) == []
+    out = g.release(acked=9, protected=True, backup_fresh=True)
+    assert [h.data for h in out] == [b"a\n", b"b\n"]
+    assert g.release(acked=11, protected=True, backup_fresh=True) == []
+    (h,) = g.release(acked=12, protected=True, backup_fresh=True)
+    assert h.data is None and h.status == 3 and h.offset == 4
+
+
+def test_output_gate_releases_nothing_when_the_backup_is_not_fresh():
+    g = core.OutputGate()
+    g.hold(1, 0, b"x")
+    assert g.release(acked=100, protected=True, backup_fresh=False) == []
+    assert len(g.release(acked=0, protected=False, backup_fresh=False)) == 1   # unprotected: out at once
+
+
+def test_output_gate_keeps_order_and_bounds():
+    g = core.OutputGate(max_bytes=10)
+    g.hold(3, 0, b"12345")
+    assert not g.full()
+    g.hold(1, 5, b"67890")
+    assert g.full()
+    assert g.release(acked=2, protected=True, backup_fresh=True) == []   # in order: first waits for 3
+    assert len(g.release(acked=3, protected=True, backup_fresh=True)) == 2
+    assert not g.full() and g.released_bytes == 10
+
+
+def test_peer_watch_judges_by_send_time():
+    w = core.PeerWatch(timeout_ns=150 * MS)
+    assert w.dead(now=10 * MS, started_ns=0, startup_grace_ns=5000 * MS) is False
+    assert w.dead(now=6000 * MS, started_ns=0, startup_grace_ns=5000 * MS) is True
+    w.heard(now=1000 * MS, peer_sent=1000 * MS)
+    assert w.fresh(1100 * MS) and not w.dead(1100 * MS, 0, 0)
+    assert w.dead(1150 * MS, 0, 0)
+    # A message sent long ago (it sat in a queue while we were frozen) is not fresh.
+    w2 = core.PeerWatch(timeout_ns=150 * MS)
+    w2.heard(now=5000 * MS, peer_sent=1000 * MS)
+    assert not w2.fresh(5000 * MS)
+
+
+def test_clock_skew_prefers_the_shortest_round_trip():
+    s = core.ClockSkew()
+    # Peer clock runs 1000 ns ahead. Round trips of 100 and 20 ns (peer held 10 ns).
+    s.sample(now=10_100, peer_sent=10_050 + 1000, echo=10_000, held=0)
+    s.sample(now=20_030, peer_sent=20_015 + 1000, echo=20_000, held=10)
+    assert s.rtt_ns == 20
+    assert s.offset_ns == 1000 - 5       # within half the round trip
+    s.sample(now=5, peer_sent=5, echo=10, held=0)   # an echo from the future is ignored
+    assert s.rtt_ns == 20
+
+
+def test_lag_tracker():
+    lag = core.LagTracker()
+    for t, b in ((0, 0), (10, 100), (20, 200), (30, 300)):
+        lag.primary_at(t * MS, b)
+    assert lag.lag_ns(35 * MS, 300) == 0
+    assert lag.lag_ns(35 * MS, 250) == 5 * MS      # the primary passed 250 at t=30
+    assert lag.lag_ns(35 * MS, 150) == 15 * MS
+    assert lag.lag_ns(35 * MS, 0) == 25 * MS
+
+
+def test_go_live_offset_never_steps_back_and_slews():
+    # Backup clock 500 ns behind the primary's: the offset grows by the skew.
+    off, excess = core.go_live_offset(primary_offset_ns=-1000, skew_ns=500, host_now_ns=10_000, tsc_last=8_000)
+    assert (off, excess) == (-500, 0) and 10_000 + off > 8_000
+    # The estimate would put guest time behind what the guest saw: start just after it.
+    off, excess = core.go_live_offset(primary_offset_ns=-1000, skew_ns=0, host_now_ns=10_000, tsc_last=9_500)
+    assert 10_000 + off == 9_501 and excess == 501
+    s = core.Slew(excess, now=0)
+    taken = sum(s.absorb(t) for t in range(1600, 20000, 1600))
+    assert taken == 501 and s.excess_ns == 0
+    s2 = core.Slew(10_000, now=0)
+    assert s2.absorb(1600) == 100                # at most 1/16 of the time that passed
+
+
+@pytest.mark.parametrize("role,won,action", [("primary", True, "continue_alone"), ("primary", False, "halt"),
+                                             ("backup", True, "go_live"), ("backup", False, "halt")])
+def test_on_lost_contact(role, won, action):
+    assert core.on_lost_contact(role, won) == action
+
+
+def test_core_does_no_io():
+    src = (pathlib.Path(core.__file__)).read_text()
+    names = set()
+    for node in ast.walk(ast.parse(src)):
+        if isinstance(node, ast.Import):
+            names |= {a.name.split(".")[0] for a in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            names.add(node.module.split(".")[0])
+    assert not names & {"zmq", "socket", "time", "random", "os", "threading", "subprocess"}
+
+
+def test_messages_round_trip_and_refuse_garbage():
+    import random
+
+    from logging_channel import messages as M
+    m = M.decode(M.encode(M.LOG, 65, 3, 17, [b"frames", 2, 123, -5]))
+    assert (m.type, m.sender, m.view, m.seq, m.payload) == (M.LOG, 65, 3, 17, [b"frames", 2, 123, -5])
+    good = M.encode(M.OUTPUT, 1, 1, 0, b"hello")
+    rnd = random.Random(5)
+    for _ in range(300):
+        bad = bytearray(good)
+        bad[rnd.randrange(len(bad))] ^= 1 << rnd.randrange(8)
+        with pytest.raises(M.BadMessage):
+            M.decode(bytes(bad))
+    for junk in (b"", b"GET / HTTP/1.1\r\n\r\n", bytes(64)):
+        with pytest.raises(M.BadMessage):
+            M.decode(junk)
+    with pytest.raises(M.BadMessage, match="wrong shape"):
+        M.decode(M.encode(M.ACK, 1, 1, 0, "not a list"))
