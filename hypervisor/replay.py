@@ -100,14 +100,21 @@ class StreamSource:
             self._cond.notify_all()
 
     def poll(self, timeout):
-        """A record, or None if none came within ``timeout`` (or the stream ended)."""
+        """A record, or None if none came within ``timeout`` (or the stream ended).
+        Items pushed as frames (bytes) are decoded here, on the replaying thread."""
         with self._cond:
             if not self._q and not self.ended:
                 self._cond.wait(timeout)
-            if self._q:
-                self.records_read += 1
-                return self._q.popleft()
-            return None
+            if not self._q:
+                return None
+            self.records_read += 1
+            item = self._q.popleft()
+        if isinstance(item, (bytes, bytearray)):
+            try:
+                item, _ = R.decode(item)
+            except R.FrameError as e:
+                raise LogDamaged(self.path, self.records_read - 1, 0, e.reason) from None
+        return item
 
     def next(self):
         return self.poll(0)

@@ -16,6 +16,7 @@ class Held:
     data: bytes | None  # console bytes; None for the exit
     status: int = 0
     detail: str = ""
+    at: int = 0         # when it was held (caller's clock), to measure what the rule costs
 
 
 class OutputGate:
@@ -29,12 +30,12 @@ class OutputGate:
         self.held_bytes = 0
         self.released_bytes = 0
 
-    def hold(self, cover: int, offset: int, data: bytes):
-        self.held.append(Held(cover, offset, data))
+    def hold(self, cover: int, offset: int, data: bytes, at: int = 0):
+        self.held.append(Held(cover, offset, data, at=at))
         self.held_bytes += len(data)
 
-    def hold_exit(self, cover: int, total: int, status: int, detail: str):
-        self.held.append(Held(cover, total, None, status, detail))
+    def hold_exit(self, cover: int, total: int, status: int, detail: str, at: int = 0):
+        self.held.append(Held(cover, total, None, status, detail, at))
 
     def full(self) -> bool:
         return self.held_bytes >= self.max_bytes
@@ -148,6 +149,14 @@ class Slew:
         self._last = now
         self.excess_ns -= take
         return take
+
+
+def percentile(sorted_values, p):
+    """The p-th percentile (0-100) of an already sorted list, nearest rank."""
+    if not sorted_values:
+        return None
+    k = max(0, min(len(sorted_values) - 1, round(p / 100 * (len(sorted_values) - 1))))
+    return sorted_values[k]
 
 
 def go_live_offset(primary_offset_ns: int, skew_ns: int, host_now_ns: int, tsc_last: int):

@@ -53,6 +53,9 @@ class Observer:
         self.failovers = []
         self.t0 = time.monotonic()
         self.last_output_t = None
+        self.first_hello_t = None
+        self.exit_t = None
+        self.kills = []                           # [{"t": s, "node": name, "next_output_s": s or None}]
         self.ep = Endpoint(listen, self._on_message, self._on_tick, tick_s=0.05)
         for name, addr in self.nodes.items():
             self.ep.connect(name, addr)
@@ -68,6 +71,8 @@ class Observer:
                 return
             if msg.type == M.HELLO:
                 node, role, pid, detail = msg.payload
+                if self.first_hello_t is None:
+                    self.first_hello_t = time.monotonic()
                 if role == "primary" and msg.view >= self.view:
                     if self.view > 0 and (node != self.primary or msg.view > self.view):
                         outage = ""
@@ -93,11 +98,15 @@ class Observer:
                 self.write(msg.payload[self.delivered - msg.seq:])
                 self.delivered = end
                 self.last_output_t = time.monotonic()
+                for k in self.kills:
+                    if k["next_output_s"] is None and msg.view > k["view"]:
+                        k["next_output_s"] = self.last_output_t - self.t0
                 self._confirm()
             elif msg.type == M.EXIT:
                 status, detail = msg.payload
                 if self.exit is None:
                     self.exit = (status, msg.seq, detail, name)
+                    self.exit_t = time.monotonic()
                 self._confirm()
             self.lock.notify_all()
 
@@ -176,6 +185,9 @@ class Observer:
                     os.kill(pid, signal.SIGKILL)
                 except ProcessLookupError:
                     pass
+                with self.lock:
+                    self.kills.append({"t": time.monotonic() - self.t0, "node": name, "view": self.view,
+                                       "next_output_s": None})
             if self.procs and all(p.poll() is not None for p in self.procs.values()):
                 time.sleep(0.2)   # the last messages may still be on their way
                 with self.lock:
@@ -187,7 +199,18 @@ class Observer:
         self.say(f"guest ended on node {node} (view {self.view}): {detail}")
         return status
 
+    def summary(self):
+        rel = lambda t: None if t is None else t - self.t0   # noqa: E731
+        return {"first_hello_s": rel(self.first_hello_t), "exit_s": rel(self.exit_t), "kills": self.kills,
+                "failovers": [{"t": t, "node": n, "view": v, "detail": d} for t, n, v, d in self.failovers],
+                "delivered_bytes": self.delivered, "stale_dropped": self.stale, "duplicates_dropped": self.duplicates}
+
     def _shutdown(self):
+        try:
+            with open(os.path.join(self.run_dir, "observer.json"), "w") as f:
+                json.dump(self.summary(), f)
+        except OSError:
+            pass
         stop = M.encode(M.STOP, 0, self.view, 0, None)
         for n in self.nodes:
             self.ep.send(n, stop)

@@ -74,6 +74,14 @@ class Endpoint:
         self.tick_s = tick_s
         self.garbage = 0                  # messages that failed their checks
         self.dropped = 0                  # sends that found no room
+        # libzmq's own I/O thread starts with the first socket and inherits this
+        # thread's priority: raise it for that moment (as root; else no matter).
+        tid = threading.get_native_id()
+        try:
+            old_nice = os.getpriority(os.PRIO_PROCESS, tid)
+            os.setpriority(os.PRIO_PROCESS, tid, -10)
+        except OSError:
+            old_nice = None
         self.ctx = zmq.Context()
         self.inbox = self.ctx.socket(zmq.PULL)
         self.inbox.setsockopt(zmq.LINGER, 0)
@@ -81,6 +89,8 @@ class Endpoint:
         self.inbox.setsockopt(zmq.RCVHWM, 100000)
         self.inbox.bind(listen)
         self.address = self.inbox.getsockopt(zmq.LAST_ENDPOINT).decode()
+        if old_nice is not None:
+            os.setpriority(os.PRIO_PROCESS, tid, old_nice)
         self._wake_addr = f"inproc://ftvm-wake-{next(_ids)}"
         self._wake = self.ctx.socket(zmq.PULL)
         self._wake.bind(self._wake_addr)
@@ -98,6 +108,7 @@ class Endpoint:
     def connect(self, name: str, address: str, immediate: bool = True):
         """Send to ``name`` at ``address`` from now on. immediate: drop what is sent
         while there is no connection (the protocol retransmits); otherwise queue it."""
+        self._peer_addrs[name] = address
         self._pipe().send_multipart([b"C" if immediate else b"c", name.encode(), address.encode()])
 
     def send(self, name: str, data: bytes):
@@ -105,6 +116,31 @@ class Endpoint:
             self._send_now(name, data)
         else:
             self._pipe().send_multipart([b"S", name.encode(), data])
+
+    def send_direct(self, name: str, data: bytes):
+        """Send from the calling thread on a socket of its own, skipping the hop through
+        the I/O thread (for the latency-critical log stream). Order against messages
+        sent through ``send`` is not kept; the protocol's sequence numbers cope."""
+        if self.faults is not None or threading.current_thread() is self._io_thread:
+            return self.send(name, data)
+        socks = getattr(self._local, "direct", None)
+        if socks is None:
+            socks = self._local.direct = {}
+        s = socks.get(name)
+        if s is None:
+            addr = self._peer_addrs.get(name)
+            if addr is None:
+                return self.send(name, data)
+            s = self.ctx.socket(zmq.PUSH)
+            s.setsockopt(zmq.LINGER, 200)
+            s.setsockopt(zmq.SNDHWM, 10000)
+            s.setsockopt(zmq.RECONNECT_IVL, 20)
+            s.connect(addr)
+            socks[name] = s
+        try:
+            s.send(data, zmq.NOBLOCK)
+        except zmq.Again:
+            self.dropped += 1
 
     def close(self, linger_s: float = 0.2):
         """Stop the I/O thread after giving queued sends ``linger_s`` to leave, then
@@ -164,7 +200,6 @@ class Endpoint:
         s.setsockopt(zmq.RECONNECT_IVL_MAX, 200)
         s.connect(address)
         self._peers[name] = s
-        self._peer_addrs[name] = address
 
     def _guarded(self, fn, *args):
         try:
@@ -174,6 +209,12 @@ class Endpoint:
                 self.failure = e
 
     def _loop(self):
+        # Messages must not wait for a busy emulation thread to be preempted: ask for a
+        # higher priority (works as root; harmless to be refused).
+        try:
+            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), -10)
+        except (OSError, AttributeError):
+            pass
         poller = zmq.Poller()
         poller.register(self.inbox, zmq.POLLIN)
         poller.register(self._wake, zmq.POLLIN)
