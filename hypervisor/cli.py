@@ -320,12 +320,19 @@ def status(run_dir, as_json):
               help="Runs of each measurement; the best is reported.")
 @click.option("--guest-dir", type=click.Path(file_okay=False), default=None,
               help="Where the built guests are (default: guest_programs/build in the checkout).")
+@click.option("--only", type=click.Choice(["record", "ft"]), default=None,
+              help="Only the record/replay figures, or only the fault-tolerance figures.")
 @click.option("--json", "as_json", is_flag=True, help="JSON instead of a table.")
 @operating_errors
-def bench(runs, guest_dir, as_json):
-    """Measure recording and replay against plain Unicorn, side by side."""
+def bench(runs, guest_dir, only, as_json):
+    """Measure recording, replay and fault tolerance against plain Unicorn, side by side.
+
+    Record/replay: plain/record speed on the CPU-bound and the RDTSC-heavy guest,
+    replay speed, bytes per RDTSC, peak memory. Fault tolerance: plain/`ftvm run`
+    speed, what the Output Rule adds per output, failover outage, logging bandwidth.
+    """
     from .bench import run_bench
-    run_bench(runs, guest_dir, as_json, say)
+    run_bench(runs, guest_dir, as_json, say, only)
 
 
 if __name__ == "__main__":

@@ -139,7 +139,7 @@ class Recorder:
 
     @classmethod
     def take_over(cls, machine: Machine, sink, config: Config, out, host: HostEvents, tsc_offset_ns: int,
-                  golive: R.GoLive | None = None, poke_interval_s=0.01):
+                  golive: R.GoLive | None = None, poke_interval_s=0.02):
         """Go live from a replayed machine: guest time continues from the host clock
         plus ``tsc_offset_ns``, and everything from here on is recorded."""
         cpu = machine.cpu

@@ -149,6 +149,7 @@ class Node:
         self.unconfirmed = []           # released output the observer has not confirmed
         self.exit_msg = None
         self.last_release_unix = None
+        self.paced_ns = 0               # time the primary waited for the backup (flow control)
         self.rule_ns = []               # what the Output Rule added to each output (held -> released)
         self.resent_at = 0
         self.hello_at = 0
@@ -362,7 +363,8 @@ class Node:
               "garbage": self.ep.garbage, "stale": self.stale, "gaps": self.gaps,
               "released_bytes": self.gate.released_bytes, "last_release_unix": self.last_release_unix, "halted": self.halted,
               "blocks": int(self.machine.cpu.blocks) if self.machine is not None else 0,
-              "time": time.time(), "log": self.log_path, "output_rule_us": self._rule_stats()}
+              "time": time.time(), "log": self.log_path, "output_rule_us": self._rule_stats(),
+              "paced_ms": self.paced_ns / 1e6}
         path = os.path.join(self.run_dir, f"{self.name}.status.json")
         try:
             with open(path + ".tmp", "w") as f:
@@ -413,11 +415,13 @@ class Node:
             # Flow control: the backup may trail by at most max_lag_ms of guest progress,
             # and held output and unacknowledged log are bounded.
             limit = self.opts.max_lag_ms * 1_000_000
+            t_pace = now_ns()
             while self.protected and not self.halted and not self.stop_requested and (
                     self.lag.lag_ns(now_ns(), self.backup_blocks) > limit or self.gate.full()
                     or s.bytes > self.opts.unacked_bytes):
                 self.cond.wait(0.001)
                 self.lag.primary_at(now_ns(), self.primary_blocks)
+            self.paced_ns += now_ns() - t_pace
             if self.halted:
                 raise Halted(self.halted)
 
@@ -455,7 +459,7 @@ class Node:
         with self.lock:
             self.host = HostEvents(None, None, external_input=True)
         rec = Recorder.new(data, image, os.path.basename(self.guest), self.sink, config, console, out=self,
-                           progress_records=True, poke_interval_s=0.01, host=self.host)
+                           progress_records=True, poke_interval_s=0.02, host=self.host)
         self.machine = rec.m
         self.hello("primary" if self.view == 1 else f"started afresh in view {self.view}")
         self._record(rec)
