@@ -78,11 +78,17 @@ void ftvm_request(ftvm_cpu *c, uint32_t sync_bits)
     c->trip = 0;
 }
 
+/* Test hook: pretend this host's clock is off by this much (two hosts' monotonic
+ * clocks never agree; tests make the disagreement large on purpose). */
+static int64_t clock_skew_ns;
+
+void ftvm_set_clock_skew(int64_t skew_ns) { clock_skew_ns = skew_ns; }
+
 uint64_t ftvm_host_ns(void)
 {
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
+    return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec + (uint64_t)clock_skew_ns;
 }
 
 static uint64_t next_tsc(uc_engine *uc, ftvm_cpu *c)

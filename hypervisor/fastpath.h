@@ -57,5 +57,6 @@ void ftvm_request(ftvm_cpu *cpu, uint32_t sync_bits);
 int ftvm_rdtsc_hook(void *uc, void *user);
 int ftvm_rdtscp_hook(void *uc, void *user);
 uint64_t ftvm_host_ns(void);
+void ftvm_set_clock_skew(int64_t skew_ns);
 int ftvm_install_signals(ftvm_cpu *cpu);
 void ftvm_restore_signals(void);

@@ -210,3 +210,28 @@ def test_garbage_sent_to_the_channel_port(guests, tmp_path):
     check_lines(out)
     assert status(run_dir, "A")["garbage"] + status(run_dir, "B")["garbage"] >= 50
     check_replay(log, out)
+
+
+@pytest.mark.parametrize("skew_s", [3, -3])
+def test_guest_time_never_runs_backwards_across_a_failover(guests, tmp_path, skew_s):
+    """The backup's host clock is off by several seconds: the offset is estimated from
+    heartbeats and guest time neither jumps by it nor runs backwards."""
+    skew = skew_s * 1_000_000_000
+    p, run_dir, log = ft_run(tmp_path, "tsc_heavy.elf", kills=[0.6],
+                             env={"FTVM_TEST_CLOCK_SKEW_NS_B": str(skew)})
+    assert p.returncode == 0, p.stderr
+    assert "failover: node B" in p.stderr
+    out = p.stdout.decode()
+    assert "monotonic=yes" in out
+    elapsed_s = int(out.split("elapsed_ns=")[1].split()[0]) / 1e9
+    assert 0.2 < elapsed_s < 2.5, f"guest time advanced {elapsed_s:.3f} s over a ~1 s run"
+    estimate_s = status(run_dir, "B")["clock_offset_us"] / 1e6
+    assert abs(estimate_s + skew_s) < 0.01, estimate_s       # B sees A's clock -skew away
+    check_replay(log, p.stdout)
+
+
+def test_progress_display(guests, tmp_path):
+    p, run_dir, log = ft_run(tmp_path, extra=["--progress"])
+    assert p.returncode == 0, p.stderr
+    check_lines(p.stdout)
+    assert "lag ms" in p.stderr and "clock offset" in p.stderr

@@ -38,8 +38,13 @@ def node_id(name: str) -> int:
     return sum(name.encode()) & 0xFFFF
 
 
+# Test hook (FTVM_TEST_CLOCK_SKEW_NS_<node name>): make this node's clock disagree with
+# its peer's, as two hosts' clocks do. Guest time and every clock of the node move with it.
+_SKEW_NS = 0
+
+
 def now_ns() -> int:
-    return time.monotonic_ns()
+    return time.monotonic_ns() + _SKEW_NS
 
 
 @dataclasses.dataclass
@@ -434,6 +439,10 @@ class Node:
         # The I/O thread must get the GIL quickly when a message arrives, or every
         # acknowledgement waits out the emulation thread's 5 ms switch interval.
         sys.setswitchinterval(0.0001)
+        global _SKEW_NS
+        _SKEW_NS = int(os.environ.get(f"FTVM_TEST_CLOCK_SKEW_NS_{self.name}", "0"))
+        lib.ftvm_set_clock_skew(_SKEW_NS)
+        self.started = now_ns()
         self.ep.start()
         self.slew = None
         try:
