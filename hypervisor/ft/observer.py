@@ -240,7 +240,8 @@ class Progress:
         from rich.console import Console
         from rich.live import Live
         self.obs = obs
-        self.live = Live(self._table(), console=Console(stderr=True), refresh_per_second=4, transient=False)
+        self.live = Live(self._table(), console=Console(stderr=True, width=max(120, shutil.get_terminal_size().columns)),
+                         refresh_per_second=4, transient=False)
         self.live.start()
         self._stop = False
         self.t = threading.Thread(target=self._loop, daemon=True)
