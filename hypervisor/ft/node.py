@@ -124,6 +124,7 @@ class Node:
         self.gate = core.OutputGate(self.opts.gate_bytes)
         self.protected = peer is not None
         self.peer_clock = (0, 0)        # (peer's clock in its last heartbeat, our time then)
+        self.lease_from = 0             # our clock when we last sent something the backup has seen
         self.acked = 0
         self.backup_blocks = 0
         self.backup_records = 0
@@ -191,6 +192,9 @@ class Node:
             now = now_ns()
             if t == M.HEARTBEAT:
                 echo, held, _role = msg.payload
+                # The peer has heard from us as of our clock `echo`: that renews our lease.
+                if 0 < echo <= now:
+                    self.lease_from = max(self.lease_from, echo)
                 self.skew.sample(now, msg.seq, echo, held)
                 self.watch.heard(now, msg.seq, self.skew.offset_ns)
                 self.peer_clock = (msg.seq, now)
@@ -342,7 +346,10 @@ class Node:
         if self.role != "primary":
             return
         now = now_ns()
-        fresh = self.watch.fresh(now)
+        # The lease: the backup echoed a heartbeat we sent less than half the failure
+        # timeout ago, so it cannot have declared us dead yet. Judged on our own clock
+        # only, so a frozen and resumed primary (or queued messages) cannot fool it.
+        fresh = now - self.lease_from < self.opts.fail_timeout_ms * 1_000_000 // 2
         protected = self.protected
         for h in self.gate.release(self.acked, protected, fresh):
             if protected and h.at and len(self.rule_ns) < 1_000_000:
