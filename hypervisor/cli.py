@@ -304,12 +304,13 @@ def status(run_dir, as_json):
     from rich.console import Console as RichConsole
     from rich.table import Table
     t = Table(title=f"ftvm nodes in {run_dir}")
-    for col in ("node", "pid", "alive", "role", "view", "lag ms", "log records", "held B", "failovers",
-                "clock offset us", "garbage", "stale"):
+    for col in ("node", "pid", "alive", "role", "view", "lag ms", "log records", "log kbit/s", "held B",
+                "failovers", "clock offset us", "garbage", "stale"):
         t.add_column(col, justify="right")
     for s in sts:
         t.add_row(s["name"], str(s["pid"]), "yes" if s["alive"] else "no", s["role"], str(s["view"]),
                   "-" if s["lag_ms"] is None else f"{s['lag_ms']:.1f}", str(s["log_records"]),
+                  f"{s.get('log_rate_kbps', 0):.0f}",
                   str(s["held_bytes"]), str(s["failovers"]), f"{s['clock_offset_us']:.0f}",
                   str(s["garbage"]), str(s["stale"]))
     RichConsole().print(t)

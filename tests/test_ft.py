@@ -235,3 +235,25 @@ def test_progress_display(guests, tmp_path):
     assert p.returncode == 0, p.stderr
     check_lines(p.stdout)
     assert "lag ms" in p.stderr and "clock offset" in p.stderr
+
+
+def test_interactive_input_survives_a_failover(guests, tmp_path):
+    """Lines typed while the primary dies: each is echoed exactly once, in order."""
+    run_dir = tmp_path / "run"
+    log = tmp_path / "whole.ftlog"
+    proc = subprocess.Popen([str(FTVM), "run", str(GUESTS / "echo.elf"), "--run-dir", str(run_dir), "--log", str(log)],
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    n = 60
+    for i in range(n):
+        proc.stdin.write(f"line {i} of the input\n".encode())
+        proc.stdin.flush()
+        time.sleep(0.02)
+        if i == n // 2:
+            assert run_ftvm("kill", "primary", "--run-dir", run_dir).returncode == 0
+    out, err = proc.communicate(timeout=60)      # closes stdin: end of input
+    err = err.decode()
+    assert proc.returncode == 0, err
+    want = b"echo: ready\n" + b"".join(f"echo[{i + 1}]: LINE {i} OF THE INPUT\n".encode() for i in range(n))
+    assert out == want + f"echo: {n} lines, {sum(len(f'line {i} of the input') + 1 for i in range(n))} bytes\n".encode()
+    assert "failover: node B" in err
+    check_replay(log, out)

@@ -155,6 +155,7 @@ class Node:
         self.unconfirmed = []           # released output the observer has not confirmed
         self.exit_msg = None
         self.last_release_unix = None
+        self._rate_mark = (0, 0)
         self.paced_ns = 0               # time the primary waited for the backup (flow control)
         self.rule_ns = []               # what the Output Rule added to each output (held -> released)
         self.resent_at = 0
@@ -364,11 +365,14 @@ class Node:
             self.last_release_unix = time.time()
 
     def _write_status(self, now):
+        prev_t, prev_b = self._rate_mark
+        rate = (self.writer.bytes - prev_b) / max(1e-9, (now - prev_t) / 1e9) if prev_t else 0.0
+        self._rate_mark = (now, self.writer.bytes)
         lag_ms = self.lag.lag_ns(now, self.backup_blocks) / 1e6 if self.role == "primary" and self.protected else None
         st = {"name": self.name, "pid": os.getpid(), "role": self.role, "view": self.view,
               "protected": self.protected, "lag_ms": lag_ms,
               "log_records": self.sink.records if self.sink else self.received,
-              "log_bytes": self.writer.bytes, "acked": self.acked, "held_bytes": self.gate.held_bytes,
+              "log_bytes": self.writer.bytes, "log_rate_kbps": rate * 8 / 1000, "acked": self.acked, "held_bytes": self.gate.held_bytes,
               "failovers": self.failovers, "clock_offset_us": self.skew.offset_ns / 1000,
               "rtt_us": None if self.skew.rtt_ns is None else self.skew.rtt_ns / 1000,
               "rtt_p50_us": (core.percentile(sorted(r for r, _ in self.skew.samples), 50) or 0) / 1000,

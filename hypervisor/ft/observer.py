@@ -251,13 +251,14 @@ class Progress:
         from rich.table import Table
         t = Table(title=f"ftvm run: view {self.obs.view}, primary {self.obs.primary}, "
                         f"{self.obs.delivered} bytes out, {len(self.obs.failovers)} failovers")
-        for col in ("node", "role", "view", "lag ms", "log records", "log MB", "held B", "failovers",
-                    "clock offset us", "rtt us"):
+        for col in ("node", "role", "view", "lag ms", "log records", "log MB", "log kbit/s", "held B",
+                    "failovers", "clock offset us", "rtt us"):
             t.add_column(col, justify="right")
         for st in read_status(self.obs.run_dir):
             t.add_row(st["name"], st["role"] + ("" if st.get("protected", True) or st["role"] != "primary" else " (alone)"),
                       str(st["view"]), "-" if st["lag_ms"] is None else f"{st['lag_ms']:.1f}",
-                      str(st["log_records"]), f"{st['log_bytes'] / 1e6:.2f}", str(st["held_bytes"]),
+                      str(st["log_records"]), f"{st['log_bytes'] / 1e6:.2f}",
+                      f"{st.get('log_rate_kbps', 0):.0f}", str(st["held_bytes"]),
                       str(st["failovers"]), f"{st['clock_offset_us']:.0f}",
                       "-" if st["rtt_us"] is None else f"{st['rtt_us']:.0f}")
         return t
