@@ -156,6 +156,7 @@ class Node:
         self.exit_msg = None
         self.last_release_unix = None
         self._rate_mark = (0, 0)
+        self.after_stop_ns = 0          # time the emulation thread spent handing over at stops
         self.paced_ns = 0               # time the primary waited for the backup (flow control)
         self.rule_ns = []               # what the Output Rule added to each output (held -> released)
         self.resent_at = 0
@@ -380,7 +381,8 @@ class Node:
               "released_bytes": self.gate.released_bytes, "last_release_unix": self.last_release_unix, "halted": self.halted,
               "blocks": int(self.machine.cpu.blocks) if self.machine is not None else 0,
               "time": time.time(), "log": self.log_path, "output_rule_us": self._rule_stats(),
-              "paced_ms": self.paced_ns / 1e6}
+              "paced_ms": self.paced_ns / 1e6, "after_stop_ms": self.after_stop_ns / 1e6,
+              "stops": int(self.machine.cpu.hook_stops) if self.machine is not None else 0}
         path = os.path.join(self.run_dir, f"{self.name}.status.json")
         try:
             with open(path + ".tmp", "w") as f:
@@ -407,6 +409,13 @@ class Node:
             self._release()
 
     def after_stop(self, rec):
+        t_in = now_ns()
+        try:
+            self._after_stop(rec)
+        finally:
+            self.after_stop_ns += now_ns() - t_in
+
+    def _after_stop(self, rec):
         with self.lock:
             if self.halted:
                 raise Halted(self.halted)
