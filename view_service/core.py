@@ -1,0 +1,127 @@
+"""View service decisions, after the classic primary/backup view service. Pure code:
+time is an argument, nothing here does I/O.
+
+A view is (number, primary, backup). Nodes ping every PingInterval with the number of
+the view they know (0 after a restart). Rules:
+
+1. A node is dead after ``dead_pings`` missed ping intervals, alive again after one ping.
+2. The service moves to a new view only once the primary of the current view has
+   acknowledged it (pinged with its number), even if that primary seems dead. A primary
+   that dies before acknowledging leaves the service stuck: that is the price of never
+   promoting a node that may not have the state.
+3. Only the backup of the current view can become primary, and only if it reported
+   itself up to date (``ready``: its state transfer finished). An idle node never
+   becomes primary directly.
+4. Idle nodes become backup; a view may have a primary and no backup.
+5. A primary or backup that pings with view 0 has restarted and lost its state: it is
+   treated as failed.
+"""
+from __future__ import annotations
+
+import dataclasses
+
+
+@dataclasses.dataclass(frozen=True)
+class View:
+    num: int
+    primary: str | None
+    backup: str | None
+
+    def role_of(self, name):
+        if name == self.primary:
+            return "primary"
+        if name == self.backup:
+            return "backup"
+        return "idle"
+
+    def __str__(self):
+        return f"view {self.num} {self.primary or '-'} {self.backup or '-'}"
+
+
+class ViewService:
+    def __init__(self, ping_interval_ns: int = 100_000_000, dead_pings: int = 5):
+        self.ping_interval_ns = ping_interval_ns
+        self.dead_pings = dead_pings
+        self.view = View(0, None, None)
+        self.acked = False              # the current primary has acknowledged self.view
+        self.last_ping = {}             # name -> time of its last ping
+        self.ready = {}                 # name -> reported itself up to date
+        self.addr = {}                  # name -> how to reach it (opaque to the logic)
+        self.history = []               # (time, View) of every view change
+        self.stuck_since = None         # time the service first could not make progress
+
+    # --- inputs -------------------------------------------------------------------------
+    def ping(self, name: str, viewnum: int, now: int, ready: bool = False, addr: str | None = None) -> View:
+        restarted = viewnum == 0 and name in self.last_ping
+        self.last_ping[name] = now
+        self.ready[name] = ready
+        if addr is not None:
+            self.addr[name] = addr
+        v = self.view
+        if name == v.primary:
+            if viewnum == v.num:
+                self.acked = True
+            elif viewnum == 0 and restarted:
+                self._primary_failed(now)
+        elif name == v.backup and viewnum == 0 and restarted:
+            self._backup_failed(now)
+        if v.num == 0 and self.view.num == 0:
+            self._change(name, None, now, force=True)     # the first node to appear is primary
+        self._fill_backup(now)
+        return self.view
+
+    def tick(self, now: int) -> View:
+        v = self.view
+        if v.primary is not None and self._dead(v.primary, now):
+            self._primary_failed(now)
+        if self.view.backup is not None and self._dead(self.view.backup, now):
+            self._backup_failed(now)
+        self._fill_backup(now)
+        return self.view
+
+    # --- queries ------------------------------------------------------------------------
+    def alive(self, name, now) -> bool:
+        return name in self.last_ping and not self._dead(name, now)
+
+    def idle(self, now):
+        v = self.view
+        return sorted(n for n in self.last_ping if n not in (v.primary, v.backup) and self.alive(n, now))
+
+    # --- decisions --------------------------------------------------------------------
+    def _dead(self, name, now):
+        return now - self.last_ping.get(name, -(1 << 62)) >= self.dead_pings * self.ping_interval_ns
+
+    def _change(self, primary, backup, now, force=False) -> bool:
+        if not (self.acked or force):
+            if self.stuck_since is None:
+                self.stuck_since = now
+            return False
+        self.view = View(self.view.num + 1, primary, backup)
+        self.acked = False
+        self.stuck_since = None
+        self.history.append((now, self.view))
+        return True
+
+    def _primary_failed(self, now):
+        v = self.view
+        if v.backup is not None and self.ready.get(v.backup) and self.alive(v.backup, now):
+            idle = self.idle(now)
+            self._change(v.backup, idle[0] if idle else None, now)
+        elif self.stuck_since is None:
+            self.stuck_since = now      # no up-to-date backup to promote: wait
+
+    def _backup_failed(self, now):
+        v = self.view
+        if not self.alive(v.primary, now):
+            if self.stuck_since is None:
+                self.stuck_since = now  # both gone: nobody has the state
+            return
+        idle = [n for n in self.idle(now) if n != v.backup]
+        self._change(v.primary, idle[0] if idle else None, now)
+
+    def _fill_backup(self, now):
+        v = self.view
+        if v.primary is not None and v.backup is None and self.acked:
+            idle = self.idle(now)
+            if idle:
+                self._change(v.primary, idle[0], now)
