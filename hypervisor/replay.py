@@ -192,7 +192,7 @@ class Replayer:
                     return _Stop(HORIZON, self._safe_blocks)
                 self.on_progress(self)
                 rec = src.poll(0.02)
-                if m.cpu.signal:
+                if m.cpu.signal or self.should_stop():
                     return _Stop(CUT, m.blocks, None)
                 if rec is not None:
                     ev = self._take(rec)

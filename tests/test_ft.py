@@ -257,3 +257,29 @@ def test_interactive_input_survives_a_failover(guests, tmp_path):
     assert out == want + f"echo: {n} lines, {sum(len(f'line {i} of the input') + 1 for i in range(n))} bytes\n".encode()
     assert "failover: node B" in err
     check_replay(log, out)
+
+
+def test_ctrl_c_stops_the_whole_run(guests, tmp_path):
+    run_dir = tmp_path / "run"
+    proc = subprocess.Popen([str(FTVM), "run", str(GUESTS / "compute.elf"), "--run-dir", str(run_dir)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL)
+    assert wait_for(lambda: status(run_dir, "A").get("blocks", 0) > 0)
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=30)
+    assert proc.returncode == 130, err
+    assert "Traceback" not in err.decode()
+    pids = [status(run_dir, n)["pid"] for n in ("A", "B")]
+    assert wait_for(lambda: not any(os.path.exists(f"/proc/{p}") for p in pids), timeout=10), "nodes stopped"
+
+
+def test_nodes_stop_when_the_observer_dies(guests, tmp_path):
+    run_dir = tmp_path / "run"
+    proc = subprocess.Popen([str(FTVM), "run", str(GUESTS / "echo.elf"), "--run-dir", str(run_dir)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.PIPE)
+    assert wait_for(lambda: status(run_dir, "A").get("observer_seen_s_ago") is not None
+                    and status(run_dir, "B").get("observer_seen_s_ago") is not None)
+    proc.kill()                                  # the observer dies; echo waits for input forever
+    proc.wait()
+    pids = [status(run_dir, n)["pid"] for n in ("A", "B")]
+    assert wait_for(lambda: not any(os.path.exists(f"/proc/{p}") and
+                                    open(f"/proc/{p}/stat").read().split()[2] != "Z" for p in pids), timeout=20)

@@ -30,6 +30,7 @@ from ..uc import lib
 from . import core
 from .transport import Endpoint
 
+OBSERVER_GONE_NS = 10_000_000_000   # no word from the observer this long: the run is over
 EXIT_STALE = 9          # this node learned it is stale (lost the test-and-set) and halted
 NODE_IDS = {}
 
@@ -66,6 +67,10 @@ class Halted(FtvmError):
     """This node found it is stale: another node holds a newer view. It stops at once
     and releases nothing more."""
     exit_status = EXIT_STALE
+
+
+class Stopped(Exception):
+    """The run is over for this node (the observer said stop, or went away)."""
 
 
 class FtSink:
@@ -146,6 +151,7 @@ class Node:
         self.writer = LogWriter(log_path)
         self.done = False
         self.stop_requested = False
+        self.observer_seen_ns = None    # the observer confirms every 50 ms while it lives
         self.status_at = 0
         self.events = []
         self.ep = Endpoint(listen, self._on_message, self._on_tick, tick_s=self.opts.hb_interval_ms / 1000)
@@ -217,6 +223,7 @@ class Node:
                 self.stale += 1
 
     def _from_observer(self, msg):
+        self.observer_seen_ns = now_ns()
         if msg.type == M.STOP:
             self.stop_requested = True
             self.cond.notify_all()
@@ -303,6 +310,14 @@ class Node:
                         self.send_observer(M.OUTPUT, off, data)
                     if self.exit_msg:
                         self.send_observer(M.EXIT, *self.exit_msg)
+            seen = self.observer_seen_ns
+            if not self.stop_requested and (now - seen > OBSERVER_GONE_NS if seen is not None
+                                            else now - self.started > 6 * OBSERVER_GONE_NS):
+                self.say(f"no word from the observer for {(now - (seen or self.started)) // 10**9} s: stopping")
+                self.stop_requested = True
+                self.cond.notify_all()
+                if self.machine is not None:
+                    lib.ftvm_poke(self.machine.cpu)
             if now - self.status_at > 200_000_000:
                 self.status_at = now
                 self._write_status(now)
@@ -381,6 +396,8 @@ class Node:
               "released_bytes": self.gate.released_bytes, "last_release_unix": self.last_release_unix, "halted": self.halted,
               "blocks": int(self.machine.cpu.blocks) if self.machine is not None else 0,
               "time": time.time(), "log": self.log_path, "output_rule_us": self._rule_stats(),
+              "io_failure": repr(self.ep.failure) if self.ep.failure else None,
+              "observer_seen_s_ago": None if self.observer_seen_ns is None else (now - self.observer_seen_ns) / 1e9,
               "paced_ms": self.paced_ns / 1e6, "after_stop_ms": self.after_stop_ns / 1e6,
               "stops": int(self.machine.cpu.hook_stops) if self.machine is not None else 0}
         path = os.path.join(self.run_dir, f"{self.name}.status.json")
@@ -419,6 +436,8 @@ class Node:
         with self.lock:
             if self.halted:
                 raise Halted(self.halted)
+            if self.stop_requested:
+                raise Stopped()
             m = self.machine
             now = now_ns()
             self.primary_blocks = int(m.cpu.blocks)
@@ -473,6 +492,8 @@ class Node:
         except Halted as e:
             self.say(f"halting: {e}")
             return EXIT_STALE
+        except Stopped:
+            self.say("stopped before the guest ended")
         finally:
             self.writer.close()
             with self.lock:

@@ -1,0 +1,93 @@
+"""The view service as a process: a thin ZeroMQ shell (ROUTER socket) around core.py.
+
+Request (msgpack): ["ping", name, viewnum, ready, addr]; reply: [viewnum, primary,
+backup, {name: addr}]. A request that fails its checks gets ["error", reason].
+"""
+from __future__ import annotations
+
+import sys
+import time
+
+import msgpack
+import zmq
+
+from .core import ViewService
+
+
+def serve(listen: str, ping_interval_ms: int = 100, dead_pings: int = 5, say=None, stop=None):
+    say = say or (lambda m: print(f"ftvm viewservice: {m}", file=sys.stderr, flush=True))
+    vs = ViewService(ping_interval_ms * 1_000_000, dead_pings)
+    ctx = zmq.Context()
+    sock = ctx.socket(zmq.ROUTER)
+    sock.setsockopt(zmq.LINGER, 0)
+    sock.setsockopt(zmq.MAXMSGSIZE, 1 << 16)
+    sock.bind(listen)
+    say(f"serving on {sock.getsockopt(zmq.LAST_ENDPOINT).decode()} (ping interval {ping_interval_ms} ms, "
+        f"dead after {dead_pings} missed)")
+    poller = zmq.Poller()
+    poller.register(sock, zmq.POLLIN)
+    last = vs.view
+    bad = 0
+    try:
+        while stop is None or not stop():
+            events = dict(poller.poll(ping_interval_ms / 2))
+            now = time.monotonic_ns()
+            if sock in events:
+                frames = sock.recv_multipart()
+                reply = _handle(vs, frames[-1], now)
+                if reply is None:
+                    bad += 1
+                    reply = ["error", "malformed request"]
+                sock.send_multipart([frames[0], b"", msgpack.packb(reply, use_bin_type=True)])
+            vs.tick(now)
+            if vs.view != last:
+                say(f"{vs.view} (was {last})")
+                last = vs.view
+    finally:
+        sock.close(0)
+        ctx.term()
+
+
+def _handle(vs, data, now):
+    try:
+        req = msgpack.unpackb(data, raw=False, use_list=True, strict_map_key=True)
+    except (ValueError, msgpack.ExtraData, msgpack.FormatError, msgpack.StackError):
+        return None
+    if not (isinstance(req, list) and len(req) == 5 and req[0] == "ping" and isinstance(req[1], str)
+            and type(req[2]) is int and isinstance(req[3], bool) and isinstance(req[4], str)):
+        return None
+    v = vs.ping(req[1], req[2], now, ready=req[3], addr=req[4])
+    return [v.num, v.primary, v.backup, dict(vs.addr)]
+
+
+class ViewClient:
+    """A node's side: ping, get the view. One socket, used by one thread."""
+
+    def __init__(self, address: str, timeout_ms: int = 200):
+        self.address = address
+        self.timeout_ms = timeout_ms
+        self.ctx = zmq.Context.instance()
+        self._open()
+
+    def _open(self):
+        self.sock = self.ctx.socket(zmq.REQ)
+        self.sock.setsockopt(zmq.LINGER, 0)
+        self.sock.setsockopt(zmq.RCVTIMEO, self.timeout_ms)
+        self.sock.setsockopt(zmq.SNDTIMEO, self.timeout_ms)
+        self.sock.connect(self.address)
+
+    def ping(self, name, viewnum, ready, addr):
+        """(viewnum, primary, backup, addrs), or None if the service did not answer."""
+        try:
+            self.sock.send(msgpack.packb(["ping", name, viewnum, ready, addr], use_bin_type=True))
+            rep = msgpack.unpackb(self.sock.recv(), raw=False, strict_map_key=True)
+        except zmq.ZMQError:
+            self.sock.close(0)       # a REQ socket that missed its reply is stuck: start over
+            self._open()
+            return None
+        if not (isinstance(rep, list) and len(rep) == 4 and type(rep[0]) is int):
+            return None
+        return rep[0], rep[1], rep[2], rep[3]
+
+    def close(self):
+        self.sock.close(0)
