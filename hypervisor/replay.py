@@ -54,11 +54,20 @@ class FileSource:
 
     streaming = False
 
-    def __init__(self, path):
+    def __init__(self, path, start: int = 0):
         self.path = str(path)
         scan(path)
         self.reader = LogReader(path)
         self._it = iter(self.reader)
+        self.header = None
+        if start:
+            # Continue a run restored from a snapshot: skip what the snapshot holds.
+            for _ in range(start):
+                item = next(self._it, None)
+                if item is None:
+                    raise LogTruncated(self.path, start, self.reader.bytes_read, "the log ends before the snapshot's position")
+                if item[2].kind == R.HEADER:
+                    self.header = item[2]
 
     def next(self):
         """The next record, or None at the end of the file (LogTruncated if cut)."""
@@ -122,7 +131,7 @@ class StreamSource:
 
 class Replayer:
     def __init__(self, source, console, to_blocks=None, to_event=None, chaos: Chaos | None = None,
-                 header: R.Header | None = None, on_progress=None, should_stop=None):
+                 header: R.Header | None = None, on_progress=None, should_stop=None, machine=None):
         if isinstance(source, (str, bytes)) or hasattr(source, "__fspath__"):
             source = FileSource(source)
         self.source = source
@@ -136,6 +145,8 @@ class Replayer:
         self.events = 0
         self.records = 1
         self._safe_blocks = 0      # the furthest point the log vouches for so far
+        if header is None and getattr(source, "header", None) is not None:
+            header = source.header
         if header is None:
             header = source.next()
             if header is None:
@@ -152,7 +163,8 @@ class Replayer:
                                  stack_size=self.config.stack_size)
         if image.sha256 != header.elf_sha256:
             raise LogDamaged(self.path, 0, len(R.FILE_MAGIC), "the embedded guest ELF does not match its SHA-256")
-        self.m = Machine(image, self.config, "replay", console)
+        self.m = machine if machine is not None else Machine(image, self.config, "replay", console)
+        self._safe_blocks = self.m.blocks
         self.last_golive = None
 
     # --- reading --------------------------------------------------------------------
