@@ -267,6 +267,22 @@ def observe(listen, nodes, run_dir, progress):
 
 
 @main.command()
+@click.option("--listen", required=True, metavar="ADDR", help="Address to bind, e.g. tcp://0.0.0.0:7000.")
+@click.option("--ping-interval-ms", type=click.IntRange(5), default=50, show_default=True,
+              help="How often nodes ping; a node is dead after --dead-pings missed intervals.")
+@click.option("--dead-pings", type=click.IntRange(1), default=4, show_default=True)
+@operating_errors
+def viewservice(listen, ping_interval_ms, dead_pings):
+    """Run the view service: decides which node is primary and which is backup.
+
+    It is a single point of failure (the classic primary/backup view service); nodes
+    reach it through a small interface so that a replicated store can replace it.
+    """
+    from view_service.server import serve
+    serve(listen, ping_interval_ms, dead_pings)
+
+
+@main.command()
 @click.argument("which", type=click.Choice(["primary", "backup"]))
 @click.option("--run-dir", required=True, type=click.Path(file_okay=False, exists=True))
 @operating_errors
