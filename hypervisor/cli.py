@@ -203,9 +203,12 @@ def _opts(hb_interval_ms, fail_timeout_ms, max_lag_ms):
 @click.option("--progress", is_flag=True, help="Show a live status table on stderr.")
 @click.option("--run-dir", type=click.Path(file_okay=False),
               help="Directory for the nodes' logs, status and the shared disk (default: a new temporary one).")
+@click.option("--nodes", type=click.IntRange(2, 26), default=2, show_default=True,
+              help="Nodes to run. More than 2 starts the view service, which restores redundancy "
+                   "after a failure by transferring state to an idle node.")
 @_ft_options
 @operating_errors
-def run(guest, log_path, kill_after, progress, run_dir, hb_interval_ms, fail_timeout_ms, max_lag_ms):
+def run(guest, log_path, kill_after, progress, run_dir, nodes, hb_interval_ms, fail_timeout_ms, max_lag_ms):
     """Run GUEST fault-tolerantly: a primary and a backup process joined by the logging
     channel, and this process as the observer.
 
@@ -215,15 +218,16 @@ def run(guest, log_path, kill_after, progress, run_dir, hb_interval_ms, fail_tim
     """
     from .ft.observer import run_local
     status = run_local(guest, log_path=log_path, kill_after=kill_after, progress=progress, run_dir=run_dir,
-                       opts=_opts(hb_interval_ms, fail_timeout_ms, max_lag_ms), say=say)
+                       opts=_opts(hb_interval_ms, fail_timeout_ms, max_lag_ms), say=say, nodes=nodes)
     sys.exit(status)
 
 
 @main.command()
 @click.option("--name", required=True, help="This node's name (A, B, ...).")
-@click.option("--role", type=click.Choice(["primary", "backup"]), required=True)
+@click.option("--role", type=click.Choice(["primary", "backup"]), help="Fixed role (a pair without view service).")
+@click.option("--viewservice", metavar="ADDR", help="Take roles from the view service at ADDR instead.")
 @click.option("--listen", required=True, metavar="ADDR", help="ZeroMQ address to bind, e.g. tcp://0.0.0.0:7001.")
-@click.option("--peer", required=True, metavar="ADDR", help="The other node's address.")
+@click.option("--peer", metavar="ADDR", help="The other node's address (with --role).")
 @click.option("--peer-name", default=None, help="The other node's name (default: B for A, A otherwise).")
 @click.option("--observer", required=True, metavar="ADDR", help="The observer's address.")
 @click.option("--shared-dir", required=True, type=click.Path(file_okay=False),
@@ -233,14 +237,23 @@ def run(guest, log_path, kill_after, progress, run_dir, hb_interval_ms, fail_tim
 @click.option("--guest", type=click.Path(dir_okay=False), help="The guest ELF (primary only).")
 @_ft_options
 @operating_errors
-def node(name, role, listen, peer, peer_name, observer, shared_dir, run_dir, log_path, guest,
+def node(name, role, viewservice, listen, peer, peer_name, observer, shared_dir, run_dir, log_path, guest,
          hb_interval_ms, fail_timeout_ms, max_lag_ms):
-    """Run one node of a fault-tolerant pair (used by `ftvm run`; start it by hand to
-    put the nodes on different machines)."""
+    """Run one node (used by `ftvm run`; start nodes by hand to put them on different
+    machines). Either a fixed --role with its --peer, or --viewservice."""
     from .ft.node import Node
+    os.makedirs(run_dir, exist_ok=True)
+    if viewservice:
+        from .ft.managed import ManagedNode
+        if not guest:
+            raise click.UsageError("--guest is needed with --viewservice (any node may have to start it)")
+        n = ManagedNode(name, listen, observer, shared_dir, run_dir, log_path, guest, viewservice,
+                        opts=_opts(hb_interval_ms, fail_timeout_ms, max_lag_ms))
+        sys.exit(n.run())
+    if not role or not peer:
+        raise click.UsageError("give --role and --peer, or --viewservice")
     if role == "primary" and not guest:
         raise click.UsageError("--guest is needed with --role primary")
-    os.makedirs(run_dir, exist_ok=True)
     n = Node(name, role, listen, peer, observer, shared_dir, run_dir, log_path, guest=guest,
              opts=_opts(hb_interval_ms, fail_timeout_ms, max_lag_ms), peer_name=peer_name)
     sys.exit(n.run())

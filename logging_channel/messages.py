@@ -20,6 +20,7 @@ is refused with a reason; receivers count and drop such messages, never crash.
 | INPUT | observer -> node | input byte offset | bytes, or nil for end of input |
 | CONFIRM | observer -> nodes | console bytes delivered | nil |
 | STOP | observer -> nodes | 0 | nil: the run is over, exit |
+| SNAP | primary -> new backup | chunk index | [chunks, CRC32 of the chunk, chunk (bin), log index the state is at] |
 """
 from __future__ import annotations
 
@@ -35,9 +36,9 @@ CRC = struct.Struct("<I")
 SIZE = HEAD.size + CRC.size
 PAYLOAD_MAX = 64 << 20
 
-LOG, ACK, HEARTBEAT, OUTPUT, EXIT, HELLO, INPUT, CONFIRM, STOP = range(1, 10)
+LOG, ACK, HEARTBEAT, OUTPUT, EXIT, HELLO, INPUT, CONFIRM, STOP, SNAP = range(1, 11)
 TYPE_NAMES = {LOG: "log", ACK: "ack", HEARTBEAT: "heartbeat", OUTPUT: "output", EXIT: "exit",
-              HELLO: "hello", INPUT: "input", CONFIRM: "confirm", STOP: "stop"}
+              HELLO: "hello", INPUT: "input", CONFIRM: "confirm", STOP: "stop", SNAP: "snap"}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -109,4 +110,7 @@ def _shape_ok(t, p):
         return p is None or isinstance(p, bytes)
     if t in (CONFIRM, STOP):
         return p is None
+    if t == SNAP:
+        return (isinstance(p, list) and len(p) == 4 and type(p[0]) is int and type(p[1]) is int
+                and isinstance(p[2], bytes) and type(p[3]) is int)
     return False

@@ -150,6 +150,8 @@ class Node:
         self.stream = StreamSource()
         self.writer = LogWriter(log_path)
         self.done = False
+        self.managed = False            # roles come from the view service (managed.py)
+        self.transferring = False       # a state transfer to a new backup is under way
         self.stop_requested = False
         self.observer_seen_ns = None    # the observer confirms every 50 ms while it lives
         self.status_at = 0
@@ -191,7 +193,7 @@ class Node:
             t = msg.type
             if t in (M.INPUT, M.CONFIRM, M.STOP):
                 return self._from_observer(msg)
-            if msg.sender != node_id(self.peer_name) or self.peer_name is None:
+            if self.peer_name is None or msg.sender != node_id(self.peer_name):
                 self.stale += 1
                 return
             if msg.view != self.view:
@@ -294,11 +296,7 @@ class Node:
                     self._backup_lost(now)
             elif self.role == "backup" and not self.failover:
                 if self.watch.dead(now, self.started, self.opts.startup_grace_ms * 1_000_000):
-                    self.failover = True
-                    self.failover_from = self.watch.last_ns or self.started
-                    self.stream.end()
-                    if self.machine is not None:
-                        lib.ftvm_poke(self.machine.cpu)
+                    self._primary_lost(now)
             if self.role == "primary":
                 self._release()
                 if now - self.hello_at > 200_000_000:
@@ -321,6 +319,14 @@ class Node:
             if now - self.status_at > 200_000_000:
                 self.status_at = now
                 self._write_status(now)
+
+    def _primary_lost(self, now):
+        """The primary went silent: stop taking its log and take over."""
+        self.failover = True
+        self.failover_from = self.watch.last_ns or self.started
+        self.stream.end()
+        if self.machine is not None:
+            lib.ftvm_poke(self.machine.cpu)
 
     def _retransmit(self, now):
         s = self.sink
@@ -451,7 +457,7 @@ class Node:
                     M.LOG, self.id, self.view, s.sent,
                     [b"".join(frames), len(frames), self.primary_blocks, int(m.cpu.tsc_offset_ns)]))
                 s.sent = s.records
-            elif not self.protected:
+            elif not self.protected and not self.transferring:
                 s.acked(s.records)
                 s.sent = s.records
             self.confirmed_to_console()
@@ -570,15 +576,16 @@ class Node:
             return
         self._go_live(rp, result)
 
-    def _go_live(self, rp, result):
+    def _go_live(self, rp, result, target_view=None):
         m = rp.m
-        won = self.arbiter.claim(self.view + 1, self.name)
+        target = target_view or self.view + 1
+        won = self.arbiter.claim(target, self.name)
         if core.on_lost_contact("backup", won) == "halt":
-            raise Halted(f"lost the test-and-set for view {self.view + 1} to node "
-                         f"{self.arbiter.owner(self.view + 1)}: the primary carries on")
+            raise Halted(f"lost the test-and-set for view {target} to node "
+                         f"{self.arbiter.owner(target)}: the primary carries on")
         with self.lock:
             outage_ms = (now_ns() - self.failover_from) // 1_000_000
-            self.view += 1
+            self.view = target
             self.role = "primary"
             self.protected = False
             self.failovers += 1
@@ -612,6 +619,10 @@ class Node:
             data = console.unconfirmed_since(resend_from)
             console.retain = False
             console.take()
+            # A managed primary may transfer its state later: it keeps what the observer
+            # has not confirmed, as a backup does.
+            console.retain = self.managed
+            console.retained, console.retained_from = bytearray(data if self.managed else b""), resend_from
             if data:
                 self.gate.hold(0, resend_from, data)
             self.hello(f"went live in view {self.view} after {outage_ms} ms")

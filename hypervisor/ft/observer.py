@@ -297,8 +297,9 @@ def read_status(run_dir):
 
 
 def run_local(guest, log_path=None, kill_after=(), progress=False, run_dir=None, opts: FtOptions | None = None,
-              host="127.0.0.1", say=None, stdin_fd=0, out_fd=1):
-    """`ftvm run`: observer, primary and backup as three processes on this machine."""
+              host="127.0.0.1", say=None, stdin_fd=0, out_fd=1, nodes=2):
+    """`ftvm run`: observer, primary and backup as three processes on this machine (with
+    nodes > 2: the view service and that many nodes)."""
     import tempfile
 
     from .. import elf_loader
@@ -308,6 +309,9 @@ def run_local(guest, log_path=None, kill_after=(), progress=False, run_dir=None,
     os.makedirs(run_dir, exist_ok=True)
     shared = os.path.join(run_dir, "shared")
     obs_addr = f"tcp://{host}:{free_tcp_port(host)}"
+    if nodes > 2:
+        return _run_managed(guest, log_path, kill_after, progress, run_dir, opts, host, say, stdin_fd, out_fd,
+                            nodes, shared, obs_addr)
     addrs = {"A": f"tcp://{host}:{free_tcp_port(host)}", "B": f"tcp://{host}:{free_tcp_port(host)}"}
     procs = {}
     for name, role, peer in (("B", "backup", "A"), ("A", "primary", "B")):
@@ -324,3 +328,35 @@ def run_local(guest, log_path=None, kill_after=(), progress=False, run_dir=None,
     obs = Observer(obs_addr, addrs, run_dir, procs, kill_after, progress, log_path, stdin_fd, say, out_fd)
     obs.primary = "A"      # until a HELLO says otherwise: the node started as primary
     return obs.run()
+
+
+def _run_managed(guest, log_path, kill_after, progress, run_dir, opts, host, say, stdin_fd, out_fd, n, shared,
+                 obs_addr):
+    names = [chr(ord("A") + i) for i in range(n)]
+    vs_addr = f"tcp://{host}:{free_tcp_port(host)}"
+    addrs = {name: f"tcp://{host}:{free_tcp_port(host)}" for name in names}
+    procs = {}
+    with open(os.path.join(run_dir, "viewservice.stderr"), "wb") as err:
+        vs = subprocess.Popen([sys.executable, "-m", "hypervisor.cli", "viewservice", "--listen", vs_addr],
+                              stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=err)
+    try:
+        for i, name in enumerate(names):
+            cmd = [sys.executable, "-m", "hypervisor.cli", "node", "--name", name, "--viewservice", vs_addr,
+                   "--listen", addrs[name], "--observer", obs_addr, "--shared-dir", shared, "--run-dir", run_dir,
+                   "--log", os.path.join(run_dir, f"{name}.ftlog"), "--guest", os.path.abspath(guest),
+                   *opts.to_args()]
+            with open(os.path.join(run_dir, f"{name}.stderr"), "wb") as err:
+                procs[name] = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=err)
+            if i == 0:
+                time.sleep(0.3)     # let the first node become primary of view 1
+        with open(os.path.join(run_dir, "run.json"), "w") as f:
+            json.dump({"observer": obs_addr, "viewservice": vs_addr, "nodes": addrs,
+                       "pids": {k: p.pid for k, p in procs.items()}, "observer_pid": os.getpid()}, f)
+        obs = Observer(obs_addr, addrs, run_dir, procs, kill_after, progress, log_path, stdin_fd, say, out_fd)
+        return obs.run()
+    finally:
+        vs.terminate()
+        try:
+            vs.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            vs.kill()

@@ -1,0 +1,328 @@
+"""A node whose role comes from the view service (issue: three or more nodes).
+
+Every node pings the view service (view_service/) and does what the view says:
+
+- primary of view 1 with no state: start the guest;
+- backup of a view: wait for a state transfer from the primary (snapshot of the machine
+  plus the log so far), restore it, then replay the log stream as a hot standby and
+  report itself ready (up to date), so the service may promote it;
+- promoted from backup to primary: replay what it has, win the shared-disk
+  test-and-set for the view's number (the fencing token), go live;
+- primary, and the view names a new backup: snapshot at the next stop and send it in
+  checksummed chunks while the guest runs on (unprotected until the backup has it);
+- named in no role any more while it thought it had one: it is stale; it stops
+  releasing anything and starts again as an idle node.
+
+Outputs released without a backup need a fresh answer from the view service (a lease:
+less than half the time after which the service declares a node dead), so a primary cut
+off from the service stops releasing before the service can promote anyone else.
+"""
+from __future__ import annotations
+
+import os
+import sys
+import threading
+import time
+
+import msgpack
+
+from logging_channel import messages as M
+from logging_channel import records as R
+from view_service.server import ViewClient
+
+from .. import snapshot
+from ..console import Console
+from ..replay import Replayer
+from . import core
+from .node import Halted, Node, Stopped, node_id, now_ns
+
+EXIT_REJOIN = 10
+
+
+class ManagedNode(Node):
+    def __init__(self, name, listen, observer, shared_dir, run_dir, log_path, guest, viewservice,
+                 opts=None, ping_interval_ms=50, dead_pings=4):
+        super().__init__(name, "idle", listen, None, observer, shared_dir, run_dir, log_path, guest=guest,
+                         view=0, opts=opts, peer_name="")
+        self.managed = True
+        self.peer_name = None
+        self.vs_addr = viewservice
+        self.ping_interval_s = ping_interval_ms / 1000
+        self.vs_lease_ns = ping_interval_ms * dead_pings * 1_000_000 // 2
+        self.vs_ok_ns = 0               # last time the view service answered
+        self.vs_view = (0, None, None, {})
+        self.acked_view = 0             # the view number this node has acted on
+        self.ready = False
+        self.transfer_pending = False
+        self.transfer_k = None          # log index of the snapshot being transferred
+        self.snap_parts = {}
+        self.snap_blob = None
+        self.snap_progress = (0, 0)
+        self.rejoin = False
+        self.my_addr = self.ep.address
+        threading.Thread(target=self._pinger, name="ftvm-vs-ping", daemon=True).start()
+
+    # --- view service ---------------------------------------------------------------------
+    def _pinger(self):
+        client = ViewClient(self.vs_addr, timeout_ms=int(self.ping_interval_s * 4000))
+        while not self.stop_requested and not self.rejoin:
+            with self.lock:
+                ping_num, ready = self.acked_view, self.ready
+            rep = client.ping(self.name, ping_num, ready, self.my_addr)
+            if rep is not None:
+                with self.lock:
+                    self.vs_ok_ns = now_ns()
+                    if rep[0] != self.vs_view[0] or rep[1:3] != self.vs_view[1:3]:
+                        self.vs_view = (rep[0], rep[1], rep[2], rep[3])
+                        self._on_view()
+                    else:
+                        self.vs_view = (rep[0], rep[1], rep[2], rep[3])
+                    self.cond.notify_all()
+            time.sleep(self.ping_interval_s)
+        client.close()
+
+    def _on_view(self):
+        num, primary, backup, addrs = self.vs_view
+        me = self.name
+        if self.role == "primary":
+            if primary != me:
+                self._stale(f"the view service made {primary} primary of view {num}")
+                return
+            self.view = num
+            if backup != self.peer_name:
+                self.protected = False
+                self.transferring = False
+                self.peer_name = backup
+                if backup is not None:
+                    self.ep.connect(backup, addrs[backup])
+                    self.transfer_pending = True
+                    self.say(f"view {num}: {backup} is the new backup; state transfer starts")
+                    self.failovers += 0
+            self.acked_view = num
+        elif self.role == "backup":
+            if primary == me:
+                self.view_target = num
+                self.failover = True
+                self.failover_from = self.watch.last_ns or now_ns()
+                self.stream.end()
+                if self.machine is not None:
+                    from ..uc import lib
+                    lib.ftvm_poke(self.machine.cpu)
+            elif backup != me:
+                self._stale(f"view {num} no longer has this node as backup")
+                return
+            else:
+                self.view = num
+            self.acked_view = num
+        elif self.role == "idle":
+            if primary == me and num == 1:
+                self.role = "primary"
+                self.view = num
+                self.start_fresh = True
+            elif backup == me:
+                self.role = "backup"
+                self.view = num
+                self.peer_name = primary
+                self.protected = True
+                self.watch = core.PeerWatch(self.opts.fail_timeout_ms * 1_000_000)
+                self.ep.connect(primary, addrs[primary])
+                self.say(f"view {num}: backup of {primary}; waiting for the state transfer")
+            self.acked_view = num
+        self.cond.notify_all()
+
+    def _stale(self, why):
+        self.say(f"stale: {why}; releasing nothing more, rejoining as idle")
+        self.gate.held.clear()
+        self.rejoin = True
+        self.halted = why
+        self.cond.notify_all()
+        if self.machine is not None:
+            from ..uc import lib
+            lib.ftvm_poke(self.machine.cpu)
+
+    # --- I/O thread additions -------------------------------------------------------------
+    def _on_message(self, msg):
+        if (msg.type == M.ACK and self.role == "primary" and self.transferring
+                and msg.sender == node_id(self.peer_name or "") and msg.view == self.view
+                and msg.seq >= self.transfer_k):
+            with self.lock:
+                self.transferring = False
+                self.protected = True
+                self.watch = core.PeerWatch(self.opts.fail_timeout_ms * 1_000_000)
+                self.watch.heard(now_ns())
+                self.say(f"backup {self.peer_name} has the state: protected again")
+        if msg.type == M.SNAP:
+            with self.lock:
+                if self.role == "backup" and msg.sender == node_id(self.peer_name or "") and msg.view == self.view:
+                    self._receive_snap(msg)
+                else:
+                    self.stale += 1
+            return
+        return super()._on_message(msg)
+
+    def _receive_snap(self, msg):
+        count, crc, data, k = msg.payload
+        if self.snap_blob is not None:
+            return
+        self.snap_parts[msg.seq] = (count, crc, data)
+        self.snap_progress = (len(self.snap_parts), count)
+        if len(self.snap_parts) == count:
+            try:
+                self.snap_blob = snapshot.join(self.snap_parts)
+            except snapshot.BadSnapshot as e:
+                self.say(f"state transfer failed: {e}; waiting for another")
+                self.snap_parts = {}
+                return
+            self.snap_parts = {}
+            self.cond.notify_all()
+
+    def _release(self):
+        # Without a backup, release only under a fresh view-service lease.
+        if self.managed and self.role == "primary" and not self.protected:
+            if now_ns() - self.vs_ok_ns >= self.vs_lease_ns:
+                return
+        super()._release()
+
+    def _backup_lost(self, now):
+        """The backup went silent. The view service decides who replaces it; meanwhile
+        run unprotected, releasing output only under the service's lease."""
+        if self.protected:
+            self.say(f"backup {self.peer_name} is silent: unprotected until the view service acts")
+        self.protected = False
+
+    def _primary_lost(self, now):
+        pass                            # the view service decides failovers here
+
+    def _write_status(self, now):
+        super()._write_status(now)
+        path = os.path.join(self.run_dir, f"{self.name}.status.json")
+        try:
+            import json
+            with open(path) as f:
+                st = json.load(f)
+            st.update(managed=True, vs_view=list(self.vs_view[:3]), ready=self.ready,
+                      transfer=list(self.snap_progress))
+            with open(path + ".tmp", "w") as f:
+                json.dump(st, f)
+            os.replace(path + ".tmp", path)
+        except (OSError, ValueError):
+            pass
+
+    # --- main thread ----------------------------------------------------------------------
+    def run(self):
+        try:
+            status = super().run()
+        except Stopped:
+            status = 0
+        if self.rejoin and not self.stop_requested:
+            self.say("restarting as an idle node")
+            os.execv(sys.executable, [sys.executable, *sys.argv])
+        return status
+
+    def _run_primary(self):
+        raise AssertionError("managed nodes start through _run_managed")
+
+    def _run_backup(self):
+        self._run_managed()
+
+    def _run_managed(self):
+        self.start_fresh = False
+        self.view_target = None
+        with self.lock:
+            while not (self.start_fresh or self.role == "backup" or self.stop_requested or self.rejoin):
+                self.cond.wait(0.05)
+        if self.stop_requested or self.rejoin:
+            return
+        if self.start_fresh:
+            self.managed_start_primary()
+        else:
+            self.managed_backup()
+
+    def managed_start_primary(self):
+        from .. import elf_loader
+        from ..machine import Config
+        from ..record import Recorder
+        from ..sources.interrupts import HostEvents
+        from .node import FtSink
+        data, image = elf_loader.load_file(self.guest)
+        self.arbiter.claim(self.view, self.name)
+        self.sink = FtSink(self.writer)
+        console = Console()
+        console.retain = True
+        with self.lock:
+            self.host = HostEvents(None, None, external_input=True)
+            self.protected = False
+        rec = Recorder.new(data, image, os.path.basename(self.guest), self.sink, Config(), console, out=self,
+                           progress_records=True, poke_interval_s=0.02, host=self.host)
+        self.machine = rec.m
+        self.hello("primary")
+        self._record(rec)
+
+    def managed_backup(self):
+        with self.lock:
+            while self.snap_blob is None and not (self.stop_requested or self.rejoin or self.failover):
+                self.cond.wait(0.05)
+            blob = self.snap_blob
+        if blob is None:
+            if self.failover:
+                raise Halted("promoted before the state transfer finished (the service should not do that)")
+            return
+        st = msgpack.unpackb(blob, raw=False)
+        console = Console()
+        console.retain = True
+        m, header, k = snapshot.restore(st["snapshot"], console)
+        prefix = st["log_prefix"]
+        with self.lock:
+            self.writer.append_frames(prefix[len(R.FILE_MAGIC):], k)
+            self.received = k
+            self.machine = m
+            self.ready = True
+            self.send_peer(M.ACK, self.received, [int(m.cpu.blocks), self.received])
+        self.say(f"state transfer done: {len(blob) >> 10} KiB, continuing at record {k}, block {m.blocks}")
+        self.confirmed_to_console()
+        rp = Replayer(self.stream, console, header=header, machine=m,
+                      on_progress=lambda r: self.confirmed_to_console(), should_stop=lambda: self.stop_requested or self.rejoin)
+        result = rp.run()
+        if self.stop_requested or self.rejoin:
+            return
+        with self.lock:
+            while not self.failover and not self.stop_requested and not self.rejoin:
+                self.cond.wait(0.05)
+        if self.stop_requested or self.rejoin:
+            return
+        self._go_live(rp, result, target_view=self.view_target)
+
+    # --- state transfer, on the primary's emulation thread -----------------------------
+    def _after_stop(self, rec):
+        if self.transfer_pending:
+            self._start_transfer(rec)
+        return super()._after_stop(rec)
+
+    def _start_transfer(self, rec):
+        with self.lock:
+            self.transfer_pending = False
+            backup = self.peer_name
+            if backup is None:
+                return
+            m, s = self.machine, self.sink
+            k = s.records
+            with open(self.log_path, "rb") as f:
+                prefix = f.read()
+            blob = snapshot.capture(m, prefix_header(prefix), k, self.observer_confirmed,
+                                    m.console.unconfirmed_since(self.observer_confirmed))
+            whole = msgpack.packb({"snapshot": blob, "log_prefix": prefix}, use_bin_type=True)
+            s.frames, s.base, s.sent, s.bytes = [], k, k, 0
+            self.transferring = True
+            self.transfer_k = k
+            self.acked = 0
+            parts = snapshot.chunks(whole)
+            for i, n, crc, data in parts:
+                self.send_peer(M.SNAP, i, [n, crc, data, k])
+            self.say(f"state transfer to {backup}: {len(whole) >> 10} KiB in {len(parts)} chunks at record {k}")
+
+
+def prefix_header(prefix: bytes) -> bytes:
+    """The header frame of a log's bytes."""
+    off = len(R.FILE_MAGIC)
+    _, size = R.decode(prefix, off)
+    return prefix[off:off + size]
