@@ -58,6 +58,8 @@ class ManagedNode(Node):
         self.snap_parts = {}
         self.snap_blob = None
         self.snap_progress = (0, 0)
+        self.transfer_parts = []
+        self.transfer_sent_ns = 0
         self.rejoin = False
         self.my_addr = self.ep.address
         threading.Thread(target=self._pinger, name="ftvm-vs-ping", daemon=True).start()
@@ -294,6 +296,10 @@ class ManagedNode(Node):
 
     # --- state transfer, on the primary's emulation thread -----------------------------
     def _after_stop(self, rec):
+        with self.lock:
+            num, primary, backup, _ = self.vs_view
+            if self.role == "primary" and primary == self.name and backup != self.peer_name:
+                self._on_view()         # e.g. just went live in a view that already names a backup
         if self.transfer_pending:
             self._start_transfer(rec)
         return super()._after_stop(rec)
@@ -316,9 +322,23 @@ class ManagedNode(Node):
             self.transfer_k = k
             self.acked = 0
             parts = snapshot.chunks(whole)
-            for i, n, crc, data in parts:
-                self.send_peer(M.SNAP, i, [n, crc, data, k])
+            self.transfer_parts = [(i, [n, crc, data, k]) for i, n, crc, data in parts]
+            self._send_transfer()
             self.say(f"state transfer to {backup}: {len(whole) >> 10} KiB in {len(parts)} chunks at record {k}")
+
+
+    def _send_transfer(self):
+        for i, payload in self.transfer_parts:
+            self.send_peer(M.SNAP, i, payload)
+        self.transfer_sent_ns = now_ns()
+
+    def _on_tick(self):
+        super()._on_tick()
+        with self.lock:
+            # Chunks sent before the connection to the new backup was up are lost: send
+            # again until it acknowledges the snapshot.
+            if self.role == "primary" and self.transferring and now_ns() - self.transfer_sent_ns > 300_000_000:
+                self._send_transfer()
 
 
 def prefix_header(prefix: bytes) -> bytes:

@@ -79,7 +79,8 @@ class Observer:
                         if node != self.primary and self.last_output_t is not None:
                             outage = f", {int((time.monotonic() - self.last_output_t) * 1000)} ms since the last output"
                         if node == self.primary:
-                            self.say(f"node {node} carries on as primary of view {msg.view} ({detail})")
+                            if "unprotected" in detail:
+                                self.say(f"node {node} carries on as primary of view {msg.view} ({detail})")
                         else:
                             self.say(f"failover: node {node} is primary of view {msg.view} ({detail}{outage})")
                         self.failovers.append((time.monotonic() - self.t0, node, msg.view, detail))
