@@ -1,0 +1,62 @@
+"""Three and four nodes under the view service: repeated failover, redundancy restored
+by state transfer to an idle node, a killed backup replaced."""
+import subprocess
+import time
+
+import pytest
+
+from conftest import FTVM, GUESTS, run_ftvm
+from test_ft import check_replay, status, wait_for
+
+
+def check_n_lines(out, n):
+    nums = [int(line.split()[1]) for line in out.decode().splitlines()]
+    assert nums == list(range(1, n + 1)), f"{len(nums)} lines"
+
+
+def managed_run(tmp_path, nodes, kills=(), guest="lines_long.elf", timeout=120):
+    run_dir = tmp_path / "run"
+    log = tmp_path / "whole.ftlog"
+    args = [str(FTVM), "run", str(GUESTS / guest), "--nodes", str(nodes), "--run-dir", str(run_dir), "--log", str(log)]
+    for k in kills:
+        args += ["--kill-primary-after", str(k)]
+    p = subprocess.run(args, capture_output=True, timeout=timeout, stdin=subprocess.DEVNULL)
+    p.stderr = p.stderr.decode()
+    return p, run_dir, log
+
+
+def test_three_nodes_survive_two_kills(guests, tmp_path):
+    p, run_dir, log = managed_run(tmp_path, 3, kills=[1.5, 4.0])
+    assert p.returncode == 0, p.stderr
+    check_n_lines(p.stdout, 6000)
+    assert p.stderr.count("failover: node") == 2, p.stderr
+    check_replay(log, p.stdout)
+    shows = run_ftvm("log", "show", log, "--kind", "golive")
+    assert shows.stdout.count(b"golive") == 2
+
+
+def test_four_nodes_survive_three_kills(guests, tmp_path):
+    p, run_dir, log = managed_run(tmp_path, 4, kills=[1.2, 3.0, 4.8])
+    assert p.returncode == 0, p.stderr
+    check_n_lines(p.stdout, 6000)
+    assert p.stderr.count("failover: node") == 3, p.stderr
+    check_replay(log, p.stdout)
+
+
+def test_killed_backup_is_replaced_by_an_idle_node(guests, tmp_path):
+    run_dir = tmp_path / "run"
+    log = tmp_path / "whole.ftlog"
+    proc = subprocess.Popen([str(FTVM), "run", str(GUESTS / "lines_long.elf"), "--nodes", "3", "--run-dir",
+                             str(run_dir), "--log", str(log)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL)
+
+    def backup_ready():
+        return [n for n in "ABC" if status(run_dir, n).get("role") == "backup" and status(run_dir, n).get("ready")]
+    assert wait_for(lambda: backup_ready(), timeout=20)
+    first = backup_ready()[0]
+    assert run_ftvm("kill", "backup", "--run-dir", run_dir).returncode == 0
+    assert wait_for(lambda: [n for n in backup_ready() if n != first], timeout=20), "an idle node became backup"
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 0, err
+    check_n_lines(out, 6000)
+    check_replay(log, out)
