@@ -155,7 +155,7 @@ def log():
 @log.command("show")
 @click.argument("log_path", metavar="LOG", type=click.Path(dir_okay=False))
 @click.option("-k", "--kind", "kinds", multiple=True,
-              type=click.Choice(["header", "input", "irq", "tsc", "rng", "digest", "end", "progress", "golive"]),
+              type=click.Choice(["header", "input", "irq", "tsc", "rng", "digest", "end", "progress", "golive", "view", "transfer"]),
               help="Only records of this kind (repeatable).")
 @click.option("--from-block", type=int, default=None, help="Only records at or after this block count.")
 @click.option("--to-block", type=int, default=None, help="Only records at or before this block count.")

@@ -77,6 +77,10 @@ def _record_dict(index, offset, rec):
         d.update(blocks=rec.blocks, pc=rec.pc)
     elif rec.kind == R.GOLIVE:
         d.update(blocks=rec.blocks, pc=rec.pc, view=rec.view, node=rec.node, outage_ms=rec.outage_ms)
+    elif rec.kind == R.VIEW:
+        d.update(blocks=rec.blocks, pc=rec.pc, view=rec.view, primary=rec.primary, backup=rec.backup)
+    elif rec.kind == R.TRANSFER:
+        d.update(blocks=rec.blocks, pc=rec.pc, view=rec.view, to=rec.to, size=rec.size)
     elif rec.kind == R.END:
         d.update(blocks=rec.blocks, pc=rec.pc, reason=rec.reason, status=rec.status, detail=rec.detail,
                  wall_ns=rec.wall_ns, vtime_ns=rec.digest.vtime, out_bytes=rec.digest.out_bytes)
@@ -105,6 +109,10 @@ def _text(d, syms):
         return f"{head} {where}  {d['reason']} status {d['status']}: {d['detail']}"
     if k == "progress":
         return f"{head} {where}"
+    if k == "view":
+        return f"{head} {where}  view {d['view']}: primary {d['primary']}, backup {d['backup'] or '-'}"
+    if k == "transfer":
+        return f"{head} {where}  state transfer to {d['to']} in view {d['view']}: {d['size']} bytes"
     if k == "golive":
         return f"{head} {where}  node {d['node']} went live as primary of view {d['view']} after {d['outage_ms']} ms"
     return head

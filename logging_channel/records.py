@@ -29,9 +29,10 @@ FRAME_HEAD = struct.Struct("<BBI")   # the part of the frame header the CRC cove
 BODY_MAX = 256 << 20                 # largest body a reader accepts (the ELF rides in HEADER)
 TSC_BATCH_MAX = 1 << 20              # most RDTSC entries one record may hold
 
-HEADER, INPUT, IRQ, TSC, RNG, DIGEST, END, PROGRESS, GOLIVE = 1, 2, 3, 4, 5, 6, 7, 8, 9
+HEADER, INPUT, IRQ, TSC, RNG, DIGEST, END, PROGRESS, GOLIVE, VIEW, TRANSFER = range(1, 12)
 KIND_NAMES = {HEADER: "header", INPUT: "input", IRQ: "irq", TSC: "tsc", RNG: "rng",
-              DIGEST: "digest", END: "end", PROGRESS: "progress", GOLIVE: "golive"}
+              DIGEST: "digest", END: "end", PROGRESS: "progress", GOLIVE: "golive", VIEW: "view",
+              TRANSFER: "transfer"}
 NAME_KINDS = {v: k for k, v in KIND_NAMES.items()}
 
 # Registers in a state digest, in this order (format version 1).
@@ -146,6 +147,29 @@ class GoLive:
 
 
 @dataclasses.dataclass(frozen=True)
+class ViewChange:
+    """The primary learned view ``view`` = (primary, backup) from the view service."""
+    blocks: int
+    pc: int
+    view: int
+    primary: str
+    backup: str | None
+    kind = VIEW
+
+
+@dataclasses.dataclass(frozen=True)
+class Transfer:
+    """A state transfer to ``to`` was taken here: everything before this record is in
+    the snapshot, everything after it reaches the new backup through the log."""
+    blocks: int
+    pc: int
+    view: int
+    to: str
+    size: int
+    kind = TRANSFER
+
+
+@dataclasses.dataclass(frozen=True)
 class Rng:
     """A value the random-number device returned."""
     blocks: int
@@ -219,6 +243,10 @@ def _body(rec) -> object:
         return [rec.blocks, rec.pc]
     if k == GOLIVE:
         return [rec.blocks, rec.pc, rec.view, rec.node, rec.outage_ms]
+    if k == VIEW:
+        return [rec.blocks, rec.pc, rec.view, rec.primary, rec.backup]
+    if k == TRANSFER:
+        return [rec.blocks, rec.pc, rec.view, rec.to, rec.size]
     if k == DIGEST:
         return _digest_fields(rec)
     if k == END:
@@ -294,6 +322,14 @@ def _from_body(kind, b):
         _need(len(b) == 5 and _is_uint(b[0]) and _is_uint(b[1]) and _is_uint(b[2], 32) and isinstance(b[3], str)
               and _is_uint(b[4]), "golive: expected [blocks, pc, view, node, outage_ms]")
         return GoLive(*b)
+    if kind == VIEW:
+        _need(len(b) == 5 and _is_uint(b[0]) and _is_uint(b[1]) and _is_uint(b[2], 32) and isinstance(b[3], str)
+              and (b[4] is None or isinstance(b[4], str)), "view: expected [blocks, pc, view, primary, backup]")
+        return ViewChange(*b)
+    if kind == TRANSFER:
+        _need(len(b) == 5 and _is_uint(b[0]) and _is_uint(b[1]) and _is_uint(b[2], 32) and isinstance(b[3], str)
+              and _is_uint(b[4]), "transfer: expected [blocks, pc, view, to, size]")
+        return Transfer(*b)
     if kind == END:
         _need(len(b) == 5 and b[0] in END_REASONS and _is_uint(b[1], 8) and isinstance(b[2], str)
               and _is_uint(b[4]), "end: expected [reason, status, detail, digest, wall_ns]")

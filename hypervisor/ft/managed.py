@@ -59,7 +59,10 @@ class ManagedNode(Node):
         self.snap_blob = None
         self.snap_progress = (0, 0)
         self.transfer_parts = []
+        self.logged_view = 0
         self.transfer_sent_ns = 0
+        self.transfer_started_ns = 0
+        self.transfer_ms = []           # how long each transfer took until the backup had it
         self.rejoin = False
         self.my_addr = self.ep.address
         threading.Thread(target=self._pinger, name="ftvm-vs-ping", daemon=True).start()
@@ -152,7 +155,9 @@ class ManagedNode(Node):
                 self.protected = True
                 self.watch = core.PeerWatch(self.opts.fail_timeout_ms * 1_000_000)
                 self.watch.heard(now_ns())
-                self.say(f"backup {self.peer_name} has the state: protected again")
+                took = (now_ns() - self.transfer_started_ns) / 1e6
+                self.transfer_ms.append(took)
+                self.say(f"backup {self.peer_name} has the state after {took:.0f} ms: protected again")
         if msg.type == M.SNAP:
             with self.lock:
                 if self.role == "backup" and msg.sender == node_id(self.peer_name or "") and msg.view == self.view:
@@ -203,7 +208,7 @@ class ManagedNode(Node):
             with open(path) as f:
                 st = json.load(f)
             st.update(managed=True, vs_view=list(self.vs_view[:3]), ready=self.ready,
-                      transfer=list(self.snap_progress))
+                      transfer=list(self.snap_progress), transfer_ms=self.transfer_ms)
             with open(path + ".tmp", "w") as f:
                 json.dump(st, f)
             os.replace(path + ".tmp", path)
@@ -300,6 +305,10 @@ class ManagedNode(Node):
             num, primary, backup, _ = self.vs_view
             if self.role == "primary" and primary == self.name and backup != self.peer_name:
                 self._on_view()         # e.g. just went live in a view that already names a backup
+            if self.role == "primary" and primary == self.name and num != self.logged_view:
+                self.logged_view = num
+                m = self.machine
+                self.sink.append(R.ViewChange(m.blocks, m.vcpu.reg("rip"), num, primary, backup))
         if self.transfer_pending:
             self._start_transfer(rec)
         return super()._after_stop(rec)
@@ -324,6 +333,8 @@ class ManagedNode(Node):
             parts = snapshot.chunks(whole)
             self.transfer_parts = [(i, [n, crc, data, k]) for i, n, crc, data in parts]
             self._send_transfer()
+            self.transfer_started_ns = now_ns()
+            self.sink.append(R.Transfer(m.blocks, m.vcpu.reg("rip"), self.view, backup, len(whole)))
             self.say(f"state transfer to {backup}: {len(whole) >> 10} KiB in {len(parts)} chunks at record {k}")
 
 
