@@ -105,6 +105,10 @@ class Recorder:
         self.events = 0
         self._events_at_digest = 0
         self._vtime_at_digest = machine.vtime.now()
+        # A digest hashes all guest memory: keep it under ~1/10 of the run for big guests
+        # (about 10 ms of guest time per MiB between digests).
+        mib = machine.vcpu.memory_bytes >> 20
+        self._digest_interval_ns = max(config.digest_interval_ms, 10 * mib) * 1_000_000 if config.digest_interval_ms else 0
         self._logged_at_stop = False
         self._t0 = time.monotonic_ns()
         self._console_offset = machine.console.total - len(machine.console.pending())
@@ -320,7 +324,7 @@ class Recorder:
     def _maybe_digest(self):
         m, c = self.m, self.config
         due = c.digest_every_events and self.events - self._events_at_digest >= c.digest_every_events
-        if c.digest_interval_ms and m.vtime.now() - self._vtime_at_digest >= c.digest_interval_ms * 1_000_000:
+        if self._digest_interval_ns and m.vtime.now() - self._vtime_at_digest >= self._digest_interval_ns:
             due = True
         if due:
             self._append(m.digest())
