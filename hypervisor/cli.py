@@ -283,7 +283,7 @@ def observe(listen, nodes, run_dir, progress):
 @click.option("--listen", required=True, metavar="ADDR", help="Address to bind, e.g. tcp://0.0.0.0:7000.")
 @click.option("--ping-interval-ms", type=click.IntRange(5), default=50, show_default=True,
               help="How often nodes ping; a node is dead after --dead-pings missed intervals.")
-@click.option("--dead-pings", type=click.IntRange(1), default=4, show_default=True)
+@click.option("--dead-pings", type=click.IntRange(1), default=6, show_default=True)
 @operating_errors
 def viewservice(listen, ping_interval_ms, dead_pings):
     """Run the view service: decides which node is primary and which is backup.

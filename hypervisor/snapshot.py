@@ -9,6 +9,7 @@ the state digest taken with it.
 """
 from __future__ import annotations
 
+import struct
 import zlib
 
 import msgpack
@@ -18,8 +19,11 @@ from logging_channel import records as R
 from .errors import FtvmError
 from .machine import Config, Machine, compare_digests
 
-VERSION = 1
+VERSION = 2
+MAGIC = b"FTVMSNAP"
 CHUNK = 1 << 20
+STEP = 4 << 20          # copy memory in steps this big, so other threads get the GIL between
+_HEAD = struct.Struct("<8sIQ")
 
 
 class BadSnapshot(FtvmError):
@@ -40,30 +44,80 @@ def _ctx_from(uc, data):
     return ctx
 
 
-def capture(m: Machine, header_frame: bytes, log_index: int, retained_from: int, retained: bytes) -> bytes:
+def _copy(dst, dst_off, src, n):
+    for a in range(0, n, STEP):
+        b = min(n, a + STEP)
+        dst[dst_off + a:dst_off + b] = src[a:b]
+
+
+def capture(m: Machine, header_frame: bytes, log_index: int, retained_from: int, retained: bytes,
+            extra: dict | None = None) -> bytearray:
     """Snapshot of ``m`` at a stop; the log continues at record ``log_index``.
-    ``retained``: console bytes from offset ``retained_from`` the observer may lack."""
+    ``retained``: console bytes from offset ``retained_from`` the observer may lack.
+    Layout: MAGIC, u32 version, u64 length of the msgpack map that follows, the map,
+    then the memory regions raw, in the order the map lists them."""
     v, c = m.vcpu, m.cpu
     st = {
-        "version": VERSION,
         "header": header_frame,
         "log_index": log_index,
         "context": _ctx_bytes(v.context()),
-        "memory": [[start, bytes(ram)] for (start, _, _), ram in zip(v.regions, v.ram)],
+        "regions": [[start, size] for start, size, _ in v.regions],
         "cpu": [int(c.blocks), int(c.tsc_last), int(c.tsc_count), int(c.tsc_offset_ns), int(c.tsc_aux)],
         "timer_us": m.timer_period_us,
         "irq": [m.irq.handler, m.irq.trampoline, _ctx_bytes(m.irq.saved), sorted(m.irq.pending), m.irq.delivered],
         "input": [bytes(m.input.fifo), m.input.eof, m.input.total],
-        "console": [m.console.total, m.console.crc, retained_from, retained],
+        "console": [m.console.total, m.console.crc, retained_from, bytes(retained)],
         "digest": R.encode(m.digest()),
+        "extra": extra or {},
     }
-    return msgpack.packb(st, use_bin_type=True)
+    meta = msgpack.packb(st, use_bin_type=True)
+    total = _HEAD.size + len(meta) + sum(size for _, size, _ in v.regions)
+    out = bytearray(total)
+    _HEAD.pack_into(out, 0, MAGIC, VERSION, len(meta))
+    off = _HEAD.size
+    out[off:off + len(meta)] = meta
+    off += len(meta)
+    for (_, size, _), ram in zip(v.regions, v.ram):
+        _copy(out, off, memoryview(ram), size)
+        off += size
+    return out
 
 
-def chunks(blob: bytes, size: int = CHUNK):
+def chunks(blob, size: int = CHUNK):
     """[(index, count, crc32, data)] of a snapshot, for the channel."""
-    n = max(1, (len(blob) + size - 1) // size)
-    return [(i, n, zlib.crc32(blob[i * size:(i + 1) * size]), blob[i * size:(i + 1) * size]) for i in range(n)]
+    view = memoryview(blob)
+    n = max(1, (len(view) + size - 1) // size)
+    return [(i, n, zlib.crc32(view[i * size:(i + 1) * size]), bytes(view[i * size:(i + 1) * size]))
+            for i in range(n)]
+
+
+class Assembler:
+    """Collects chunks as they arrive (checking each) into one buffer."""
+
+    def __init__(self, count: int, size: int = CHUNK):
+        self.count, self.size = count, size
+        self.buf = bytearray(count * size)
+        self.have = set()
+        self.total = None
+
+    def add(self, index: int, count: int, crc: int, data: bytes):
+        if count != self.count or not 0 <= index < count or len(data) > self.size:
+            raise BadSnapshot(f"snapshot chunk {index} of {count} does not fit a transfer of {self.count}")
+        if zlib.crc32(data) != crc:
+            raise BadSnapshot(f"snapshot chunk {index} of {count} fails its CRC32 check")
+        self.buf[index * self.size:index * self.size + len(data)] = data
+        self.have.add(index)
+        if index == count - 1:
+            self.total = index * self.size + len(data)
+
+    def done(self) -> bool:
+        return len(self.have) == self.count
+
+    def blob(self):
+        missing = [i for i in range(self.count) if i not in self.have]
+        if missing:
+            raise BadSnapshot(f"snapshot chunk {missing[0]} of {self.count} is missing")
+        return memoryview(self.buf)[:self.total]
 
 
 def join(parts) -> bytes:
@@ -71,26 +125,27 @@ def join(parts) -> bytes:
     if not parts:
         raise BadSnapshot("no snapshot chunks")
     count = next(iter(parts.values()))[0]
-    out = []
-    for i in range(count):
-        if i not in parts:
-            raise BadSnapshot(f"snapshot chunk {i} of {count} is missing")
-        n, crc, data = parts[i]
-        if n != count or zlib.crc32(data) != crc:
-            raise BadSnapshot(f"snapshot chunk {i} of {count} fails its CRC32 check")
-        out.append(data)
-    return b"".join(out)
+    size = len(parts[0][2]) if 0 in parts and count > 1 else CHUNK
+    a = Assembler(count, size)
+    for i, (n, crc, data) in parts.items():
+        a.add(i, n, crc, data)
+    return bytes(a.blob())
 
 
-def restore(blob: bytes, console, mode="replay"):
-    """A Machine in the snapshot's state, plus (header, log_index)."""
+def restore(blob, console, mode="replay"):
+    """A Machine in the snapshot's state, plus (header, log_index, extra)."""
+    view = memoryview(blob)
     try:
-        st = msgpack.unpackb(blob, raw=False, strict_map_key=False)
-        if st.get("version") != VERSION:
-            raise BadSnapshot(f"snapshot version {st.get('version')}, this ftvm reads {VERSION}")
+        magic, version, meta_len = _HEAD.unpack_from(view, 0)
+        if magic != MAGIC:
+            raise BadSnapshot("not an ftvm snapshot")
+        if version != VERSION:
+            raise BadSnapshot(f"snapshot version {version}, this ftvm reads {VERSION}")
+        st = msgpack.unpackb(view[_HEAD.size:_HEAD.size + meta_len], raw=False, strict_map_key=False)
         header, _ = R.decode(st["header"])
         want, _ = R.decode(st["digest"])
-    except (ValueError, KeyError, TypeError, msgpack.ExtraData, msgpack.FormatError, R.FrameError) as e:
+    except (ValueError, KeyError, TypeError, struct.error, msgpack.ExtraData, msgpack.FormatError,
+            R.FrameError) as e:
         raise BadSnapshot(f"snapshot does not decode: {e}") from None
     from . import elf_loader
     config = Config.from_dict(header.config)
@@ -98,10 +153,12 @@ def restore(blob: bytes, console, mode="replay"):
                              stack_size=config.stack_size)
     m = Machine(image, config, mode, console)
     v, c = m.vcpu, m.cpu
-    for (start, data), ram, (rstart, size, _) in zip(st["memory"], v.ram, v.regions):
-        if start != rstart or len(data) != size:
+    off = _HEAD.size + meta_len
+    for (start, size), ram, (rstart, rsize, _) in zip(st["regions"], v.ram, v.regions):
+        if start != rstart or size != rsize or off + size > len(view):
             raise BadSnapshot(f"snapshot memory region {start:#x} does not match the guest's layout")
-        ram[:] = data
+        _copy(ram, 0, view[off:off + size], size)
+        off += size
     v.restore_context(_ctx_from(v.uc, st["context"]))
     c.blocks, c.tsc_last, c.tsc_count, c.tsc_offset_ns, c.tsc_aux = st["cpu"]
     m.timer_period_us = st["timer_us"]
@@ -117,4 +174,4 @@ def restore(blob: bytes, console, mode="replay"):
     diffs = compare_digests(want, m.digest())
     if diffs:
         raise BadSnapshot("restored state does not match the snapshot's digest: " + "; ".join(diffs))
-    return m, header, st["log_index"]
+    return m, header, st["log_index"], st["extra"]

@@ -49,10 +49,10 @@ def test_snapshot_at_every_event_continues_the_run(mixed_log):
         blob = snapshot.capture(rp.m, header_frame, index, rp.m.console.total, b"")
         parts = {i: (cnt, crc, data) for i, cnt, crc, data in snapshot.chunks(blob, size=4096)}
         blob2 = snapshot.join(parts)
-        assert blob2 == blob
+        assert blob2 == bytes(blob)
         out2 = bytearray()
         con = Console(out2.extend)
-        m, header, log_index = snapshot.restore(blob2, con)
+        m, header, log_index, _ = snapshot.restore(blob2, con)
         assert log_index == index and m.blocks == rec.blocks
         rest = Replayer(FileSource(log, start=index), con, header=header, machine=m).run()
         assert rest.end is not None and rest.status == end.status, f"event #{n}"

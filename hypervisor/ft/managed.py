@@ -24,7 +24,7 @@ import sys
 import threading
 import time
 
-import msgpack
+import zlib
 
 from logging_channel import messages as M
 from logging_channel import records as R
@@ -41,7 +41,7 @@ EXIT_REJOIN = 10
 
 class ManagedNode(Node):
     def __init__(self, name, listen, observer, shared_dir, run_dir, log_path, guest, viewservice,
-                 opts=None, ping_interval_ms=50, dead_pings=4):
+                 opts=None, ping_interval_ms=50, dead_pings=6):
         super().__init__(name, "idle", listen, None, observer, shared_dir, run_dir, log_path, guest=guest,
                          view=0, opts=opts, peer_name="")
         self.managed = True
@@ -55,10 +55,12 @@ class ManagedNode(Node):
         self.ready = False
         self.transfer_pending = False
         self.transfer_k = None          # log index of the snapshot being transferred
-        self.snap_parts = {}
+        self.snap_asm = None
+        self.snap_k = None
         self.snap_blob = None
         self.snap_progress = (0, 0)
-        self.transfer_parts = []
+        self.transfer_gen = 0
+        self.transfer_whole = None
         self.logged_view = 0
         self.transfer_sent_ns = 0
         self.transfer_started_ns = 0
@@ -98,6 +100,7 @@ class ManagedNode(Node):
                 self.protected = False
                 self.transferring = False
                 self.peer_name = backup
+                self.watch = core.PeerWatch(self.opts.fail_timeout_ms * 1_000_000)
                 if backup is not None:
                     self.ep.connect(backup, addrs[backup])
                     self.transfer_pending = True
@@ -147,6 +150,11 @@ class ManagedNode(Node):
 
     # --- I/O thread additions -------------------------------------------------------------
     def _on_message(self, msg):
+        if (msg.type == M.HEARTBEAT and self.role == "primary" and self.transferring
+                and msg.sender == node_id(self.peer_name or "") and msg.view == self.view):
+            with self.lock:
+                if self.watch.last_ns is None:
+                    self.watch.heard(now_ns())
         if (msg.type == M.ACK and self.role == "primary" and self.transferring
                 and msg.sender == node_id(self.peer_name or "") and msg.view == self.view
                 and msg.seq >= self.transfer_k):
@@ -171,16 +179,16 @@ class ManagedNode(Node):
         count, crc, data, k = msg.payload
         if self.snap_blob is not None:
             return
-        self.snap_parts[msg.seq] = (count, crc, data)
-        self.snap_progress = (len(self.snap_parts), count)
-        if len(self.snap_parts) == count:
-            try:
-                self.snap_blob = snapshot.join(self.snap_parts)
-            except snapshot.BadSnapshot as e:
-                self.say(f"state transfer failed: {e}; waiting for another")
-                self.snap_parts = {}
-                return
-            self.snap_parts = {}
+        if self.snap_asm is None or self.snap_asm.count != count or self.snap_k != k:
+            self.snap_asm, self.snap_k = snapshot.Assembler(count), k
+        try:
+            self.snap_asm.add(msg.seq, count, crc, data)
+        except snapshot.BadSnapshot as e:
+            self.say(f"state transfer: {e}; dropped, it will be sent again")
+            return
+        self.snap_progress = (len(self.snap_asm.have), count)
+        if self.snap_asm.done():
+            self.snap_blob = self.snap_asm.blob()
             self.cond.notify_all()
 
     def _release(self):
@@ -223,7 +231,7 @@ class ManagedNode(Node):
             status = 0
         if self.rejoin and not self.stop_requested:
             self.say("restarting as an idle node")
-            os.execv(sys.executable, [sys.executable, *sys.argv])
+            os.execv(sys.executable, [sys.executable, "-m", "hypervisor.cli", *sys.argv[1:]])
         return status
 
     def _run_primary(self):
@@ -274,11 +282,10 @@ class ManagedNode(Node):
             if self.failover:
                 raise Halted("promoted before the state transfer finished (the service should not do that)")
             return
-        st = msgpack.unpackb(blob, raw=False)
         console = Console()
         console.retain = True
-        m, header, k = snapshot.restore(st["snapshot"], console)
-        prefix = st["log_prefix"]
+        m, header, k, extra = snapshot.restore(blob, console)
+        prefix = extra["log_prefix"]
         with self.lock:
             self.writer.append_frames(prefix[len(R.FILE_MAGIC):], k)
             self.received = k
@@ -314,42 +321,66 @@ class ManagedNode(Node):
         return super()._after_stop(rec)
 
     def _start_transfer(self, rec):
+        # The emulation thread owns the machine: capture without the lock, so that the
+        # I/O and ping threads are not held up by copying a large memory.
         with self.lock:
             self.transfer_pending = False
             backup = self.peer_name
             if backup is None:
                 return
-            m, s = self.machine, self.sink
-            k = s.records
-            with open(self.log_path, "rb") as f:
-                prefix = f.read()
-            blob = snapshot.capture(m, prefix_header(prefix), k, self.observer_confirmed,
-                                    m.console.unconfirmed_since(self.observer_confirmed))
-            whole = msgpack.packb({"snapshot": blob, "log_prefix": prefix}, use_bin_type=True)
+            k = self.sink.records
+            confirmed = self.observer_confirmed
+        m = self.machine
+        t0 = now_ns()
+        with open(self.log_path, "rb") as f:
+            prefix = f.read()
+        whole = snapshot.capture(m, prefix_header(prefix), k, confirmed, m.console.unconfirmed_since(confirmed),
+                                 extra={"log_prefix": prefix})
+        with self.lock:
+            if self.peer_name != backup:
+                return                  # the view moved on meanwhile
+            s = self.sink
             s.frames, s.base, s.sent, s.bytes = [], k, k, 0
+            self.transfer_started_ns = t0
             self.transferring = True
             self.transfer_k = k
             self.acked = 0
-            parts = snapshot.chunks(whole)
-            self.transfer_parts = [(i, [n, crc, data, k]) for i, n, crc, data in parts]
-            self._send_transfer()
-            self.transfer_started_ns = now_ns()
+            self.transfer_whole = whole
             self.sink.append(R.Transfer(m.blocks, m.vcpu.reg("rip"), self.view, backup, len(whole)))
-            self.say(f"state transfer to {backup}: {len(whole) >> 10} KiB in {len(parts)} chunks at record {k}")
+            gen = self.transfer_gen = self.transfer_gen + 1
+            threading.Thread(target=self._send_transfer, args=(gen, whole), name="ftvm-transfer",
+                             daemon=True).start()
+        self.say(f"state transfer to {backup}: {len(whole) >> 10} KiB at record {k} "
+                 f"(captured in {(now_ns() - t0) / 1e6:.0f} ms)")
 
-
-    def _send_transfer(self):
-        for i, payload in self.transfer_parts:
-            self.send_peer(M.SNAP, i, payload)
-        self.transfer_sent_ns = now_ns()
-
-    def _on_tick(self):
-        super()._on_tick()
-        with self.lock:
-            # Chunks sent before the connection to the new backup was up are lost: send
-            # again until it acknowledges the snapshot.
-            if self.role == "primary" and self.transferring and now_ns() - self.transfer_sent_ns > 300_000_000:
-                self._send_transfer()
+    def _send_transfer(self, gen, whole):
+        """On a thread of its own: wait until the new backup is heard from (so the
+        connection is up), send the chunks, and send them again if the backup has not
+        taken the snapshot a while after the last one went."""
+        deadline = time.monotonic() + 2
+        while time.monotonic() < deadline and self.watch.last_ns is None:
+            time.sleep(0.005)
+        view = memoryview(whole)
+        size = snapshot.CHUNK
+        n = max(1, (len(view) + size - 1) // size)
+        while True:
+            with self.lock:
+                if gen != self.transfer_gen or not self.transferring or self.role != "primary":
+                    return
+                k, peer, viewnum = self.transfer_k, self.peer_name, self.view
+            for i in range(n):
+                data = bytes(view[i * size:(i + 1) * size])
+                msg = M.encode(M.SNAP, self.id, viewnum, i, [n, zlib.crc32(data), data, k])
+                self.ep.send(peer, msg)
+                if i % 8 == 7:
+                    time.sleep(0.001)       # let heartbeats and pings through
+            t = time.monotonic()
+            while time.monotonic() - t < 1.0 + len(view) / 200e6:
+                time.sleep(0.01)
+                with self.lock:
+                    if gen != self.transfer_gen or not self.transferring:
+                        self.transfer_whole = None
+                        return
 
 
 def prefix_header(prefix: bytes) -> bytes:

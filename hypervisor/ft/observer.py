@@ -338,7 +338,8 @@ def _run_managed(guest, log_path, kill_after, progress, run_dir, opts, host, say
     addrs = {name: f"tcp://{host}:{free_tcp_port(host)}" for name in names}
     procs = {}
     with open(os.path.join(run_dir, "viewservice.stderr"), "wb") as err:
-        vs = subprocess.Popen([sys.executable, "-m", "hypervisor.cli", "viewservice", "--listen", vs_addr],
+        vs = subprocess.Popen([sys.executable, "-m", "hypervisor.cli", "viewservice", "--listen", vs_addr,
+                               "--ping-interval-ms", "50", "--dead-pings", "6"],
                               stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=err)
     try:
         for i, name in enumerate(names):
