@@ -284,15 +284,16 @@ def observe(listen, nodes, run_dir, progress):
 @click.option("--ping-interval-ms", type=click.IntRange(5), default=50, show_default=True,
               help="How often nodes ping; a node is dead after --dead-pings missed intervals.")
 @click.option("--dead-pings", type=click.IntRange(1), default=6, show_default=True)
+@click.option("--state-file", type=click.Path(dir_okay=False), help="Keep the current view and its history here (JSON).")
 @operating_errors
-def viewservice(listen, ping_interval_ms, dead_pings):
+def viewservice(listen, ping_interval_ms, dead_pings, state_file):
     """Run the view service: decides which node is primary and which is backup.
 
     It is a single point of failure (the classic primary/backup view service); nodes
     reach it through a small interface so that a replicated store can replace it.
     """
     from view_service.server import serve
-    serve(listen, ping_interval_ms, dead_pings)
+    serve(listen, ping_interval_ms, dead_pings, state_file=state_file)
 
 
 @main.command()
@@ -343,6 +344,17 @@ def status(run_dir, as_json):
                   str(s["held_bytes"]), str(s["failovers"]), f"{s['clock_offset_us']:.0f}",
                   str(s["garbage"]), str(s["stale"]))
     RichConsole().print(t)
+    vs_file = os.path.join(run_dir, "viewservice.json")
+    if os.path.exists(vs_file):
+        with open(vs_file) as f:
+            vs = _json.load(f)
+        h = Table(title=f"view history (now: view {vs['view'][0]}, primary {vs['view'][1]}, backup {vs['view'][2] or '-'})")
+        for col in ("view", "primary", "backup", "why", "ms after missed ping"):
+            h.add_column(col)
+        for e in vs["history"]:
+            h.add_row(str(e["num"]), e["primary"] or "-", e["backup"] or "-", e["why"],
+                      "" if e["after_missed_ping_ms"] is None else f"{e['after_missed_ping_ms']:.0f}")
+        RichConsole().print(h)
 
 
 @main.command()

@@ -71,3 +71,65 @@ def test_failover_across_hosts(net, guests, tmp_path):
     assert "failover: node B is primary of view 2" in err
     rep = run_ftvm("replay", "-q", run_dir / "B.ftlog")
     assert rep.returncode == 0 and rep.stdout == out
+
+
+@pytest.fixture
+def net3():
+    n = netns.Net(["a", "b", "c"])
+    yield n
+    n.close()
+
+
+def test_partition_the_primary_then_heal(net3, guests, tmp_path):
+    """Cut the primary off from the view service, the backup and the observer (its
+    namespace's cable unplugged), then heal. The service promotes the backup; the cut-off
+    primary must release nothing that differs from what the new primary releases, and
+    when it can talk again it learns it is stale and rejoins as idle."""
+    import json
+    net = net3
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    shared = tmp_path / "shared"
+    vs = f"tcp://{net.observer_ip}:7200"
+    obs = f"tcp://{net.observer_ip}:7201"
+    addr = {"A": f"tcp://{net.addr('a')}:7210", "B": f"tcp://{net.addr('b')}:7211", "C": f"tcp://{net.addr('c')}:7212"}
+    procs = [subprocess.Popen([str(FTVM), "viewservice", "--listen", vs], stdin=subprocess.DEVNULL,
+                              stdout=subprocess.DEVNULL, stderr=open(run_dir / "vs.stderr", "wb"))]
+    for name, host in (("A", "a"), ("B", "b"), ("C", "c")):
+        procs.append(subprocess.Popen(
+            [*net.exec_prefix(host), str(FTVM), "node", "--name", name, "--viewservice", vs, "--listen", addr[name],
+             "--observer", obs, "--shared-dir", str(shared), "--run-dir", str(run_dir),
+             "--log", str(run_dir / f"{name}.ftlog"), "--guest", str(GUESTS / "lines_long.elf")],
+            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=open(run_dir / f"{name}.stderr", "wb")))
+        if name == "A":
+            time.sleep(0.5)
+    observer = subprocess.Popen([str(FTVM), "observe", "--listen", obs, *[f"--node={n}={a}" for n, a in addr.items()],
+                                 "--run-dir", str(run_dir)],
+                                stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        ready = lambda: any(status(run_dir, n).get("role") == "backup" and status(run_dir, n).get("ready")  # noqa: E731
+                            for n in "BC")
+        assert wait_for(ready, timeout=30), "redundancy"
+        assert status(run_dir, "A").get("role") == "primary"
+        assert wait_for(lambda: status(run_dir, "A").get("released_bytes", 0) > 3000, timeout=30)
+        net.cut("a")
+        time.sleep(2.0)
+        net.heal("a")
+        out, err = observer.communicate(timeout=120)
+    finally:
+        for p in procs:
+            p.terminate()
+        for p in procs:
+            try:
+                p.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                p.kill()
+    err = err.decode()
+    assert observer.returncode == 0, err
+    nums = [int(line.split()[1]) for line in out.decode().splitlines()]
+    assert nums == list(range(1, 6001)), f"{len(nums)} lines"
+    summary = json.loads((run_dir / "observer.json").read_text())
+    assert summary["conflicts"] == 0
+    assert "failover: node" in err
+    a_err = (run_dir / "A.stderr").read_text()
+    assert "stale" in a_err and "rejoining as idle" in a_err, a_err

@@ -60,3 +60,22 @@ def test_killed_backup_is_replaced_by_an_idle_node(guests, tmp_path):
     assert proc.returncode == 0, err
     check_n_lines(out, 6000)
     check_replay(log, out)
+
+
+def test_backup_killed_mid_transfer_leaves_the_view_safe(guests, tmp_path):
+    run_dir = tmp_path / "run"
+    log = tmp_path / "whole.ftlog"
+    proc = subprocess.Popen([str(FTVM), "run", str(GUESTS / "bigmem256.elf"), "--nodes", "3", "--run-dir",
+                             str(run_dir), "--log", str(log)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL)
+    assert wait_for(lambda: any(status(run_dir, n).get("transferring") for n in "ABC"), timeout=30)
+    victims = [n for n in "ABC" if status(run_dir, n).get("role") == "backup" and not status(run_dir, n).get("ready")]
+    assert victims, "a backup waiting for its state"
+    import os
+    import signal
+    os.kill(status(run_dir, victims[0])["pid"], signal.SIGKILL)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 0, err
+    nums = [int(line.split()[1]) for line in out.decode().splitlines()]
+    assert nums == list(range(1, 3001))
+    check_replay(log, out)

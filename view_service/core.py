@@ -47,7 +47,7 @@ class ViewService:
         self.last_ping = {}             # name -> time of its last ping
         self.ready = {}                 # name -> reported itself up to date
         self.addr = {}                  # name -> how to reach it (opaque to the logic)
-        self.history = []               # (time, View) of every view change
+        self.history = []               # (time, View, why, ns since the failed node's first missed ping)
         self.stuck_since = None         # time the service first could not make progress
 
     # --- inputs -------------------------------------------------------------------------
@@ -66,7 +66,7 @@ class ViewService:
         elif name == v.backup and viewnum == 0 and restarted:
             self._backup_failed(now)
         if v.num == 0 and self.view.num == 0:
-            self._change(name, None, now, force=True)     # the first node to appear is primary
+            self._change(name, None, now, force=True, why=f"first node {name}")   # the first node is primary
         self._fill_backup(now)
         return self.view
 
@@ -91,7 +91,7 @@ class ViewService:
     def _dead(self, name, now):
         return now - self.last_ping.get(name, -(1 << 62)) >= self.dead_pings * self.ping_interval_ns
 
-    def _change(self, primary, backup, now, force=False) -> bool:
+    def _change(self, primary, backup, now, force=False, why="", failed=None) -> bool:
         if not (self.acked or force):
             if self.stuck_since is None:
                 self.stuck_since = now
@@ -99,14 +99,18 @@ class ViewService:
         self.view = View(self.view.num + 1, primary, backup)
         self.acked = False
         self.stuck_since = None
-        self.history.append((now, self.view))
+        since_missed = None
+        if failed is not None and failed in self.last_ping:
+            since_missed = max(0, now - (self.last_ping[failed] + self.ping_interval_ns))
+        self.history.append((now, self.view, why, since_missed))
         return True
 
     def _primary_failed(self, now):
         v = self.view
         if v.backup is not None and self.ready.get(v.backup) and self.alive(v.backup, now):
             idle = self.idle(now)
-            self._change(v.backup, idle[0] if idle else None, now)
+            self._change(v.backup, idle[0] if idle else None, now, why=f"primary {v.primary} failed",
+                         failed=v.primary)
         elif self.stuck_since is None:
             self.stuck_since = now      # no up-to-date backup to promote: wait
 
@@ -117,11 +121,11 @@ class ViewService:
                 self.stuck_since = now  # both gone: nobody has the state
             return
         idle = [n for n in self.idle(now) if n != v.backup]
-        self._change(v.primary, idle[0] if idle else None, now)
+        self._change(v.primary, idle[0] if idle else None, now, why=f"backup {v.backup} failed", failed=v.backup)
 
     def _fill_backup(self, now):
         v = self.view
         if v.primary is not None and v.backup is None and self.acked:
             idle = self.idle(now)
             if idle:
-                self._change(v.primary, idle[0], now)
+                self._change(v.primary, idle[0], now, why=f"idle {idle[0]} becomes backup")

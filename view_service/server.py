@@ -14,7 +14,7 @@ import zmq
 from .core import ViewService
 
 
-def serve(listen: str, ping_interval_ms: int = 100, dead_pings: int = 5, say=None, stop=None):
+def serve(listen: str, ping_interval_ms: int = 100, dead_pings: int = 5, say=None, stop=None, state_file=None):
     say = say or (lambda m: print(f"ftvm viewservice: {m}", file=sys.stderr, flush=True))
     vs = ViewService(ping_interval_ms * 1_000_000, dead_pings)
     ctx = zmq.Context()
@@ -41,11 +41,30 @@ def serve(listen: str, ping_interval_ms: int = 100, dead_pings: int = 5, say=Non
                 sock.send_multipart([frames[0], b"", msgpack.packb(reply, use_bin_type=True)])
             vs.tick(now)
             if vs.view != last:
-                say(f"{vs.view} (was {last})")
+                h = vs.history[-1]
+                extra = "" if h[3] is None else f", {h[3] / 1e6:.0f} ms after the first missed ping"
+                say(f"{vs.view} (was {last}; {h[2]}{extra})")
                 last = vs.view
+                if state_file:
+                    _write_state(state_file, vs)
     finally:
         sock.close(0)
         ctx.term()
+
+
+def _write_state(path, vs):
+    import json
+    import os
+    t0 = time.monotonic_ns()
+    wall = time.time()
+    st = {"view": [vs.view.num, vs.view.primary, vs.view.backup],
+          "history": [{"num": v.num, "primary": v.primary, "backup": v.backup, "why": why,
+                       "unix": wall - (t0 - t) / 1e9,
+                       "after_missed_ping_ms": None if since is None else since / 1e6}
+                      for t, v, why, since in vs.history]}
+    with open(path + ".tmp", "w") as f:
+        json.dump(st, f)
+    os.replace(path + ".tmp", path)
 
 
 def _handle(vs, data, now):

@@ -216,7 +216,8 @@ class ManagedNode(Node):
             with open(path) as f:
                 st = json.load(f)
             st.update(managed=True, vs_view=list(self.vs_view[:3]), ready=self.ready,
-                      transfer=list(self.snap_progress), transfer_ms=self.transfer_ms)
+                      transfer=list(self.snap_progress), transfer_ms=self.transfer_ms,
+                      transferring=self.transferring)
             with open(path + ".tmp", "w") as f:
                 json.dump(st, f)
             os.replace(path + ".tmp", path)

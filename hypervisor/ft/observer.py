@@ -48,6 +48,8 @@ class Observer:
         self.exit = None                          # (status, total, detail, node)
         self.stale = 0
         self.duplicates = 0
+        self.conflicts = 0
+        self.seen = bytearray()                   # everything delivered, to check re-sends against
         self.input = bytearray()
         self.input_eof = False
         self.failovers = []
@@ -83,11 +85,14 @@ class Observer:
                                 self.say(f"node {node} carries on as primary of view {msg.view} ({detail})")
                         else:
                             self.say(f"failover: node {node} is primary of view {msg.view} ({detail}{outage})")
-                        self.failovers.append((time.monotonic() - self.t0, node, msg.view, detail))
+                        if node != self.primary:
+                            self.failovers.append((time.monotonic() - self.t0, node, msg.view, detail))
                     self.view, self.primary = msg.view, node
                     self._send_input_from(msg.seq)
                 self.lock.notify_all()
                 return
+            if msg.type == M.OUTPUT:
+                self._check_conflict(name, msg)
             if msg.view < self.view:
                 self.stale += 1           # a stale primary: never let it through
                 return
@@ -97,6 +102,7 @@ class Observer:
                     self.duplicates += end <= self.delivered
                     return
                 self.write(msg.payload[self.delivered - msg.seq:])
+                self.seen += msg.payload[self.delivered - msg.seq:]
                 self.delivered = end
                 self.last_output_t = time.monotonic()
                 for k in self.kills:
@@ -110,6 +116,15 @@ class Observer:
                     self.exit_t = time.monotonic()
                 self._confirm()
             self.lock.notify_all()
+
+    def _check_conflict(self, name, msg):
+        """Two nodes must never release different output under the same sequence
+        numbers (split brain would). Compare with what was delivered."""
+        lo, hi = msg.seq, min(msg.seq + len(msg.payload), self.delivered)
+        if lo < hi and self.seen[lo:hi] != msg.payload[:hi - lo]:
+            self.conflicts += 1
+            self.say(f"CONFLICT: node {name} (view {msg.view}) released bytes {lo}..{hi} that differ "
+                     f"from what was delivered")
 
     def _confirm(self):
         data = M.encode(M.CONFIRM, 0, self.view, self.delivered, None)
@@ -204,7 +219,8 @@ class Observer:
         rel = lambda t: None if t is None else t - self.t0   # noqa: E731
         return {"first_hello_s": rel(self.first_hello_t), "exit_s": rel(self.exit_t), "kills": self.kills,
                 "failovers": [{"t": t, "node": n, "view": v, "detail": d} for t, n, v, d in self.failovers],
-                "delivered_bytes": self.delivered, "stale_dropped": self.stale, "duplicates_dropped": self.duplicates}
+                "delivered_bytes": self.delivered, "stale_dropped": self.stale, "duplicates_dropped": self.duplicates,
+                "conflicts": self.conflicts}
 
     def _shutdown(self):
         try:
@@ -339,7 +355,8 @@ def _run_managed(guest, log_path, kill_after, progress, run_dir, opts, host, say
     procs = {}
     with open(os.path.join(run_dir, "viewservice.stderr"), "wb") as err:
         vs = subprocess.Popen([sys.executable, "-m", "hypervisor.cli", "viewservice", "--listen", vs_addr,
-                               "--ping-interval-ms", "50", "--dead-pings", "6"],
+                               "--ping-interval-ms", "50", "--dead-pings", "6",
+                               "--state-file", os.path.join(run_dir, "viewservice.json")],
                               stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=err)
     try:
         for i, name in enumerate(names):
