@@ -79,3 +79,38 @@ def test_backup_killed_mid_transfer_leaves_the_view_safe(guests, tmp_path):
     nums = [int(line.split()[1]) for line in out.decode().splitlines()]
     assert nums == list(range(1, 3001))
     check_replay(log, out)
+
+
+def _campaign(tmp_path, count, seed):
+    import random
+    rnd = random.Random(seed)
+    for i in range(count):
+        nodes = rnd.choice([3, 4])
+        kills, t = [], 0.3
+        for _ in range(rnd.randint(1, nodes - 1)):
+            t += rnd.uniform(1.4, 2.2)          # after redundancy is back
+            kills.append(round(t, 2))
+        kills = [k for k in kills if k < 5.5]
+        d = tmp_path / f"c{i}"
+        d.mkdir()
+        repro = (f"reproduce: FTVM_TEST_SEED={seed} run #{i}: ftvm run {GUESTS / 'lines_long.elf'} --nodes {nodes} "
+                 + " ".join(f"--kill-primary-after {k}" for k in kills) + " --log x.ftlog")
+        p, run_dir, log = managed_run(d, nodes, kills=kills)
+        assert p.returncode == 0, f"{repro}\n{p.stderr}"
+        try:
+            check_n_lines(p.stdout, 6000)
+            check_replay(log, p.stdout)
+        except AssertionError as e:
+            raise AssertionError(f"{repro}\n{e}") from None
+
+
+def test_random_kill_sequences_short(guests, tmp_path):
+    import os
+    _campaign(tmp_path, 3, int(os.environ.get("FTVM_TEST_SEED", "4")))
+
+
+@pytest.mark.slow
+def test_random_kill_sequences_campaign(guests, tmp_path):
+    """>= 30 seeded random kill sequences with 3 or 4 nodes (run with --run-slow)."""
+    import os
+    _campaign(tmp_path, 30, int(os.environ.get("FTVM_TEST_SEED", "30")))
