@@ -105,7 +105,7 @@ def tsc_count(log_path):
     return n, size
 
 
-def ft_run(guest, tmp, tag, kill_after=None):
+def ft_run(guest, tmp, tag, kill_after=None, nodes=2):
     """One `ftvm run` as a user would start it; returns (observer summary, node status, log path)."""
     run_dir = pathlib.Path(tmp) / f"ft-{tag}"
     log = pathlib.Path(tmp) / f"ft-{tag}.ftlog"
@@ -114,6 +114,8 @@ def ft_run(guest, tmp, tag, kill_after=None):
            "run", str(guest), "--run-dir", str(run_dir), "--log", str(log)]
     if kill_after is not None:
         cmd += ["--kill-primary-after", str(kill_after)]
+    if nodes != 2:
+        cmd += ["--nodes", str(nodes)]
     t = time.perf_counter()
     p = subprocess.run(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     wall = time.perf_counter() - t
@@ -122,12 +124,36 @@ def ft_run(guest, tmp, tag, kill_after=None):
     summary = json.loads((run_dir / "observer.json").read_text())
     summary["wall_s"] = wall
     nodes = {}
-    for name in ("A", "B"):
+    for name in "ABCD":
         try:
             nodes[name] = json.loads((run_dir / f"{name}.status.json").read_text())
         except (OSError, ValueError):
             pass
+    try:
+        summary["viewservice"] = json.loads((run_dir / "viewservice.json").read_text())
+    except (OSError, ValueError):
+        summary["viewservice"] = None
     return summary, nodes, log
+
+
+def run_views_bench(runs, gdir, tmp, say):
+    """Time to restore redundancy after a primary kill (until the new backup has the
+    state), by guest memory size; view-change time after a missed ping."""
+    res = {"restore_s": {}, "view_change_ms": []}
+    for mb in (16, 64, 256):
+        say(f"bench: restore redundancy, {mb} MiB guest (3 nodes, kill the primary)")
+        vals = []
+        for i in range(runs if mb < 256 else 1):
+            summ, nodes, _ = ft_run(gdir / f"bigmem{mb}.elf", tmp, f"v{mb}-{i}", kill_after=1.5, nodes=3)
+            kill = summ["kills"][0]["unix"] if summ["kills"] else None
+            after = sorted(t for st in nodes.values() for t in st.get("protected_unix") or [] if kill and t > kill)
+            if after:
+                vals.append(after[0] - kill)
+            for e in (summ.get("viewservice") or {}).get("history", []):
+                if e["why"].startswith("primary") and e["after_missed_ping_ms"] is not None:
+                    res["view_change_ms"].append(e["after_missed_ping_ms"])
+        res["restore_s"][mb] = sorted(vals)
+    return res
 
 
 def run_ft_bench(runs, gdir, tmp, plain_compute_s, say):
@@ -171,6 +197,14 @@ def run_bench(runs, guest_dir, as_json, say, only=None):
     gdir = pathlib.Path(guest_dir) if guest_dir else ROOT / "guest_programs" / "build"
     rows = []
     results = {}
+    if only == "views":
+        with tempfile.TemporaryDirectory(prefix="ftvm-bench-") as tmp:
+            results["views"] = run_views_bench(runs, gdir, tmp, say)
+        if as_json:
+            print(json.dumps(results, indent=2))
+        else:
+            _table(_views_rows(results["views"]), "ftvm bench: view service and state transfer")
+        return results
     if only == "ft":
         with tempfile.TemporaryDirectory(prefix="ftvm-bench-") as tmp:
             _, image = elf_loader.load_file(gdir / "compute.elf")
@@ -210,6 +244,7 @@ def run_bench(runs, guest_dir, as_json, say, only=None):
         if only != "record":
             results["ft"] = run_ft_bench(runs, gdir, tmp, results["compute"]["plain_s"], say)
             results["ft"]["plain_compute_s"] = results["compute"]["plain_s"]
+            results["views"] = run_views_bench(runs, gdir, tmp, say)
     c, t = results["compute"], results["tsc_heavy"]
     mem_budget = c["guest_memory_bytes"] + (100 << 20)
     rows = [
@@ -228,6 +263,8 @@ def run_bench(runs, guest_dir, as_json, say, only=None):
     ]
     if "ft" in results:
         rows += _ft_rows(results["ft"])
+    if "views" in results:
+        rows += _views_rows(results["views"])
     if as_json:
         print(json.dumps(results, indent=2))
         return results
@@ -249,6 +286,19 @@ def _ft_rows(f):
         ("logging bandwidth, tsc-heavy under `ftvm run`", f"{f['tsc_log_bytes'] / 1e6:.1f} MB",
          f"{f['logging_mbit_s']:.1f} Mbit/s", f"in {f['tsc_guest_s']:.2f} s", "printed (VMware: 1.5-18)", None),
     ]
+
+
+def _views_rows(v):
+    rows = []
+    for mb, vals in v["restore_s"].items():
+        med = vals[len(vals) // 2] if vals else None
+        rows.append((f"restore redundancy after a primary kill, {mb} MiB guest", "",
+                     "-" if med is None else f"median {med:.2f} s", " ".join(f"{x:.2f}" for x in vals),
+                     "≤ 1 s for 64 MiB" if mb == 64 else "printed", (med is not None and med <= 1.0) if mb == 64 else None))
+    vc = sorted(v["view_change_ms"])
+    rows.append(("view change, first missed ping -> new view", "", "-" if not vc else f"median {vc[len(vc) // 2]:.0f} ms",
+                 " ".join(f"{x:.0f}" for x in vc), "printed", None))
+    return rows
 
 
 def _print_ft(results, as_json):

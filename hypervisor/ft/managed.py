@@ -65,6 +65,7 @@ class ManagedNode(Node):
         self.transfer_sent_ns = 0
         self.transfer_started_ns = 0
         self.transfer_ms = []           # how long each transfer took until the backup had it
+        self.protected_unix = []        # when each transfer completed (redundancy restored)
         self.rejoin = False
         self.my_addr = self.ep.address
         threading.Thread(target=self._pinger, name="ftvm-vs-ping", daemon=True).start()
@@ -165,6 +166,7 @@ class ManagedNode(Node):
                 self.watch.heard(now_ns())
                 took = (now_ns() - self.transfer_started_ns) / 1e6
                 self.transfer_ms.append(took)
+                self.protected_unix.append(time.time())
                 self.say(f"backup {self.peer_name} has the state after {took:.0f} ms: protected again")
         if msg.type == M.SNAP:
             with self.lock:
@@ -216,7 +218,7 @@ class ManagedNode(Node):
             with open(path) as f:
                 st = json.load(f)
             st.update(managed=True, vs_view=list(self.vs_view[:3]), ready=self.ready,
-                      transfer=list(self.snap_progress), transfer_ms=self.transfer_ms,
+                      transfer=list(self.snap_progress), transfer_ms=self.transfer_ms, protected_unix=self.protected_unix,
                       transferring=self.transferring)
             with open(path + ".tmp", "w") as f:
                 json.dump(st, f)

@@ -202,8 +202,8 @@ class Observer:
                 except ProcessLookupError:
                     pass
                 with self.lock:
-                    self.kills.append({"t": time.monotonic() - self.t0, "node": name, "view": self.view,
-                                       "next_output_s": None})
+                    self.kills.append({"t": time.monotonic() - self.t0, "unix": time.time(), "node": name,
+                                       "view": self.view, "next_output_s": None})
             if self.procs and all(p.poll() is not None for p in self.procs.values()):
                 time.sleep(0.2)   # the last messages may still be on their way
                 with self.lock:
