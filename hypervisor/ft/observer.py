@@ -22,6 +22,7 @@ from .node import FtOptions, node_id
 from .transport import Endpoint, free_tcp_port
 
 EXIT_NO_NODE = 8
+NO_PRIMARY_S = 15          # a dead primary with no successor this long: the run cannot go on
 
 
 class AllNodesDead(FtvmError):
@@ -204,6 +205,10 @@ class Observer:
                 with self.lock:
                     self.kills.append({"t": time.monotonic() - self.t0, "unix": time.time(), "node": name,
                                        "view": self.view, "next_output_s": None})
+            if self._primary_missing_since():
+                logs = ", ".join(f"{n}: {os.path.join(self.run_dir, n + '.ftlog')}" for n in self.procs)
+                raise AllNodesDead(f"no primary for {NO_PRIMARY_S} s: the primary died and no up-to-date backup "
+                                   f"could take over (was redundancy restored before the kill?); logs kept ({logs})")
             if self.procs and all(p.poll() is not None for p in self.procs.values()):
                 time.sleep(0.2)   # the last messages may still be on their way
                 with self.lock:
@@ -221,6 +226,19 @@ class Observer:
                 "failovers": [{"t": t, "node": n, "view": v, "detail": d} for t, n, v, d in self.failovers],
                 "delivered_bytes": self.delivered, "stale_dropped": self.stale, "duplicates_dropped": self.duplicates,
                 "conflicts": self.conflicts}
+
+    def _primary_missing_since(self):
+        """True once the primary's process has been dead for NO_PRIMARY_S with no new
+        primary announced (local runs only: remote processes cannot be watched)."""
+        with self.lock:
+            name = self.primary
+        p = self.procs.get(name)
+        if p is None or p.poll() is None:
+            self._dead_primary_at = None
+            return False
+        if getattr(self, "_dead_primary_at", None) is None:
+            self._dead_primary_at = time.monotonic()
+        return time.monotonic() - self._dead_primary_at > NO_PRIMARY_S
 
     def _shutdown(self):
         try:
