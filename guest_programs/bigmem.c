@@ -5,7 +5,7 @@
 #ifndef MEM_MB
 #define MEM_MB 64
 #endif
-#define LINES 3000
+#define LINES (3000 + MEM_MB * 20)   /* bigger guests run longer: room for transfers */
 
 static unsigned char mem[(size_t)MEM_MB << 20];
 

@@ -335,14 +335,14 @@ def status(run_dir, as_json):
     from rich.table import Table
     t = Table(title=f"ftvm nodes in {run_dir}")
     for col in ("node", "pid", "alive", "role", "view", "lag ms", "log records", "log kbit/s", "held B",
-                "failovers", "clock offset us", "garbage", "stale"):
+                "failovers", "clock offset us", "garbage", "stale", "transfer"):
         t.add_column(col, justify="right")
     for s in sts:
         t.add_row(s["name"], str(s["pid"]), "yes" if s["alive"] else "no", s["role"], str(s["view"]),
                   "-" if s["lag_ms"] is None else f"{s['lag_ms']:.1f}", str(s["log_records"]),
                   f"{s.get('log_rate_kbps', 0):.0f}",
                   str(s["held_bytes"]), str(s["failovers"]), f"{s['clock_offset_us']:.0f}",
-                  str(s["garbage"]), str(s["stale"]))
+                  str(s["garbage"]), str(s["stale"]), _transfer_text(s))
     RichConsole().print(t)
     vs_file = os.path.join(run_dir, "viewservice.json")
     if os.path.exists(vs_file):
@@ -355,6 +355,16 @@ def status(run_dir, as_json):
             h.add_row(str(e["num"]), e["primary"] or "-", e["backup"] or "-", e["why"],
                       "" if e["after_missed_ping_ms"] is None else f"{e['after_missed_ping_ms']:.0f}")
         RichConsole().print(h)
+
+
+def _transfer_text(s):
+    """State-transfer progress of a node: chunks received, or 'sending' on a primary."""
+    if s.get("transferring"):
+        return "sending"
+    have, count = (s.get("transfer") or [0, 0])
+    if count and have < count:
+        return f"{100 * have // count}%"
+    return "done" if count else ""
 
 
 @main.command()

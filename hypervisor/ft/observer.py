@@ -287,7 +287,7 @@ class Progress:
         t = Table(title=f"ftvm run: view {self.obs.view}, primary {self.obs.primary}, "
                         f"{self.obs.delivered} bytes out, {len(self.obs.failovers)} failovers")
         for col in ("node", "role", "view", "lag ms", "log records", "log MB", "log kbit/s", "held B",
-                    "failovers", "clock offset us", "rtt us"):
+                    "failovers", "clock offset us", "rtt us", "transfer"):
             t.add_column(col, justify="right")
         for st in read_status(self.obs.run_dir):
             t.add_row(st["name"], st["role"] + ("" if st.get("protected", True) or st["role"] != "primary" else " (alone)"),
@@ -295,7 +295,7 @@ class Progress:
                       str(st["log_records"]), f"{st['log_bytes'] / 1e6:.2f}",
                       f"{st.get('log_rate_kbps', 0):.0f}", str(st["held_bytes"]),
                       str(st["failovers"]), f"{st['clock_offset_us']:.0f}",
-                      "-" if st["rtt_us"] is None else f"{st['rtt_us']:.0f}")
+                      "-" if st["rtt_us"] is None else f"{st['rtt_us']:.0f}", _transfer_cell(st))
         return t
 
     def _loop(self):
@@ -307,6 +307,13 @@ class Progress:
         self._stop = True
         self.live.update(self._table())
         self.live.stop()
+
+
+def _transfer_cell(st):
+    if st.get("transferring"):
+        return "sending"
+    have, count = st.get("transfer") or [0, 0]
+    return f"{100 * have // count}%" if count and have < count else ("done" if count else "")
 
 
 def read_status(run_dir):
