@@ -326,7 +326,7 @@ def status(run_dir, as_json):
     """Role, view, lag, log, held output, failovers and clock offset of each node."""
     import json as _json
 
-    from .ft.observer import read_status
+    from .ft.observer import read_status, transfer_cell
     sts = read_status(run_dir)
     if as_json:
         click.echo(_json.dumps(sts, indent=2))
@@ -342,8 +342,10 @@ def status(run_dir, as_json):
                   "-" if s["lag_ms"] is None else f"{s['lag_ms']:.1f}", str(s["log_records"]),
                   f"{s.get('log_rate_kbps', 0):.0f}",
                   str(s["held_bytes"]), str(s["failovers"]), f"{s['clock_offset_us']:.0f}",
-                  str(s["garbage"]), str(s["stale"]), _transfer_text(s))
-    RichConsole().print(t)
+                  str(s["garbage"]), str(s["stale"]), transfer_cell(s))
+    import shutil
+    con = RichConsole(width=max(150, shutil.get_terminal_size().columns))
+    con.print(t)
     vs_file = os.path.join(run_dir, "viewservice.json")
     if os.path.exists(vs_file):
         with open(vs_file) as f:
@@ -354,17 +356,7 @@ def status(run_dir, as_json):
         for e in vs["history"]:
             h.add_row(str(e["num"]), e["primary"] or "-", e["backup"] or "-", e["why"],
                       "" if e["after_missed_ping_ms"] is None else f"{e['after_missed_ping_ms']:.0f}")
-        RichConsole().print(h)
-
-
-def _transfer_text(s):
-    """State-transfer progress of a node: chunks received, or 'sending' on a primary."""
-    if s.get("transferring"):
-        return "sending"
-    have, count = (s.get("transfer") or [0, 0])
-    if count and have < count:
-        return f"{100 * have // count}%"
-    return "done" if count else ""
+        con.print(h)
 
 
 @main.command()

@@ -30,4 +30,10 @@ head -1 "$OUT/observer.out"; tail -1 "$OUT/observer.out"
 step "The whole-run log (across the failover) replays to exactly what the observer printed"
 $FTVM replay -q "$OUT/whole.ftlog" | cmp - "$OUT/observer.out" && echo "identical: $(wc -c < "$OUT/observer.out") bytes"
 $FTVM log show "$OUT/whole.ftlog" --kind golive
+step "Three nodes and the view service: two primaries killed, redundancy restored by state transfer"
+$FTVM run $G/lines_long.elf --nodes 3 --kill-primary-after 1.5 --kill-primary-after 4 \
+    --log "$OUT/three.ftlog" --run-dir "$OUT/three" > "$OUT/three.out"
+echo "observer printed $(wc -l < "$OUT/three.out") lines"
+$FTVM log show "$OUT/three.ftlog" --kind view --kind transfer --kind golive
+$FTVM status --run-dir "$OUT/three" | tail -8
 step "Done. Logs are in $OUT"

@@ -106,7 +106,6 @@ class ManagedNode(Node):
                     self.ep.connect(backup, addrs[backup])
                     self.transfer_pending = True
                     self.say(f"view {num}: {backup} is the new backup; state transfer starts")
-                    self.failovers += 0
             self.acked_view = num
         elif self.role == "backup":
             if primary == me:
@@ -237,10 +236,8 @@ class ManagedNode(Node):
             os.execv(sys.executable, [sys.executable, "-m", "hypervisor.cli", *sys.argv[1:]])
         return status
 
-    def _run_primary(self):
-        raise AssertionError("managed nodes start through _run_managed")
-
     def _run_backup(self):
+        # Node.run dispatches on the starting role; a managed node always starts idle.
         self._run_managed()
 
     def _run_managed(self):

@@ -295,7 +295,7 @@ class Progress:
                       str(st["log_records"]), f"{st['log_bytes'] / 1e6:.2f}",
                       f"{st.get('log_rate_kbps', 0):.0f}", str(st["held_bytes"]),
                       str(st["failovers"]), f"{st['clock_offset_us']:.0f}",
-                      "-" if st["rtt_us"] is None else f"{st['rtt_us']:.0f}", _transfer_cell(st))
+                      "-" if st["rtt_us"] is None else f"{st['rtt_us']:.0f}", transfer_cell(st))
         return t
 
     def _loop(self):
@@ -309,7 +309,8 @@ class Progress:
         self.live.stop()
 
 
-def _transfer_cell(st):
+def transfer_cell(st):
+    """State-transfer progress of a node: chunks received, or 'sending' on a primary."""
     if st.get("transferring"):
         return "sending"
     have, count = st.get("transfer") or [0, 0]
