@@ -275,7 +275,7 @@ class Progress:
         from rich.console import Console
         from rich.live import Live
         self.obs = obs
-        self.live = Live(self._table(), console=Console(stderr=True, width=max(120, shutil.get_terminal_size().columns)),
+        self.live = Live(self._table(), console=Console(stderr=True, width=max(160, shutil.get_terminal_size().columns)),
                          refresh_per_second=4, transient=False)
         self.live.start()
         self._stop = False
