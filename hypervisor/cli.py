@@ -75,9 +75,13 @@ def main():
       ftvm replay echo.ftlog
       ftvm log stats echo.ftlog
 
+    Fault tolerance: `ftvm run GUEST` (primary + backup), `--nodes 3` and more with the
+    view service; `ftvm kill`, `ftvm status`; `ftvm node` / `ftvm observe` across hosts.
+
     Exit statuses: the guest's own, or 2 bad usage/ELF, 3 damaged log, 4 truncated log,
-    5 replay diverged, 6 guest stuck in HLT, 7 I/O error, 130 interrupted, 132 guest
-    invalid instruction, 136 guest divide error, 139 guest memory fault.
+    5 replay diverged, 6 guest stuck in HLT, 7 I/O error, 8 every node died (logs kept),
+    9 a stale node halted, 130 interrupted, 132 guest invalid instruction, 136 guest
+    divide error, 139 guest memory fault.
     """
 
 
