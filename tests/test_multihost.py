@@ -111,7 +111,11 @@ def test_partition_the_primary_then_heal(net3, guests, tmp_path):
                             for n in "BC")
         assert wait_for(ready, timeout=30), "redundancy"
         assert status(run_dir, "A").get("role") == "primary"
-        assert wait_for(lambda: status(run_dir, "A").get("released_bytes", 0) > 3000, timeout=30)
+        # The observer must be up and hearing A before the cut (else A's output just
+        # queues for it and the observer first hears of the run from the new primary).
+        assert wait_for(lambda: status(run_dir, "A").get("observer_seen_s_ago") is not None
+                        and status(run_dir, "A").get("released_bytes", 0) > 3000, timeout=30)
+        time.sleep(0.3)
         net.cut("a")
         time.sleep(2.0)
         net.heal("a")

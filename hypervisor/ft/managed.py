@@ -209,21 +209,12 @@ class ManagedNode(Node):
     def _primary_lost(self, now):
         pass                            # the view service decides failovers here
 
-    def _write_status(self, now):
-        super()._write_status(now)
-        path = os.path.join(self.run_dir, f"{self.name}.status.json")
-        try:
-            import json
-            with open(path) as f:
-                st = json.load(f)
-            st.update(managed=True, vs_view=list(self.vs_view[:3]), ready=self.ready,
-                      transfer=list(self.snap_progress), transfer_ms=self.transfer_ms, protected_unix=self.protected_unix,
-                      transferring=self.transferring)
-            with open(path + ".tmp", "w") as f:
-                json.dump(st, f)
-            os.replace(path + ".tmp", path)
-        except (OSError, ValueError):
-            pass
+    def _status(self, now):
+        st = super()._status(now)
+        st.update(managed=True, vs_view=list(self.vs_view[:3]), ready=self.ready,
+                  transfer=list(self.snap_progress), transfer_ms=self.transfer_ms,
+                  protected_unix=self.protected_unix, transferring=self.transferring)
+        return st
 
     # --- main thread ----------------------------------------------------------------------
     def run(self):

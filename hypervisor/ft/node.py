@@ -386,26 +386,34 @@ class Node:
             self.resent_at = now_ns()
             self.last_release_unix = time.time()
 
-    def _write_status(self, now):
+    def _status(self, now):
+        """This node's status, as `ftvm status` and --progress show it."""
         prev_t, prev_b = self._rate_mark
         rate = (self.writer.bytes - prev_b) / max(1e-9, (now - prev_t) / 1e9) if prev_t else 0.0
         self._rate_mark = (now, self.writer.bytes)
         lag_ms = self.lag.lag_ns(now, self.backup_blocks) / 1e6 if self.role == "primary" and self.protected else None
-        st = {"name": self.name, "pid": os.getpid(), "role": self.role, "view": self.view,
-              "protected": self.protected, "lag_ms": lag_ms,
-              "log_records": self.sink.records if self.sink else self.received,
-              "log_bytes": self.writer.bytes, "log_rate_kbps": rate * 8 / 1000, "acked": self.acked, "held_bytes": self.gate.held_bytes,
-              "failovers": self.failovers, "clock_offset_us": self.skew.offset_ns / 1000,
-              "rtt_us": None if self.skew.rtt_ns is None else self.skew.rtt_ns / 1000,
-              "rtt_p50_us": (core.percentile(sorted(r for r, _ in self.skew.samples), 50) or 0) / 1000,
-              "garbage": self.ep.garbage, "stale": self.stale, "gaps": self.gaps,
-              "released_bytes": self.gate.released_bytes, "last_release_unix": self.last_release_unix, "halted": self.halted,
-              "blocks": int(self.machine.cpu.blocks) if self.machine is not None else 0,
-              "time": time.time(), "log": self.log_path, "output_rule_us": self._rule_stats(),
-              "io_failure": repr(self.ep.failure) if self.ep.failure else None,
-              "observer_seen_s_ago": None if self.observer_seen_ns is None else (now - self.observer_seen_ns) / 1e9,
-              "paced_ms": self.paced_ns / 1e6, "after_stop_ms": self.after_stop_ns / 1e6,
-              "stops": int(self.machine.cpu.hook_stops) if self.machine is not None else 0}
+        ms = self.machine
+        return {
+            "name": self.name, "pid": os.getpid(), "role": self.role, "view": self.view,
+            "protected": self.protected, "lag_ms": lag_ms, "halted": self.halted,
+            "log": self.log_path, "log_records": self.sink.records if self.sink else self.received,
+            "log_bytes": self.writer.bytes, "log_rate_kbps": rate * 8 / 1000, "acked": self.acked,
+            "held_bytes": self.gate.held_bytes, "released_bytes": self.gate.released_bytes,
+            "last_release_unix": self.last_release_unix, "output_rule_us": self._rule_stats(),
+            "failovers": self.failovers, "clock_offset_us": self.skew.offset_ns / 1000,
+            "rtt_us": None if self.skew.rtt_ns is None else self.skew.rtt_ns / 1000,
+            "rtt_p50_us": (core.percentile(sorted(r for r, _ in self.skew.samples), 50) or 0) / 1000,
+            "garbage": self.ep.garbage, "stale": self.stale, "gaps": self.gaps,
+            "io_failure": repr(self.ep.failure) if self.ep.failure else None,
+            "observer_seen_s_ago": None if self.observer_seen_ns is None else (now - self.observer_seen_ns) / 1e9,
+            "paced_ms": self.paced_ns / 1e6, "after_stop_ms": self.after_stop_ns / 1e6,
+            "blocks": int(ms.cpu.blocks) if ms is not None else 0,
+            "stops": int(ms.cpu.hook_stops) if ms is not None else 0,
+            "time": time.time(),
+        }
+
+    def _write_status(self, now):
+        st = self._status(now)
         path = os.path.join(self.run_dir, f"{self.name}.status.json")
         try:
             with open(path + ".tmp", "w") as f:
@@ -530,8 +538,6 @@ class Node:
         with self.lock:
             deadline = time.monotonic() + 600
             while not self.stop_requested and not self.halted and time.monotonic() < deadline:
-                if not self.gate.held and self.observer_confirmed >= self.gate.released_bytes:
-                    pass
                 self.cond.wait(0.05)
             if self.halted:
                 raise Halted(self.halted)

@@ -57,6 +57,7 @@ class Observer:
         self.t0 = time.monotonic()
         self.last_output_t = None
         self.first_hello_t = None
+        self.hellos = []                          # (t, node, role, view, sender) of each new kind of HELLO
         self.exit_t = None
         self.kills = []                           # [{"t": s, "node": name, "next_output_s": s or None}]
         self.ep = Endpoint(listen, self._on_message, self._on_tick, tick_s=0.05)
@@ -74,6 +75,8 @@ class Observer:
                 return
             if msg.type == M.HELLO:
                 node, role, pid, detail = msg.payload
+                if len(self.hellos) < 200 and (node, role, msg.view) not in {(h[1], h[2], h[3]) for h in self.hellos}:
+                    self.hellos.append((round(time.monotonic() - self.t0, 3), node, role, msg.view, name))
                 if self.first_hello_t is None:
                     self.first_hello_t = time.monotonic()
                 if role == "primary" and msg.view >= self.view:
@@ -225,7 +228,7 @@ class Observer:
         return {"first_hello_s": rel(self.first_hello_t), "exit_s": rel(self.exit_t), "kills": self.kills,
                 "failovers": [{"t": t, "node": n, "view": v, "detail": d} for t, n, v, d in self.failovers],
                 "delivered_bytes": self.delivered, "stale_dropped": self.stale, "duplicates_dropped": self.duplicates,
-                "conflicts": self.conflicts}
+                "conflicts": self.conflicts, "hellos": self.hellos}
 
     def _primary_missing_since(self):
         """True once the primary's process has been dead for NO_PRIMARY_S with no new
