@@ -43,12 +43,18 @@ def test_four_nodes_survive_three_kills(guests, tmp_path):
     check_replay(log, p.stdout)
 
 
-def test_killed_backup_is_replaced_by_an_idle_node(guests, tmp_path):
+def start_managed(tmp_path, guest, nodes=3):
+    """`ftvm run --nodes N` in the background, for tests that act on it while it runs."""
     run_dir = tmp_path / "run"
     log = tmp_path / "whole.ftlog"
-    proc = subprocess.Popen([str(FTVM), "run", str(GUESTS / "lines_long.elf"), "--nodes", "3", "--run-dir",
+    proc = subprocess.Popen([str(FTVM), "run", str(GUESTS / guest), "--nodes", str(nodes), "--run-dir",
                              str(run_dir), "--log", str(log)],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL)
+    return proc, run_dir, log
+
+
+def test_killed_backup_is_replaced_by_an_idle_node(guests, tmp_path):
+    proc, run_dir, log = start_managed(tmp_path, "lines_long.elf")
 
     def backup_ready():
         return [n for n in "ABC" if status(run_dir, n).get("role") == "backup" and status(run_dir, n).get("ready")]
@@ -63,11 +69,7 @@ def test_killed_backup_is_replaced_by_an_idle_node(guests, tmp_path):
 
 
 def test_backup_killed_mid_transfer_leaves_the_view_safe(guests, tmp_path):
-    run_dir = tmp_path / "run"
-    log = tmp_path / "whole.ftlog"
-    proc = subprocess.Popen([str(FTVM), "run", str(GUESTS / "bigmem256.elf"), "--nodes", "3", "--run-dir",
-                             str(run_dir), "--log", str(log)],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL)
+    proc, run_dir, log = start_managed(tmp_path, "bigmem256.elf")
     assert wait_for(lambda: any(status(run_dir, n).get("transferring") for n in "ABC"), timeout=30)
     victims = [n for n in "ABC" if status(run_dir, n).get("role") == "backup" and not status(run_dir, n).get("ready")]
     assert victims, "a backup waiting for its state"
