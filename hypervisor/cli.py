@@ -85,6 +85,35 @@ def main():
     """
 
 
+def _device_options(fn):
+    for opt in reversed([
+        click.option("--listen", metavar="HOST:PORT", default=None,
+                     help="Open a TCP front end here; each client connection reaches the guest's network "
+                          "device (ABI v2). Port 0 picks a free port (printed)."),
+        click.option("--disk", metavar="PATH", type=click.Path(dir_okay=False), default=None,
+                     help="Attach a block device backed by this image file (created if missing; "
+                          "in `ftvm run`, relative to the run directory's shared disk)."),
+        click.option("--disk-size", metavar="SIZE", default=None,
+                     help="Size of a new disk image, e.g. 64M (must match an existing one)."),
+        click.option("--disk-reads", type=click.Choice(["log", "shared"]), default="log", show_default=True,
+                     help="log: data read travels in the log; shared: only its CRC does, and the backup "
+                          "reads the shared image itself (less logging bandwidth)."),
+    ]):
+        fn = opt(fn)
+    return fn
+
+
+def _devices(listen, disk, disk_size, disk_reads):
+    from .sources.disk import open_image, parse_size
+    from .run import Devices
+    if disk_size is not None and disk is None:
+        raise click.UsageError("--disk-size needs --disk PATH")
+    sectors = 0
+    if disk is not None:
+        sectors = open_image(disk, parse_size(disk_size) if disk_size else None)
+    return Devices(listen=listen, disk=disk, disk_sectors=sectors, disk_reads=disk_reads)
+
+
 @main.command()
 @click.argument("guest", type=click.Path(dir_okay=False))
 @click.option("-o", "--output", "log_path", type=click.Path(dir_okay=False),
@@ -97,13 +126,18 @@ def main():
 @click.option("--digest-every-events", type=click.IntRange(0), default=1000, show_default=True,
               help="... and every this many events (0: off).")
 @click.option("-q", "--quiet", is_flag=True, help="No ftvm messages on stderr unless something goes wrong.")
+@_device_options
 @operating_errors
-def record(guest, log_path, stack_size, mem_limit, digest_interval_ms, digest_every_events, quiet):
+def record(guest, log_path, stack_size, mem_limit, digest_interval_ms, digest_every_events, quiet,
+           listen, disk, disk_size, disk_reads):
     """Run GUEST and record everything nondeterministic it sees into a log.
 
     The guest's console is on stdout. Bytes arriving on stdin reach the guest's input
     device as they arrive. ftvm exits with the guest's exit status. Ctrl-C stops the
     guest and closes the log properly (exit 130); the log still replays.
+
+    With --listen HOST:PORT, TCP clients that connect there reach the guest's network
+    device; with --disk PATH the guest has a block device backed by that image file.
     """
     from .run import record_guest
     from .abi import STACK_SIZE_MIN
@@ -113,7 +147,8 @@ def record(guest, log_path, stack_size, mem_limit, digest_interval_ms, digest_ev
         log_path = os.path.splitext(os.path.basename(guest))[0] + ".ftlog"
     status = record_guest(guest, log_path, stack_size=stack_size, mem_limit=mem_limit,
                           digest_interval_ms=digest_interval_ms, digest_every_events=digest_every_events,
-                          say=(lambda m: None) if quiet else say)
+                          say=(lambda m: None) if quiet else say,
+                          devices=_devices(listen, disk, disk_size, disk_reads))
     sys.exit(status)
 
 
@@ -139,15 +174,18 @@ def _parse_point(text):
                    "or #N / event:N to stop just before the Nth event.")
 @click.option("-q", "--quiet", is_flag=True, help="No ftvm messages on stderr unless something goes wrong.")
 @operating_errors
-def replay(log, to, quiet):
+@click.option("--disk", metavar="PATH", type=click.Path(dir_okay=False, exists=True), default=None,
+              help="The disk image, for a log recorded with --disk-reads shared (read data not in the log).")
+def replay(log, to, quiet, disk):
     """Replay LOG: print the same console output and end with the same exit status.
 
     Exits 5 if the replay diverged from the recording, naming the execution point and
     what differs; 4 if the log was cut short (after replaying everything before the cut).
+    A guest's network replies and disk writes are reproduced and checked, not sent.
     """
     from .run import replay_log
     point = _parse_point(to) if to else None
-    status = replay_log(log, point, say=(lambda m: None) if quiet else say)
+    status = replay_log(log, point, say=(lambda m: None) if quiet else say, disk=disk)
     sys.exit(status)
 
 
@@ -159,7 +197,7 @@ def log():
 @log.command("show")
 @click.argument("log_path", metavar="LOG", type=click.Path(dir_okay=False))
 @click.option("-k", "--kind", "kinds", multiple=True,
-              type=click.Choice(["header", "input", "irq", "tsc", "rng", "digest", "end", "progress", "golive", "view", "transfer"]),
+              type=click.Choice(list(__import__("logging_channel.records", fromlist=["KIND_NAMES"]).KIND_NAMES.values())),
               help="Only records of this kind (repeatable).")
 @click.option("--from-block", type=int, default=None, help="Only records at or after this block count.")
 @click.option("--to-block", type=int, default=None, help="Only records at or before this block count.")

@@ -35,6 +35,16 @@ class Console:
             else:
                 self.flush()
 
+    def write(self, data: bytes):
+        """Many bytes at once (the network output stream); wants a flush at once."""
+        self._buf += data
+        self.total += len(data)
+        self.crc = zlib.crc32(data, self.crc)
+        if self.on_flush_wanted is not None:
+            self.on_flush_wanted()
+        else:
+            self.flush()
+
     def pending(self) -> bytes:
         return bytes(self._buf)
 

@@ -70,6 +70,13 @@ def _record_dict(index, offset, rec):
         d.update(count=rec.count, blocks=e[0], last_blocks=e[-3], first_tsc=e[2], last_tsc=e[-1])
     elif rec.kind == R.RNG:
         d.update(blocks=rec.blocks, value=rec.value)
+    elif rec.kind == R.NET:
+        d.update(blocks=rec.blocks, pc=rec.pc, conn=rec.conn, type=abi.NET_TYPE_NAMES.get(rec.type, "?"),
+                 bytes=len(rec.data), data=rec.data[:256].decode("latin-1"))
+    elif rec.kind == R.DISK:
+        d.update(blocks=rec.blocks, pc=rec.pc, request=rec.req,
+                 status=abi.DISK_STATUS_NAMES.get(rec.status, str(rec.status)),
+                 data_bytes=None if rec.data is None else len(rec.data), crc32=rec.crc)
     elif rec.kind == R.DIGEST:
         d.update(blocks=rec.blocks, pc=rec.pc, vtime_ns=rec.vtime, out_bytes=rec.out_bytes,
                  regs=dict(zip(R.DIGEST_REGS, rec.regs)), mem_crc32={hex(a): c for a, c in rec.mem})
@@ -103,6 +110,13 @@ def _text(d, syms):
         return f"{head} {where}  {what}"
     if k == "irq":
         return f"{head} {where}  vector {d['vector']} ({d['name']})"
+    if k == "net":
+        what = f" {d['bytes']} bytes {d['data'][:40]!r}" if d["type"] == "data" else ""
+        return f"{head} {where}  connection {d['conn']} {d['type']}{what}"
+    if k == "disk":
+        data = ("" if d["data_bytes"] is None else f", {d['data_bytes']} bytes read") if d["status"] == "ok" else ""
+        shared = " (data on the shared disk)" if d["data_bytes"] is None and d["crc32"] else ""
+        return f"{head} {where}  request {d['request']} done: {d['status']}{data}{shared}"
     if k == "digest":
         return f"{head} {where}  time {d['vtime_ns']} ns, console {d['out_bytes']} bytes"
     if k == "end":
@@ -195,7 +209,7 @@ def _frame_sizes(path):
 
 def stats(path, as_json, out=sys.stdout):
     header, per_kind, items, end, total, complete = gather_stats(path)
-    events = sum(items.get(k, 0) for k in ("input", "irq", "rng")) + items.get("tsc", 0)
+    events = sum(items.get(k, 0) for k in ("input", "irq", "rng", "net", "disk")) + items.get("tsc", 0)
     wall_s = end.wall_ns / 1e9 if end else None
     result = {
         "log": str(path), "guest": header.elf_name if header else None, "bytes": total, "complete": complete,
@@ -224,7 +238,7 @@ def stats(path, as_json, out=sys.stdout):
                   "" if v["bytes_per_item"] is None else f"{v['bytes_per_item']:.2f}")
     con = RichConsole(file=out)
     con.print(t)
-    lines = [f"events (input, irq, rng, rdtsc): {events}",
+    lines = [f"events (input, irq, rng, rdtsc, net, disk): {events}",
              f"bytes per event: {result['bytes_per_event']}"]
     if end:
         lines += [f"guest blocks: {end.blocks}", f"guest time: {end.digest.vtime / 1e6:.3f} ms",

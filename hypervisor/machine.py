@@ -11,7 +11,9 @@ from logging_channel import records as R
 
 from . import abi
 from .console import Console
+from .sources.disk import DiskDevice
 from .sources.interrupts import InputDevice, InterruptController
+from .sources.net import NetDevice
 from .sources.rng import RngDevice
 from .sources.vtime import VirtualTime
 from .uc import SYNC_HYPERCALL, lib
@@ -25,6 +27,8 @@ class Config:
     digest_interval_ms: int = 250        # a state digest every this much guest time (0: off)
     digest_every_events: int = 1000      # ... and every this many events (0: off)
     tsc_synthetic_ns_per_block: int = 0  # 0: guest time follows the host clock
+    disk_sectors: int = 0                # size of the attached disk (0: none)
+    disk_reads: str = "log"              # "log": read data travels in the log; "shared": the backup reads the image
 
     def to_dict(self):
         return dataclasses.asdict(self)
@@ -47,6 +51,9 @@ class Machine:
         self.rng = RngDevice(mode, log_append, **({"entropy": entropy} if entropy else {}))
         self.irq = InterruptController(self.vcpu)
         self.input = InputDevice()
+        self.netout = Console()          # the network output stream (frames, see sources/net.py)
+        self.net = NetDevice(self.vcpu, self.netout)
+        self.disk = DiskDevice(self.vcpu, config.disk_sectors)
         self.timer_period_us = 0
         self.on_timer_change = None      # record side: start/stop the host timer
         self.exit_status = None
@@ -74,6 +81,10 @@ class Machine:
             return self.input.read()
         if port == abi.PORT_RNG:
             return self.rng.read(self.blocks, f"block {self.blocks}")
+        if port == abi.PORT_NET_STATUS:
+            return self.net.status()
+        if port == abi.PORT_DISK_SECTORS:
+            return self.disk.sectors
         return 0xFFFFFFFF            # no device: reads float high, as on a PC
 
     def port_out(self, port, size, value):
@@ -96,7 +107,29 @@ class Machine:
             self.timer_period_us = period
             if self.on_timer_change:
                 self.on_timer_change(period)
+        elif abi.PORT_NET_RECV <= port <= abi.PORT_NET_CLOSE or port == abi.PORT_DISK_SUBMIT:
+            self._hypercall(port)
         # Writes to other ports go nowhere, as on a PC.
+
+    def _hypercall(self, port):
+        v = self.vcpu
+        a, b, c = v.reg("rdi"), v.reg("rsi"), v.reg("rcx")
+        try:
+            if port == abi.PORT_NET_RECV:
+                self.net.recv(a, b, c)
+            elif port == abi.PORT_NET_SEND:
+                self.net.send(a, b, c & 0xFFFFFFFF)
+            elif port == abi.PORT_NET_CLOSE:
+                self.net.close(a)
+            else:
+                self.disk.submit(a)
+                self._stop_after_this_block()    # hand the request to the host at once
+        except Exception as e:   # a bad guest pointer or length: the guest's fault, not ours
+            from .vcpu import Fault
+            what = {abi.PORT_NET_RECV: "NET_RECV", abi.PORT_NET_SEND: "NET_SEND",
+                    abi.PORT_NET_CLOSE: "NET_CLOSE", abi.PORT_DISK_SUBMIT: "DISK_SUBMIT"}[port]
+            v.fault = Fault(f"bad arguments to the {what} hypercall ({e})", a, v.reg("rip"), 139)
+            v.uc.emu_stop()
 
     def finish_iret(self):
         """Complete a return from the interrupt handler (after the stop it asked for)."""

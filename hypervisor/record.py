@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import socket
 import time
+import zlib
 
 from logging_channel import records as R
 
@@ -73,13 +74,19 @@ class ScriptedInput:
 
 
 class PlainOutput:
-    """Where recorded console output goes without fault tolerance: straight out."""
+    """Where recorded console output goes without fault tolerance: straight out.
+    Network output goes to ``net_write(offset, frames)`` (the front end), if any."""
 
-    def __init__(self, write):
+    def __init__(self, write, net_write=None):
         self._write = write
+        self._net_write = net_write
 
     def output(self, offset, data, cover):
         self._write(data)
+
+    def net_output(self, offset, data, cover):
+        if self._net_write is not None:
+            self._net_write(offset, data)
 
     def exit(self, total, status, detail, cover):
         pass
@@ -112,7 +119,11 @@ class Recorder:
         self._logged_at_stop = False
         self._t0 = time.monotonic_ns()
         self._console_offset = machine.console.total - len(machine.console.pending())
+        self._net_offset = machine.netout.total - len(machine.netout.pending())
         machine.console.on_flush_wanted = self._flush_wanted
+        machine.netout.on_flush_wanted = self._flush_wanted
+        self.disk = None                # DiskWorker: the host side of the disk (attach_disk)
+        self.disk_reads_in_log = machine.config.disk_reads != "shared"
         machine.rng.mode = "record"
         machine.rng.set_append(self._append)
         machine.mode = "record"
@@ -140,6 +151,24 @@ class Recorder:
             # A CPU-bound guest must still stop now and then (digests, pacing).
             host.start_poker(interval)
         return rec
+
+    def attach_disk(self, path):
+        """Do this guest's disk I/O on the image at ``path``. Requests the machine has in
+        flight (a replayed guest going live) are issued again, in order: they are
+        idempotent by design."""
+        from .sources.disk import DiskWorker
+        self.disk = DiskWorker(path, self.host.push_disk)
+        for r in self.m.disk.pending_in_order():
+            self._issue(r, cover=0)
+        self.m.disk.take_new()
+
+    def _issue(self, r, cover):
+        self.disk.issue(r)
+        if r.op == abi.DISK_WRITE:
+            if hasattr(self.out, "disk_write"):
+                self.out.disk_write(r.id, cover)    # released through the Output Rule
+            else:
+                self.disk.release(r.id)
 
     @classmethod
     def take_over(cls, machine: Machine, sink, config: Config, out, host: HostEvents, tsc_offset_ns: int,
@@ -181,6 +210,8 @@ class Recorder:
         finally:
             lib.ftvm_restore_signals()
             self.host.close()
+            if self.disk is not None:
+                self.disk.close()
 
     def _loop(self, m, cpu):
         while True:
@@ -206,6 +237,7 @@ class Recorder:
             delivered = self._maybe_deliver()
             while halted and not delivered:
                 self._flush_console()
+                self._flush_net()
                 self._mark_progress()
                 self.out.after_stop(self)
                 if not self._can_wake():
@@ -222,6 +254,7 @@ class Recorder:
                 delivered = self._maybe_deliver()
             self._maybe_digest()
             self._flush_console()
+            self._flush_net()
             self._mark_progress()
             self.out.after_stop(self)
 
@@ -254,6 +287,14 @@ class Recorder:
         self.out.output(self._console_offset, data, self.sink.records)
         self._console_offset += len(data)
 
+    def _flush_net(self):
+        data = self.m.netout.take()
+        if not data:
+            return
+        self._mark_progress()
+        self.out.net_output(self._net_offset, data, self.sink.records)
+        self._net_offset += len(data)
+
     def _take_host_events(self):
         m = self.m
         rip = m.vcpu.reg("rip")
@@ -272,6 +313,36 @@ class Recorder:
             self._input(rip, None)
         if ticks and m.timer_period_us:
             m.irq.raise_line(abi.IRQ_TIMER)
+        net = self.host.take_net()
+        for conn, type_, payload in net:
+            self._event(R.Net(m.blocks, rip, conn, type_, payload or b""))
+            m.net.append(conn, type_, payload or b"")
+        if net:
+            m.irq.raise_line(abi.IRQ_NET)
+        self._disk_stop(rip)
+
+    def _disk_stop(self, rip):
+        """Completions from the host become DISK records; new requests go to the host."""
+        m = self.m
+        done = self.host.take_disk() if self.disk is not None else []
+        for req, status, data in done:
+            crc = zlib.crc32(data) if data is not None else 0
+            self._event(R.Disk(m.blocks, rip, req, status, data if self.disk_reads_in_log else None, crc))
+            problem = m.disk.complete(req, status, data)
+            assert problem is None, problem
+        if done or m.disk.completed_now:
+            m.disk.completed_now = False
+            m.irq.raise_line(abi.IRQ_DISK)
+        new = m.disk.take_new()
+        if new:
+            if self.disk is None:      # no image attached (cannot happen: sectors would be 0)
+                for r in new:
+                    m.disk.complete(r.id, abi.DISK_EIO, None)
+                m.irq.raise_line(abi.IRQ_DISK)
+                return
+            self._mark_progress()      # the backup can replay up to the submits
+            for r in new:
+                self._issue(r, self.sink.records)
 
     def _input(self, rip, data):
         self._event(R.Input(self.m.blocks, rip, data))
@@ -305,7 +376,8 @@ class Recorder:
         m = self.m
         if not m.irq.handler or m.irq.in_handler or not (m.vcpu.reg("rflags") & abi.RFLAGS_IF):
             return False
-        return self.host.timer_running() or bool(m.irq.pending) or (
+        return self.host.timer_running() or bool(m.irq.pending) or self.host.net_attached or bool(
+            m.disk.inflight) or (
             self.script is not None and bool(self.script.events)) or (
             self.script is None and self.host.input_may_come())
 
@@ -334,6 +406,7 @@ class Recorder:
 
     def _end(self, reason, status, detail):
         self._flush_console()
+        self._flush_net()
         end = R.End(reason, status, detail, self.m.digest(), time.monotonic_ns() - self._t0)
         self._append(end)
         self.out.exit(self._console_offset, status, detail, self.sink.records)

@@ -18,6 +18,7 @@ from __future__ import annotations
 import collections
 import dataclasses
 import threading
+import zlib
 
 from logging_channel import records as R
 from logging_channel.logfile import LogReader, scan
@@ -153,9 +154,10 @@ class Replayer:
                 raise LogTruncated(self.path, 0, len(R.FILE_MAGIC), "the log has no header record")
         if header.kind != R.HEADER:
             raise LogDamaged(self.path, 0, len(R.FILE_MAGIC), "the first record is not a header")
-        if header.abi != abi.ABI_VERSION:
+        if header.abi not in abi.ABI_READABLE:
             raise LogDamaged(self.path, 0, len(R.FILE_MAGIC),
-                             f"guest ABI version {header.abi}, this ftvm runs version {abi.ABI_VERSION}")
+                             f"guest ABI version {header.abi}, this ftvm runs versions "
+                             f"{abi.ABI_READABLE[0]}-{abi.ABI_VERSION}")
         self.header = header
         self.config = Config.from_dict(header.config)
         image = elf_loader.parse(header.elf, f"{self.path} (embedded {header.elf_name})",
@@ -166,6 +168,8 @@ class Replayer:
         self.m = machine if machine is not None else Machine(image, self.config, "replay", console)
         self._safe_blocks = self.m.blocks
         self.last_golive = None
+        self.disk_path = None      # the shared disk image, for reads not carried in the log
+        self.last_disk_read_record = 0
 
     # --- reading --------------------------------------------------------------------
     def _take(self, rec):
@@ -312,6 +316,12 @@ class Replayer:
             problem = m.irq.deliver(ev.vector)
             if problem:
                 raise Divergence(self._point(), problem)
+        elif ev.kind == R.NET:
+            self.events += 1
+            m.net.append(ev.conn, ev.type, ev.data)
+        elif ev.kind == R.DISK:
+            self.events += 1
+            self._disk_done(ev)
         elif ev.kind == R.DIGEST:
             diffs = compare_digests(ev, m.digest())
             if diffs:
@@ -319,6 +329,28 @@ class Replayer:
         elif ev.kind == R.GOLIVE:
             self.last_golive = ev
         return None
+
+    def _disk_done(self, ev):
+        m = self.m
+        r = m.disk.inflight.get(ev.req)
+        data = ev.data
+        if r is not None and r.op == abi.DISK_READ and ev.status == abi.DISK_OK and data is None:
+            # Shared-disk mode: the log has only the CRC; read the image ourselves.
+            if not self.disk_path:
+                raise Divergence(self._point(), f"disk request {ev.req}: the log does not carry the data read "
+                                                "(recorded with --disk-reads shared); give the disk image with --disk")
+            with open(self.disk_path, "rb") as f:
+                f.seek(r.lba * abi.DISK_SECTOR)
+                data = f.read(r.count * abi.DISK_SECTOR)
+            data += bytes(r.count * abi.DISK_SECTOR - len(data))
+            if zlib.crc32(data) != ev.crc:
+                raise Divergence(self._point(), f"disk request {ev.req}: the shared image at sector {r.lba} no "
+                                                f"longer holds what the primary read (CRC32 {zlib.crc32(data):#010x}, "
+                                                f"log {ev.crc:#010x})")
+        problem = m.disk.complete(ev.req, ev.status, data)
+        if problem:
+            raise Divergence(self._point(), problem)
+        self.last_disk_read_record = self.records
 
     def _check_end(self, ev, reason, status, detail):
         m = self.m

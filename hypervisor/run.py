@@ -1,6 +1,7 @@
 """What `ftvm record` and `ftvm replay` do, between the CLI and the machine."""
 from __future__ import annotations
 
+import dataclasses
 import os
 import sys
 
@@ -9,22 +10,52 @@ from logging_channel.logfile import LogWriter
 from . import elf_loader
 from .console import Console, fd_sink
 from .machine import Config
-from .record import Recorder
+from .record import PlainOutput, Recorder
+from .sources.interrupts import HostEvents
 from .replay import Replayer
 
 
+@dataclasses.dataclass
+class Devices:
+    """The optional devices of guest ABI v2, as the command line gave them."""
+    listen: str | None = None        # HOST:PORT of the TCP front end
+    disk: str | None = None          # disk image path
+    disk_sectors: int = 0
+    disk_reads: str = "log"
+
+
 def record_guest(guest, log_path, *, stack_size, mem_limit, digest_interval_ms, digest_every_events, say,
-                 stdin_fd=0):
+                 stdin_fd=0, devices: Devices | None = None):
+    devices = devices or Devices()
     data, image = elf_loader.load_file(guest, mem_limit=mem_limit, stack_size=stack_size)
     config = Config(stack_size=stack_size, mem_limit=mem_limit, digest_interval_ms=digest_interval_ms,
-                    digest_every_events=digest_every_events)
+                    digest_every_events=digest_every_events, disk_sectors=devices.disk_sectors,
+                    disk_reads=devices.disk_reads)
     writer = LogWriter(log_path)
     say(f"recording {guest} to {log_path}")
+    front = None
     try:
-        rec = Recorder.new(data, image, os.path.basename(guest), writer, config, Console(fd_sink(1)),
-                           stdin_fd=stdin_fd)
+        host = HostEvents(None, stdin_fd)
+        net_write = None
+        if devices.listen:
+            from .frontend import FrontEnd
+            front = FrontEnd(devices.listen, host.push_net, say=say)
+            host.net_attached = True
+            net_write = front.deliver
+            say(f"listening on {front.address} (clients reach the guest's network device)")
+        console = Console(fd_sink(1))
+        rec = Recorder.new(data, image, os.path.basename(guest), writer, config, console,
+                           out=PlainOutput(fd_sink(1), net_write), host=host)
+        if devices.disk:
+            rec.attach_disk(devices.disk)
+            say(f"disk {devices.disk}: {devices.disk_sectors} sectors of 4096 bytes "
+                f"({'read data in the log' if devices.disk_reads == 'log' else 'reads from the shared image'})")
+        if front is not None:
+            front.start()
         end = rec.run()
     finally:
+        if front is not None:
+            front.close()
         writer.close()
     _report_end(say, end, f"{rec.events} events, log {writer.records} records, {writer.bytes} bytes")
     return end.status
@@ -37,10 +68,11 @@ def _report_end(say, end, extra):
         say(f"{end.detail} at block {end.blocks} pc {end.pc:#x}; {extra}")
 
 
-def replay_log(log_path, point, say):
+def replay_log(log_path, point, say, disk=None):
     to_blocks = point[1] if point and point[0] == "blocks" else None
     to_event = point[1] if point and point[0] == "event" else None
     rp = Replayer(log_path, Console(fd_sink(1)), to_blocks=to_blocks, to_event=to_event)
+    rp.disk_path = disk
     res = rp.run()
     if res.stopped_at is not None:
         print_registers(res.stopped_at, res.message)

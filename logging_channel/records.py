@@ -22,17 +22,18 @@ import msgpack
 
 from . import codec
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2                   # v2 added NET and DISK records (the devices of guest ABI v2)
+READABLE_VERSIONS = (1, 2)           # a v1 log is a v2 log without those records
 FILE_MAGIC = b"FTVMLOG\x00"
 FRAME = struct.Struct("<BBII")
 FRAME_HEAD = struct.Struct("<BBI")   # the part of the frame header the CRC covers
 BODY_MAX = 256 << 20                 # largest body a reader accepts (the ELF rides in HEADER)
 TSC_BATCH_MAX = 1 << 20              # most RDTSC entries one record may hold
 
-HEADER, INPUT, IRQ, TSC, RNG, DIGEST, END, PROGRESS, GOLIVE, VIEW, TRANSFER = range(1, 12)
+HEADER, INPUT, IRQ, TSC, RNG, DIGEST, END, PROGRESS, GOLIVE, VIEW, TRANSFER, NET, DISK = range(1, 14)
 KIND_NAMES = {HEADER: "header", INPUT: "input", IRQ: "irq", TSC: "tsc", RNG: "rng",
               DIGEST: "digest", END: "end", PROGRESS: "progress", GOLIVE: "golive", VIEW: "view",
-              TRANSFER: "transfer"}
+              TRANSFER: "transfer", NET: "net", DISK: "disk"}
 NAME_KINDS = {v: k for k, v in KIND_NAMES.items()}
 
 # Registers in a state digest, in this order (format version 1).
@@ -76,6 +77,33 @@ class Input:
     pc: int
     data: bytes | None
     kind = INPUT
+
+
+@dataclasses.dataclass(frozen=True)
+class Net:
+    """A network event from the front end, appended to the network device's queue:
+    ``type`` is 1 open, 2 data, 3 close (client finished), 4 reset; ``data`` the
+    bytes of a data event (else empty)."""
+    blocks: int
+    pc: int
+    conn: int
+    type: int
+    data: bytes
+    kind = NET
+
+
+@dataclasses.dataclass(frozen=True)
+class Disk:
+    """Disk request number ``req`` (counted from 1 in submission order) completed with
+    ``status``. For a read, ``data`` holds what was read (None when the backup reads
+    the shared image itself) and ``crc`` its CRC32, checked by whoever applies it."""
+    blocks: int
+    pc: int
+    req: int
+    status: int
+    data: bytes | None
+    crc: int
+    kind = DISK
 
 
 @dataclasses.dataclass(frozen=True)
@@ -235,6 +263,10 @@ def _body(rec) -> object:
         return [rec.blocks, rec.pc, rec.data]
     if k == IRQ:
         return [rec.blocks, rec.pc, rec.vector]
+    if k == NET:
+        return [rec.blocks, rec.pc, rec.conn, rec.type, rec.data]
+    if k == DISK:
+        return [rec.blocks, rec.pc, rec.req, rec.status, rec.data, rec.crc]
     if k == TSC:
         return [rec.count, rec.packed]
     if k == RNG:
@@ -304,6 +336,16 @@ def _from_body(kind, b):
         _need(len(b) == 3 and _is_uint(b[0]) and _is_uint(b[1]) and _is_uint(b[2], 8),
               "irq: expected [blocks, pc, vector]")
         return Irq(*b)
+    if kind == NET:
+        _need(len(b) == 5 and _is_uint(b[0]) and _is_uint(b[1]) and _is_uint(b[2], 32) and b[3] in (1, 2, 3, 4)
+              and isinstance(b[4], bytes), "net: expected [blocks, pc, conn, type 1-4, bytes]")
+        return Net(*b)
+    if kind == DISK:
+        _need(len(b) == 6 and _is_uint(b[0]) and _is_uint(b[1]) and _is_uint(b[2]) and _is_uint(b[3], 32)
+              and (b[4] is None or isinstance(b[4], bytes)) and _is_uint(b[5], 32),
+              "disk: expected [blocks, pc, request, status, bytes|nil, crc32]")
+        _need(b[4] is None or zlib.crc32(b[4]) == b[5], f"disk: data of request {b[2]} fails its CRC32")
+        return Disk(*b)
     if kind == TSC:
         _need(len(b) == 2 and _is_uint(b[0], 32) and 0 < b[0] <= TSC_BATCH_MAX and isinstance(b[1], bytes),
               "tsc: expected [count, packed entries]")
@@ -345,8 +387,8 @@ def check_frame(buf, offset: int = 0):
     if avail < FRAME.size:
         raise FrameError(f"{avail} bytes left, a frame header needs {FRAME.size}", truncated=True)
     version, kind, length, crc = FRAME.unpack_from(buf, offset)
-    if version != FORMAT_VERSION:
-        raise FrameError(f"format version {version}; this ftvm reads version {FORMAT_VERSION} "
+    if version not in READABLE_VERSIONS:
+        raise FrameError(f"format version {version}; this ftvm reads versions {READABLE_VERSIONS[0]}-{FORMAT_VERSION} "
                          f"(a log from another ftvm version, or damage)")
     if kind not in KIND_NAMES:
         raise FrameError(f"unknown record kind {kind}")

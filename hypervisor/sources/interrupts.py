@@ -119,6 +119,9 @@ class HostEvents:
         self._timer_period_us = 0
         self._timer_gen = 0
         self._closed = False
+        self._net = []               # (conn, type, data) from the front end
+        self._disk = []              # (request id, status, data) from the disk worker
+        self.net_attached = False    # a front end may bring connections at any time
         self._stdin_fd = stdin_fd
         if stdin_fd is not None:
             threading.Thread(target=self._read_stdin, name="ftvm-stdin", daemon=True).start()
@@ -183,6 +186,27 @@ class HostEvents:
                 self._data += data
             self._poke()
 
+    def push_net(self, events):
+        """Network events from the front end: [(conn, type, data)]."""
+        with self._cond:
+            self._net.extend(events)
+            self._poke()
+
+    def push_disk(self, req: int, status: int, data):
+        with self._cond:
+            self._disk.append((req, status, data))
+            self._poke()
+
+    def take_net(self):
+        with self._cond:
+            out, self._net = self._net, []
+            return out
+
+    def take_disk(self):
+        with self._cond:
+            out, self._disk = self._disk, []
+            return out
+
     def start_poker(self, interval_s: float):
         """Ask for a stop every ``interval_s`` (for periodic digests); nothing is logged
         by the poke itself."""
@@ -218,7 +242,8 @@ class HostEvents:
 
     def wait(self, timeout_s: float):
         with self._cond:
-            if not self._data and not self._ticks and not (self._eof and not self._eof_taken):
+            if not self._data and not self._ticks and not (self._eof and not self._eof_taken) \
+                    and not self._net and not self._disk:
                 self._cond.wait(timeout_s)
 
     def close(self):
