@@ -248,19 +248,28 @@ def _opts(hb_interval_ms, fail_timeout_ms, max_lag_ms):
 @click.option("--nodes", type=click.IntRange(2, 26), default=2, show_default=True,
               help="Nodes to run. More than 2 starts the view service, which restores redundancy "
                    "after a failure by transferring state to an idle node.")
+@_device_options
 @_ft_options
 @operating_errors
-def run(guest, log_path, kill_after, progress, run_dir, nodes, hb_interval_ms, fail_timeout_ms, max_lag_ms):
+def run(guest, log_path, kill_after, progress, run_dir, nodes, hb_interval_ms, fail_timeout_ms, max_lag_ms,
+        listen, disk, disk_size, disk_reads):
     """Run GUEST fault-tolerantly: a primary and a backup process joined by the logging
     channel, and this process as the observer.
 
     The guest's console is on stdout, exactly once, whatever fails; stdin goes to the
     guest's input device through the primary. ftvm exits with the guest's exit status,
     or 8 if every node died first (the logs stay in the run directory).
+
+    With --listen HOST:PORT this process is also the network front end (it plays the
+    network switch): clients connect there and reach whichever node is primary; across
+    a failover they see only a pause. --disk PATH gives the guest a block device on an
+    image all nodes reach (put it on shared storage when the nodes are on several hosts);
+    only the primary writes it, under the Output Rule. A server guest runs until Ctrl-C.
     """
     from .ft.observer import run_local
     status = run_local(guest, log_path=log_path, kill_after=kill_after, progress=progress, run_dir=run_dir,
-                       opts=_opts(hb_interval_ms, fail_timeout_ms, max_lag_ms), say=say, nodes=nodes)
+                       opts=_opts(hb_interval_ms, fail_timeout_ms, max_lag_ms), say=say, nodes=nodes,
+                       devices=_devices(listen, disk, disk_size, disk_reads))
     sys.exit(status)
 
 
@@ -277,10 +286,15 @@ def run(guest, log_path, kill_after, progress, run_dir, nodes, hb_interval_ms, f
 @click.option("--run-dir", required=True, type=click.Path(file_okay=False), help="Where to write status.")
 @click.option("--log", "log_path", required=True, type=click.Path(dir_okay=False), help="This node's log file.")
 @click.option("--guest", type=click.Path(dir_okay=False), help="The guest ELF (primary only).")
+@click.option("--disk", type=click.Path(dir_okay=False, exists=True), default=None,
+              help="The guest's disk image, on storage every node reaches (create it with `ftvm run --disk`).")
+@click.option("--disk-reads", type=click.Choice(["log", "shared"]), default="log", show_default=True,
+              help="Whether read data travels in the log or the backup reads the shared image.")
+@click.option("--net", is_flag=True, help="The observer runs a network front end (`ftvm observe --listen-net`).")
 @_ft_options
 @operating_errors
 def node(name, role, viewservice, listen, peer, peer_name, observer, shared_dir, run_dir, log_path, guest,
-         hb_interval_ms, fail_timeout_ms, max_lag_ms):
+         disk, disk_reads, net, hb_interval_ms, fail_timeout_ms, max_lag_ms):
     """Run one node (used by `ftvm run`; start nodes by hand to put them on different
     machines). Either a fixed --role with its --peer, or --viewservice."""
     from .ft.node import Node
@@ -290,14 +304,16 @@ def node(name, role, viewservice, listen, peer, peer_name, observer, shared_dir,
         if not guest:
             raise click.UsageError("--guest is needed with --viewservice (any node may have to start it)")
         n = ManagedNode(name, listen, observer, shared_dir, run_dir, log_path, guest, viewservice,
-                        opts=_opts(hb_interval_ms, fail_timeout_ms, max_lag_ms))
+                        opts=_opts(hb_interval_ms, fail_timeout_ms, max_lag_ms), disk=disk, disk_reads=disk_reads,
+                        net=net)
         sys.exit(n.run())
     if not role or not peer:
         raise click.UsageError("give --role and --peer, or --viewservice")
     if role == "primary" and not guest:
         raise click.UsageError("--guest is needed with --role primary")
     n = Node(name, role, listen, peer, observer, shared_dir, run_dir, log_path, guest=guest,
-             opts=_opts(hb_interval_ms, fail_timeout_ms, max_lag_ms), peer_name=peer_name)
+             opts=_opts(hb_interval_ms, fail_timeout_ms, max_lag_ms), peer_name=peer_name, disk=disk,
+             disk_reads=disk_reads, net=net)
     sys.exit(n.run())
 
 
@@ -307,8 +323,10 @@ def node(name, role, viewservice, listen, peer, peer_name, observer, shared_dir,
               help="A node to follow (repeat for each).")
 @click.option("--run-dir", type=click.Path(file_okay=False), default=".", show_default=True)
 @click.option("--progress", is_flag=True)
+@click.option("--listen-net", metavar="HOST:PORT", default=None,
+              help="Also be the network front end here (start the nodes with --net).")
 @operating_errors
-def observe(listen, nodes, run_dir, progress):
+def observe(listen, nodes, run_dir, progress, listen_net):
     """Attach to nodes started by hand (`ftvm node`): print the console, forward stdin."""
     from .ft.observer import Observer
     addrs = {}
@@ -317,7 +335,7 @@ def observe(listen, nodes, run_dir, progress):
             raise click.BadParameter(f"{spec!r}: use NAME=ADDR", param_hint="--node")
         k, v = spec.split("=", 1)
         addrs[k] = v
-    obs = Observer(listen, addrs, run_dir, progress=progress, say=say)
+    obs = Observer(listen, addrs, run_dir, progress=progress, say=say, listen_net=listen_net)
     sys.exit(obs.run())
 
 

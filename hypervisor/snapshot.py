@@ -68,6 +68,9 @@ def capture(m: Machine, header_frame: bytes, log_index: int, retained_from: int,
         "input": [bytes(m.input.fifo), m.input.eof, m.input.total],
         "console": [m.console.total, m.console.crc, retained_from, bytes(retained)],
         "digest": R.encode(m.digest()),
+        "devices": {"net": m.net.state(), "disk": m.disk.state(),
+                    "netout": [m.netout.total, m.netout.crc, m.netout.retained_from,
+                               bytes(m.netout.retained) + m.netout.pending()]},
         "extra": extra or {},
     }
     meta = msgpack.packb(st, use_bin_type=True)
@@ -171,6 +174,13 @@ def restore(blob, console, mode="replay"):
     ctotal, ccrc, rfrom, retained = st["console"]
     console.total, console.crc = ctotal, ccrc
     console.retained, console.retained_from = bytearray(retained), rfrom
+    dev = st.get("devices")
+    if dev:
+        m.net.set_state(dev["net"])
+        m.disk.set_state(dev["disk"])
+        ntotal, ncrc, nfrom, nretained = dev["netout"]
+        m.netout.total, m.netout.crc = ntotal, ncrc
+        m.netout.retained, m.netout.retained_from = bytearray(nretained), nfrom
     diffs = compare_digests(want, m.digest())
     if diffs:
         raise BadSnapshot("restored state does not match the snapshot's digest: " + "; ".join(diffs))

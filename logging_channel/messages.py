@@ -16,11 +16,13 @@ is refused with a reason; receivers count and drop such messages, never crash.
 | HEARTBEAT | both ways | sender's clock (ns) | [echo of the peer's last clock seen, ns held since, sender role] |
 | OUTPUT | node -> observer | console byte offset | bytes |
 | EXIT | node -> observer | console bytes in all | [status, detail] |
-| HELLO | node -> observer | input offset wanted | [node name, role, pid, detail] |
+| HELLO | node -> observer | input offset wanted | [node name, role, pid, detail(, network events wanted)] |
 | INPUT | observer -> node | input byte offset | bytes, or nil for end of input |
-| CONFIRM | observer -> nodes | console bytes delivered | nil |
+| CONFIRM | observer -> nodes | console bytes delivered | nil, or network stream bytes delivered |
 | STOP | observer -> nodes | 0 | nil: the run is over, exit |
 | SNAP | primary -> new backup | chunk index | [chunks, CRC32 of the chunk, chunk (bin), log index the state is at] |
+| NETIN | front end -> node | index of the first network event | [[connection, type 1-4, bytes], ...] |
+| NETOUT | node -> front end | network output stream offset | bytes (frames, see hypervisor/sources/net.py) |
 """
 from __future__ import annotations
 
@@ -36,9 +38,10 @@ CRC = struct.Struct("<I")
 SIZE = HEAD.size + CRC.size
 PAYLOAD_MAX = 64 << 20
 
-LOG, ACK, HEARTBEAT, OUTPUT, EXIT, HELLO, INPUT, CONFIRM, STOP, SNAP = range(1, 11)
+LOG, ACK, HEARTBEAT, OUTPUT, EXIT, HELLO, INPUT, CONFIRM, STOP, SNAP, NETIN, NETOUT = range(1, 13)
 TYPE_NAMES = {LOG: "log", ACK: "ack", HEARTBEAT: "heartbeat", OUTPUT: "output", EXIT: "exit",
-              HELLO: "hello", INPUT: "input", CONFIRM: "confirm", STOP: "stop", SNAP: "snap"}
+              HELLO: "hello", INPUT: "input", CONFIRM: "confirm", STOP: "stop", SNAP: "snap",
+              NETIN: "netin", NETOUT: "netout"}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -104,12 +107,20 @@ def _shape_ok(t, p):
     if t == EXIT:
         return isinstance(p, list) and len(p) == 2 and type(p[0]) is int and isinstance(p[1], str)
     if t == HELLO:
-        return (isinstance(p, list) and len(p) == 4 and isinstance(p[0], str) and isinstance(p[1], str)
-                and type(p[2]) is int and isinstance(p[3], str))
+        return (isinstance(p, list) and len(p) in (4, 5) and isinstance(p[0], str) and isinstance(p[1], str)
+                and type(p[2]) is int and isinstance(p[3], str) and (len(p) == 4 or type(p[4]) is int))
     if t == INPUT:
         return p is None or isinstance(p, bytes)
-    if t in (CONFIRM, STOP):
+    if t == CONFIRM:
+        return p is None or type(p) is int
+    if t == STOP:
         return p is None
+    if t == NETIN:
+        return isinstance(p, list) and all(
+            isinstance(e, list) and len(e) == 3 and type(e[0]) is int and 0 <= e[0] < 1 << 32
+            and e[1] in (1, 2, 3, 4) and isinstance(e[2], bytes) for e in p)
+    if t == NETOUT:
+        return isinstance(p, bytes)
     if t == SNAP:
         return (isinstance(p, list) and len(p) == 4 and type(p[0]) is int and type(p[1]) is int
                 and isinstance(p[2], bytes) and type(p[3]) is int)

@@ -17,6 +17,7 @@ class Held:
     status: int = 0
     detail: str = ""
     at: int = 0         # when it was held (caller's clock), to measure what the rule costs
+    stream: str = "console"   # "console", "net" (network output stream) or "disk" (offset = write request id)
 
 
 class OutputGate:
@@ -30,8 +31,8 @@ class OutputGate:
         self.held_bytes = 0
         self.released_bytes = 0
 
-    def hold(self, cover: int, offset: int, data: bytes, at: int = 0):
-        self.held.append(Held(cover, offset, data, at=at))
+    def hold(self, cover: int, offset: int, data: bytes, at: int = 0, stream: str = "console"):
+        self.held.append(Held(cover, offset, data, at=at, stream=stream))
         self.held_bytes += len(data)
 
     def hold_exit(self, cover: int, total: int, status: int, detail: str, at: int = 0):

@@ -41,9 +41,9 @@ EXIT_REJOIN = 10
 
 class ManagedNode(Node):
     def __init__(self, name, listen, observer, shared_dir, run_dir, log_path, guest, viewservice,
-                 opts=None, ping_interval_ms=50, dead_pings=6):
+                 opts=None, ping_interval_ms=50, dead_pings=6, **devices):
         super().__init__(name, "idle", listen, None, observer, shared_dir, run_dir, log_path, guest=guest,
-                         view=0, opts=opts, peer_name="")
+                         view=0, opts=opts, peer_name="", **devices)
         self.managed = True
         self.peer_name = None
         self.vs_addr = viewservice
@@ -258,9 +258,11 @@ class ManagedNode(Node):
         with self.lock:
             self.host = HostEvents(None, None, external_input=True)
             self.protected = False
-        rec = Recorder.new(data, image, os.path.basename(self.guest), self.sink, Config(), console, out=self,
-                           progress_records=True, poke_interval_s=0.02, host=self.host)
+        rec = Recorder.new(data, image, os.path.basename(self.guest), self.sink, self.machine_config(), console,
+                           out=self, progress_records=True, poke_interval_s=0.02, host=self.host)
         self.machine = rec.m
+        rec.m.netout.retain = True
+        self.attach_devices(rec)
         self.hello("primary")
         self._record(rec)
 
@@ -285,8 +287,10 @@ class ManagedNode(Node):
             self.send_peer(M.ACK, self.received, [int(m.cpu.blocks), self.received])
         self.say(f"state transfer done: {len(blob) >> 10} KiB, continuing at record {k}, block {m.blocks}")
         self.confirmed_to_console()
+        m.netout.retain = True
         rp = Replayer(self.stream, console, header=header, machine=m,
                       on_progress=lambda r: self.confirmed_to_console(), should_stop=lambda: self.stop_requested or self.rejoin)
+        rp.disk_path = self.disk_path
         result = rp.run()
         if self.stop_requested or self.rejoin:
             return

@@ -111,7 +111,8 @@ class FtSink:
 
 class Node:
     def __init__(self, name, role, listen, peer, observer, shared_dir, run_dir, log_path,
-                 guest=None, view=1, opts: FtOptions | None = None, peer_name=None):
+                 guest=None, view=1, opts: FtOptions | None = None, peer_name=None, disk=None, disk_reads="log",
+                 net=False):
         self.name, self.role, self.view = name, role, view
         self.id = node_id(name)
         self.peer_name = peer_name or ("B" if name == "A" else "A")
@@ -119,6 +120,13 @@ class Node:
         self.run_dir = run_dir
         self.log_path = log_path
         self.guest = guest
+        self.disk_path = disk           # the disk image on shared storage (None: no disk)
+        self.disk_reads = disk_reads
+        self.net = net                  # the observer runs a network front end
+        self.net_received = 0           # network events taken from the front end (their index)
+        self.observer_net_confirmed = 0
+        self.unconfirmed_net = []       # released network output the front end has not confirmed
+        self.disk_worker = None
         self.arbiter = Arbiter(shared_dir)
         self.lock = threading.RLock()
         self.cond = threading.Condition(self.lock)
@@ -185,13 +193,14 @@ class Node:
         if detail is not None:
             self.hello_detail = detail
         self.hello_at = now_ns()
-        self.send_observer(M.HELLO, self.input_received, [self.name, self.role, os.getpid(), self.hello_detail])
+        self.send_observer(M.HELLO, self.input_received, [self.name, self.role, os.getpid(), self.hello_detail,
+                                                          self.net_received])
 
     # --- I/O thread: messages ---------------------------------------------------------
     def _on_message(self, msg):
         with self.lock:
             t = msg.type
-            if t in (M.INPUT, M.CONFIRM, M.STOP):
+            if t in (M.INPUT, M.CONFIRM, M.STOP, M.NETIN):
                 return self._from_observer(msg)
             if self.peer_name is None or msg.sender != node_id(self.peer_name):
                 self.stale += 1
@@ -236,6 +245,23 @@ class Node:
             self.observer_confirmed = max(self.observer_confirmed, msg.seq)
             while self.unconfirmed and self.unconfirmed[0][0] + len(self.unconfirmed[0][1]) <= self.observer_confirmed:
                 self.unconfirmed.pop(0)
+            if msg.payload is not None:
+                self.observer_net_confirmed = max(self.observer_net_confirmed, msg.payload)
+                u = self.unconfirmed_net
+                while u and u[0][0] + len(u[0][1]) <= self.observer_net_confirmed:
+                    u.pop(0)
+            return
+        if msg.type == M.NETIN:
+            # Network events: only the primary takes them (rule 4), each exactly once.
+            if self.role != "primary" or self.host is None:
+                self.stale += 1
+                return
+            first, events = msg.seq, msg.payload
+            if first > self.net_received or first + len(events) <= self.net_received:
+                return           # a gap the front end will fill again, or a duplicate
+            fresh = events[self.net_received - first:]
+            self.net_received += len(fresh)
+            self.host.push_net([tuple(e) for e in fresh])
             return
         # INPUT: only the primary takes client input (rule 4).
         if self.role != "primary" or self.host is None:
@@ -301,11 +327,13 @@ class Node:
                 self._release()
                 if now - self.hello_at > 200_000_000:
                     self.hello()
-                if (self.unconfirmed or self.exit_msg) and now - self.resent_at > 300_000_000:
+                if (self.unconfirmed or self.exit_msg or self.unconfirmed_net) and now - self.resent_at > 300_000_000:
                     # The observer has not confirmed: send again (it drops duplicates).
                     self.resent_at = now
                     for off, data in self.unconfirmed:
                         self.send_observer(M.OUTPUT, off, data)
+                    for off, data in self.unconfirmed_net:
+                        self.send_observer(M.NETOUT, off, data)
                     if self.exit_msg:
                         self.send_observer(M.EXIT, *self.exit_msg)
             seen = self.observer_seen_ns
@@ -377,7 +405,14 @@ class Node:
         for h in self.gate.release(self.acked, protected, fresh):
             if protected and h.at and len(self.rule_ns) < 1_000_000:
                 self.rule_ns.append(now - h.at)
-            if h.data is None:
+            if h.stream == "disk":
+                if self.disk_worker is not None:
+                    self.disk_worker.release(h.offset)
+                continue
+            if h.stream == "net":
+                self.unconfirmed_net.append((h.offset, h.data))
+                self.send_observer(M.NETOUT, h.offset, h.data)
+            elif h.data is None:
                 self.exit_msg = (h.offset, [h.status, h.detail])
                 self.send_observer(M.EXIT, *self.exit_msg)
             else:
@@ -434,6 +469,17 @@ class Node:
             self.gate.hold(cover, offset, data, at=now_ns())
             self._release()
 
+    def net_output(self, offset, data, cover):
+        with self.lock:
+            self.gate.hold(cover, offset, data, at=now_ns(), stream="net")
+            self._release()
+
+    def disk_write(self, req_id, cover):
+        """A disk write is output too: the host writes only under the Output Rule."""
+        with self.lock:
+            self.gate.hold(cover, req_id, b"", at=now_ns(), stream="disk")
+            self._release()
+
     def exit(self, total, status, detail, cover):
         with self.lock:
             self.gate.hold_exit(cover, total, status, detail, at=now_ns())
@@ -486,6 +532,32 @@ class Node:
     def confirmed_to_console(self):
         if self.machine is not None:
             self.machine.console.confirmed(self.observer_confirmed)
+            self.machine.netout.confirmed(self.observer_net_confirmed)
+
+    def machine_config(self):
+        """The configuration of a guest this node starts afresh (devices included)."""
+        if not self.disk_path:
+            return Config()
+        from ..sources.disk import open_image
+        return Config(disk_sectors=open_image(self.disk_path, None), disk_reads=self.disk_reads)
+
+    def attach_devices(self, rec):
+        """The host side of the guest's devices, on a node about to record."""
+        if self.net:
+            self.host.net_attached = True
+        if self.machine.config.disk_sectors:
+            if not self.disk_path:
+                raise FtvmError("the guest has a disk, but this node was given no --disk image to reach it")
+            rec.attach_disk(self.disk_path)
+            rec.disk.guard = self._may_write_disk
+            with self.lock:
+                self.disk_worker = rec.disk
+
+    def _may_write_disk(self):
+        """Checked just before each disk write: only a primary still in its lease writes."""
+        if self.role != "primary" or self.halted:
+            return False
+        return not self.protected or now_ns() - self.lease_from < self.opts.fail_timeout_ms * 1_000_000 // 2
 
     # --- main thread: roles -----------------------------------------------------------
     def run(self):
@@ -517,7 +589,7 @@ class Node:
 
     def _run_primary(self):
         data, image = elf_loader.load_file(self.guest)
-        config = Config()
+        config = self.machine_config()
         self.sink = FtSink(self.writer)
         console = Console()
         with self.lock:
@@ -525,6 +597,7 @@ class Node:
         rec = Recorder.new(data, image, os.path.basename(self.guest), self.sink, config, console, out=self,
                            progress_records=True, poke_interval_s=0.02, host=self.host)
         self.machine = rec.m
+        self.attach_devices(rec)
         self.hello("primary" if self.view == 1 else f"started afresh in view {self.view}")
         self._record(rec)
 
@@ -570,6 +643,8 @@ class Node:
         console.retain = True
         rp = Replayer(self.stream, console, header=header, on_progress=lambda r: self.confirmed_to_console(),
                       should_stop=lambda: self.stop_requested)
+        rp.m.netout.retain = True
+        rp.disk_path = self.disk_path
         self.machine = rp.m
         result = rp.run()
         if self.stop_requested:
@@ -597,6 +672,7 @@ class Node:
             self.failovers += 1
             self.sink = FtSink(self.writer)
             self.input_received = m.input.total
+            self.net_received = m.net.events
         if m.vtime.pending() or m.rng.pending():
             self.say(f"warning: {m.vtime.pending()} RDTSC and {m.rng.pending()} random values of the "
                      f"old primary were never reached; they are dropped")
@@ -631,8 +707,20 @@ class Node:
             console.retained, console.retained_from = bytearray(data if self.managed else b""), resend_from
             if data:
                 self.gate.hold(0, resend_from, data)
+            # The same for the network output stream.
+            net = m.netout
+            net_from = self.observer_net_confirmed
+            ndata = net.unconfirmed_since(net_from)
+            net.retain = False
+            net.take()
+            net.retain = self.managed
+            net.retained, net.retained_from = bytearray(ndata if self.managed else b""), net_from
+            if ndata:
+                self.gate.hold(0, net_from, ndata, stream="net")
             self.hello(f"went live in view {self.view} after {outage_ms} ms")
         golive = R.GoLive(m.blocks, rip, self.view, self.name, outage_ms)
         rec = Recorder.take_over(m, self.sink, rp.config, self, host, offset, golive)
         rec._console_offset = console.total
+        rec._net_offset = m.netout.total
+        self.attach_devices(rec)
         self._record(rec)

@@ -32,7 +32,7 @@ class AllNodesDead(FtvmError):
 
 class Observer:
     def __init__(self, listen, nodes, run_dir, procs=None, kill_after=(), progress=False, log_path=None,
-                 stdin_fd=0, say=None, out_fd=1):
+                 stdin_fd=0, say=None, out_fd=1, listen_net=None):
         self.nodes = dict(nodes)                  # name -> address
         self.ids = {node_id(n): n for n in nodes}
         self.run_dir = run_dir
@@ -60,6 +60,16 @@ class Observer:
         self.hellos = []                          # (t, node, role, view, sender) of each new kind of HELLO
         self.exit_t = None
         self.kills = []                           # [{"t": s, "node": name, "next_output_s": s or None}]
+        self.net_in = []                          # every network event from the front end, by index
+        self.net_delivered = 0
+        self.front = None
+        if listen_net:
+            from ..frontend import FrontEnd
+            if isinstance(listen_net, FrontEnd):
+                self.front = listen_net
+                self.front.on_events = self._on_net_events
+            else:
+                self.front = FrontEnd(listen_net, self._on_net_events, say=self.say)
         self.ep = Endpoint(listen, self._on_message, self._on_tick, tick_s=0.05)
         for name, addr in self.nodes.items():
             self.ep.connect(name, addr)
@@ -74,7 +84,7 @@ class Observer:
                 self.stale += 1
                 return
             if msg.type == M.HELLO:
-                node, role, pid, detail = msg.payload
+                node, role, pid, detail = msg.payload[:4]
                 if len(self.hellos) < 200 and (node, role, msg.view) not in {(h[1], h[2], h[3]) for h in self.hellos}:
                     self.hellos.append((round(time.monotonic() - self.t0, 3), node, role, msg.view, name))
                 if self.first_hello_t is None:
@@ -93,6 +103,8 @@ class Observer:
                             self.failovers.append((time.monotonic() - self.t0, node, msg.view, detail))
                     self.view, self.primary = msg.view, node
                     self._send_input_from(msg.seq)
+                    if len(msg.payload) > 4:
+                        self._send_net_from(msg.payload[4])
                 self.lock.notify_all()
                 return
             if msg.type == M.OUTPUT:
@@ -113,6 +125,18 @@ class Observer:
                     if k["next_output_s"] is None and msg.view > k["view"]:
                         k["next_output_s"] = self.last_output_t - self.t0
                 self._confirm()
+            elif msg.type == M.NETOUT:
+                if self.front is not None:
+                    before = self.net_delivered
+                    self.net_delivered = self.front.deliver(msg.seq, msg.payload)
+                    if self.net_delivered > before:
+                        self.last_output_t = time.monotonic()
+                        for k in self.kills:
+                            if k["next_output_s"] is None and msg.view > k["view"]:
+                                k["next_output_s"] = self.last_output_t - self.t0
+                    else:
+                        self.duplicates += 1
+                self._confirm()
             elif msg.type == M.EXIT:
                 status, detail = msg.payload
                 if self.exit is None:
@@ -131,7 +155,7 @@ class Observer:
                      f"from what was delivered")
 
     def _confirm(self):
-        data = M.encode(M.CONFIRM, 0, self.view, self.delivered, None)
+        data = M.encode(M.CONFIRM, 0, self.view, self.delivered, self.net_delivered if self.front else None)
         for n in self.nodes:
             self.ep.send(n, data)
 
@@ -146,6 +170,28 @@ class Observer:
             off += len(data)
         if self.input_eof:
             self.ep.send(self.primary, M.encode(M.INPUT, 0, self.view, len(self.input), None))
+
+    def _on_net_events(self, events):
+        """From the front end's thread: new connections, bytes, closes, resets."""
+        with self.lock:
+            first = len(self.net_in)
+            self.net_in.extend([c, t, d] for c, t, d in events)
+            if self.primary is not None:
+                self.ep.send(self.primary, M.encode(M.NETIN, 0, self.view, first,
+                                                    [[c, t, d] for c, t, d in events]))
+
+    def _send_net_from(self, index):
+        if self.primary is None or index >= len(self.net_in):
+            return
+        i = max(0, index)
+        while i < len(self.net_in):
+            batch, size = [], 0
+            while i + len(batch) < len(self.net_in) and size < (1 << 20):
+                e = self.net_in[i + len(batch)]
+                batch.append(e)
+                size += len(e[2]) + 16
+            self.ep.send(self.primary, M.encode(M.NETIN, 0, self.view, i, batch))
+            i += len(batch)
 
     def _on_tick(self):
         with self.lock:
@@ -177,6 +223,9 @@ class Observer:
 
     def run(self):
         self.ep.start()
+        if self.front is not None:
+            self.front.start()
+            self.say(f"listening on {self.front.address}: clients reach the guest through the primary")
         progress = Progress(self) if self.progress else None
         try:
             return self._loop()
@@ -228,7 +277,9 @@ class Observer:
         return {"first_hello_s": rel(self.first_hello_t), "exit_s": rel(self.exit_t), "kills": self.kills,
                 "failovers": [{"t": t, "node": n, "view": v, "detail": d} for t, n, v, d in self.failovers],
                 "delivered_bytes": self.delivered, "stale_dropped": self.stale, "duplicates_dropped": self.duplicates,
-                "conflicts": self.conflicts, "hellos": self.hellos}
+                "conflicts": self.conflicts, "hellos": self.hellos,
+                "net": None if self.front is None else dict(self.front.stats, events=len(self.net_in),
+                                                            delivered_bytes=self.net_delivered)}
 
     def _primary_missing_since(self):
         """True once the primary's process has been dead for NO_PRIMARY_S with no new
@@ -249,6 +300,8 @@ class Observer:
                 json.dump(self.summary(), f)
         except OSError:
             pass
+        if self.front is not None:
+            self.front.close()
         stop = M.encode(M.STOP, 0, self.view, 0, None)
         for n in self.nodes:
             self.ep.send(n, stop)
@@ -343,7 +396,7 @@ def read_status(run_dir):
 
 
 def run_local(guest, log_path=None, kill_after=(), progress=False, run_dir=None, opts: FtOptions | None = None,
-              host="127.0.0.1", say=None, stdin_fd=0, out_fd=1, nodes=2):
+              host="127.0.0.1", say=None, stdin_fd=0, out_fd=1, nodes=2, devices=None):
     """`ftvm run`: observer, primary and backup as three processes on this machine (with
     nodes > 2: the view service and that many nodes)."""
     import tempfile
@@ -355,29 +408,39 @@ def run_local(guest, log_path=None, kill_after=(), progress=False, run_dir=None,
     os.makedirs(run_dir, exist_ok=True)
     shared = os.path.join(run_dir, "shared")
     obs_addr = f"tcp://{host}:{free_tcp_port(host)}"
+    dev_args, listen_net = [], None
+    if devices is not None:
+        if devices.listen:
+            from ..frontend import FrontEnd
+            listen_net = FrontEnd(devices.listen, None, say=say)   # refuse a taken port before any node starts
+        if devices.disk:
+            dev_args += ["--disk", os.path.abspath(devices.disk), "--disk-reads", devices.disk_reads]
+        if devices.listen:
+            dev_args += ["--net"]
     if nodes > 2:
         return _run_managed(guest, log_path, kill_after, progress, run_dir, opts, host, say, stdin_fd, out_fd,
-                            nodes, shared, obs_addr)
+                            nodes, shared, obs_addr, dev_args, listen_net)
     addrs = {"A": f"tcp://{host}:{free_tcp_port(host)}", "B": f"tcp://{host}:{free_tcp_port(host)}"}
     procs = {}
     for name, role, peer in (("B", "backup", "A"), ("A", "primary", "B")):
         cmd = [sys.executable, "-m", "hypervisor.cli", "node", "--name", name, "--role", role,
                "--listen", addrs[name], "--peer", addrs[peer], "--peer-name", peer, "--observer", obs_addr,
                "--shared-dir", shared, "--run-dir", run_dir, "--log", os.path.join(run_dir, f"{name}.ftlog"),
-               *opts.to_args()]
+               *opts.to_args(), *dev_args]
         cmd += ["--guest", os.path.abspath(guest)]   # the backup needs it only if A dies before logging
         with open(os.path.join(run_dir, f"{name}.stderr"), "wb") as err:
             procs[name] = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=err)
     with open(os.path.join(run_dir, "run.json"), "w") as f:
         json.dump({"observer": obs_addr, "nodes": addrs, "pids": {n: p.pid for n, p in procs.items()},
                    "observer_pid": os.getpid()}, f)
-    obs = Observer(obs_addr, addrs, run_dir, procs, kill_after, progress, log_path, stdin_fd, say, out_fd)
+    obs = Observer(obs_addr, addrs, run_dir, procs, kill_after, progress, log_path, stdin_fd, say, out_fd,
+                   listen_net=listen_net)
     obs.primary = "A"      # until a HELLO says otherwise: the node started as primary
     return obs.run()
 
 
 def _run_managed(guest, log_path, kill_after, progress, run_dir, opts, host, say, stdin_fd, out_fd, n, shared,
-                 obs_addr):
+                 obs_addr, dev_args=(), listen_net=None):
     names = [chr(ord("A") + i) for i in range(n)]
     vs_addr = f"tcp://{host}:{free_tcp_port(host)}"
     addrs = {name: f"tcp://{host}:{free_tcp_port(host)}" for name in names}
@@ -392,7 +455,7 @@ def _run_managed(guest, log_path, kill_after, progress, run_dir, opts, host, say
             cmd = [sys.executable, "-m", "hypervisor.cli", "node", "--name", name, "--viewservice", vs_addr,
                    "--listen", addrs[name], "--observer", obs_addr, "--shared-dir", shared, "--run-dir", run_dir,
                    "--log", os.path.join(run_dir, f"{name}.ftlog"), "--guest", os.path.abspath(guest),
-                   *opts.to_args()]
+                   *opts.to_args(), *dev_args]
             with open(os.path.join(run_dir, f"{name}.stderr"), "wb") as err:
                 procs[name] = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=err)
             if i == 0:
@@ -400,7 +463,8 @@ def _run_managed(guest, log_path, kill_after, progress, run_dir, opts, host, say
         with open(os.path.join(run_dir, "run.json"), "w") as f:
             json.dump({"observer": obs_addr, "viewservice": vs_addr, "nodes": addrs,
                        "pids": {k: p.pid for k, p in procs.items()}, "observer_pid": os.getpid()}, f)
-        obs = Observer(obs_addr, addrs, run_dir, procs, kill_after, progress, log_path, stdin_fd, say, out_fd)
+        obs = Observer(obs_addr, addrs, run_dir, procs, kill_after, progress, log_path, stdin_fd, say, out_fd,
+                       listen_net=listen_net)
         return obs.run()
     finally:
         vs.terminate()

@@ -203,6 +203,7 @@ class DiskWorker:
         except OSError as e:
             raise DiskError(f"cannot open disk image {path}: {e.strerror}") from None
         self.on_done = on_done
+        self.guard = None        # callable: may this node still write? (a stale primary must not)
         self.faults = parse_faults(os.environ.get("FTVM_DISK_FAULTS")) if faults is None else faults
         self.counts = {abi.DISK_READ: 0, abi.DISK_WRITE: 0}
         self.cond = threading.Condition()
@@ -247,6 +248,12 @@ class DiskWorker:
                 r = self.queue.popleft()
                 self.released.discard(r.id)
                 self.busy = True
+            if r.op == abi.DISK_WRITE and self.guard is not None and not self.guard():
+                # This node is no longer the primary it was when the write was
+                # released: drop it (the new primary issues it again if it was due).
+                with self.cond:
+                    self.busy = False
+                continue
             status, data = self._do(r)
             with self.cond:
                 self.busy = False
