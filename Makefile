@@ -7,9 +7,18 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.ftvm-installed
 PYTEST_ARGS ?=
 
-.PHONY: setup guests demo test bench clean
+.PHONY: setup guests tools demo test bench clean
 
-setup: $(STAMP) guests
+setup: $(STAMP) guests tools
+
+# redis-cli and redis-benchmark (Debian's redis-tools) drive the kv guest in tests and
+# `ftvm bench`.
+tools:
+	@command -v redis-benchmark >/dev/null || { \
+	  if [ "$$(id -u)" = 0 ]; then \
+	    (apt-get install -y -q redis-tools >/dev/null 2>&1 || \
+	     (apt-get update -q >/dev/null && apt-get install -y -q redis-tools >/dev/null)) && echo "installed redis-tools"; \
+	  else echo "note: redis-tools missing; run: sudo apt-get install redis-tools (kv tests and bench need it)"; fi; }
 
 $(STAMP): setup.py pyproject.toml hypervisor/fastpath.c hypervisor/fastpath.h hypervisor/_fastpath_build.py
 	$(PYTHON) -m venv $(VENV)

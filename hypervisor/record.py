@@ -158,6 +158,7 @@ class Recorder:
         idempotent by design."""
         from .sources.disk import DiskWorker
         self.disk = DiskWorker(path, self.host.push_disk)
+        self.disk.reads_done = self.m.disk.reads_completed
         for r in self.m.disk.pending_in_order():
             self._issue(r, cover=0)
         self.m.disk.take_new()

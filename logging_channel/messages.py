@@ -12,7 +12,7 @@ is refused with a reason; receivers count and drop such messages, never crash.
 | type | direction | seq | payload |
 |---|---|---|---|
 | LOG | primary -> backup | index of the first record | [frames (bin), count, primary blocks, tsc_offset_ns] |
-| ACK | backup -> primary | records received (next index wanted) | [replayed blocks, replayed records] |
+| ACK | backup -> primary | records received (next index wanted) | [replayed blocks, records received(, disk reads replayed)] |
 | HEARTBEAT | both ways | sender's clock (ns) | [echo of the peer's last clock seen, ns held since, sender role] |
 | OUTPUT | node -> observer | console byte offset | bytes |
 | EXIT | node -> observer | console bytes in all | [status, detail] |
@@ -99,7 +99,7 @@ def _shape_ok(t, p):
         return (isinstance(p, list) and len(p) == 4 and isinstance(p[0], bytes) and type(p[1]) is int
                 and type(p[2]) is int and type(p[3]) is int)
     if t == ACK:
-        return _ints(p, 2)
+        return _ints(p, 2) or _ints(p, 3)
     if t == HEARTBEAT:
         return isinstance(p, list) and len(p) == 3 and type(p[0]) is int and type(p[1]) is int and isinstance(p[2], str)
     if t == OUTPUT:

@@ -284,7 +284,7 @@ class ManagedNode(Node):
             self.received = k
             self.machine = m
             self.ready = True
-            self.send_peer(M.ACK, self.received, [int(m.cpu.blocks), self.received])
+            self.send_peer(M.ACK, self.received, [int(m.cpu.blocks), self.received, int(m.disk.reads_completed)])
         self.say(f"state transfer done: {len(blob) >> 10} KiB, continuing at record {k}, block {m.blocks}")
         self.confirmed_to_console()
         m.netout.retain = True

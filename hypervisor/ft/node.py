@@ -127,6 +127,7 @@ class Node:
         self.observer_net_confirmed = 0
         self.unconfirmed_net = []       # released network output the front end has not confirmed
         self.disk_worker = None
+        self.backup_disk_reads = 0      # disk read completions the backup has replayed
         self.arbiter = Arbiter(shared_dir)
         self.lock = threading.RLock()
         self.cond = threading.Condition(self.lock)
@@ -224,7 +225,9 @@ class Node:
                     self.last_ack_progress = now
                     if self.sink is not None:
                         self.sink.acked(msg.seq)
-                self.backup_blocks, self.backup_records = msg.payload
+                self.backup_blocks, self.backup_records = msg.payload[:2]
+                if len(msg.payload) > 2:
+                    self.backup_disk_reads = msg.payload[2]
                 self._release()
                 self.cond.notify_all()
             elif t == M.LOG and self.role == "backup" and not self.failover:
@@ -302,7 +305,7 @@ class Node:
             self.received += len(frames)
             # Acknowledge first: the Output Rule waits on this, not on our disk.
             blocks = self.machine.cpu.blocks if self.machine is not None else 0
-            self.send_peer(M.ACK, self.received, [int(blocks), self.received])
+            self.send_peer(M.ACK, self.received, [int(blocks), self.received, self._disk_reads_replayed()])
             self.writer.append_frames(b"".join(frames), len(frames))
             self.stream.push(frames)
 
@@ -315,7 +318,7 @@ class Node:
                 self.send_peer(M.HEARTBEAT, now, [echo_clock, now - echo_at if echo_at else 0, self.role])
                 if self.role == "backup":
                     blocks = self.machine.cpu.blocks if self.machine is not None else 0
-                    self.send_peer(M.ACK, self.received, [int(blocks), self.received])
+                    self.send_peer(M.ACK, self.received, [int(blocks), self.received, self._disk_reads_replayed()])
             if self.role == "primary" and self.protected:
                 self._retransmit(now)
                 if self.watch.dead(now, self.started, self.opts.startup_grace_ms * 1_000_000):
@@ -550,8 +553,22 @@ class Node:
                 raise FtvmError("the guest has a disk, but this node was given no --disk image to reach it")
             rec.attach_disk(self.disk_path)
             rec.disk.guard = self._may_write_disk
+            if self.machine.config.disk_reads == "shared":
+                rec.disk.before_write = self._wait_reads_replayed
             with self.lock:
                 self.disk_worker = rec.disk
+
+    def _disk_reads_replayed(self):
+        m = self.machine
+        return int(m.disk.reads_completed) if m is not None else 0
+
+    def _wait_reads_replayed(self, reads_done):
+        """Shared-disk reads: before the host writes, the backup must have read (at replay)
+        every block the primary read so far, or it would read the newer data."""
+        with self.lock:
+            while (self.protected and self.role == "primary" and not self.halted and not self.stop_requested
+                   and self.backup_disk_reads < reads_done):
+                self.cond.wait(0.002)
 
     def _may_write_disk(self):
         """Checked just before each disk write: only a primary still in its lease writes."""

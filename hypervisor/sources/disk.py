@@ -111,6 +111,7 @@ class DiskDevice:
         self.new = []                      # accepted since the last stop (record side hands them on)
         self.rejected = 0                  # completed at once with EINVAL / EBUSY
         self.completed_now = False         # a request completed at submit: raise the irq at the stop
+        self.reads_completed = 0           # read requests completed (a backup reports how far it is)
 
     def submit(self, ptr: int):
         raw = self.vcpu.read(ptr, REQ_SIZE)     # an unmapped struct is a guest fault (raised)
@@ -149,6 +150,8 @@ class DiskDevice:
         r = self.inflight.pop(req, None)
         if r is None:
             return f"disk request {req} completes, but it is not in flight"
+        if r.op == abi.DISK_READ:
+            self.reads_completed += 1
         if r.op == abi.DISK_READ and status == abi.DISK_OK:
             if data is None or len(data) != r.count * abi.DISK_SECTOR:
                 return f"disk request {req}: {0 if data is None else len(data)} bytes read, expected {r.count * abi.DISK_SECTOR}"
@@ -161,11 +164,11 @@ class DiskDevice:
 
     # --- snapshots ------------------------------------------------------------------------
     def state(self):
-        return [self.submitted, self.rejected,
+        return [self.submitted, self.rejected, self.reads_completed,
                 [[r.id, r.op, r.lba, r.count, r.buf, r.status_ptr, r.data] for r in self.pending_in_order()]]
 
     def set_state(self, st):
-        self.submitted, self.rejected, reqs = st
+        self.submitted, self.rejected, self.reads_completed, reqs = st
         self.inflight = {r[0]: Request(*r) for r in reqs}
 
 
@@ -204,6 +207,8 @@ class DiskWorker:
             raise DiskError(f"cannot open disk image {path}: {e.strerror}") from None
         self.on_done = on_done
         self.guard = None        # callable: may this node still write? (a stale primary must not)
+        self.before_write = None  # callable(reads done so far): wait until a write may not spoil a read
+        self.reads_done = 0
         self.faults = parse_faults(os.environ.get("FTVM_DISK_FAULTS")) if faults is None else faults
         self.counts = {abi.DISK_READ: 0, abi.DISK_WRITE: 0}
         self.cond = threading.Condition()
@@ -248,6 +253,8 @@ class DiskWorker:
                 r = self.queue.popleft()
                 self.released.discard(r.id)
                 self.busy = True
+            if r.op == abi.DISK_WRITE and self.before_write is not None:
+                self.before_write(self.reads_done)
             if r.op == abi.DISK_WRITE and self.guard is not None and not self.guard():
                 # This node is no longer the primary it was when the write was
                 # released: drop it (the new primary issues it again if it was due).
@@ -257,6 +264,8 @@ class DiskWorker:
             status, data = self._do(r)
             with self.cond:
                 self.busy = False
+                if r.op == abi.DISK_READ:
+                    self.reads_done += 1
             self.on_done(r.id, status, data)
 
     def _injected(self, op):
