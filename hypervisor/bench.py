@@ -195,6 +195,15 @@ def run_bench(runs, guest_dir, as_json, say, only=None):
         else:
             _table(_views_rows(results["views"]), "ftvm bench: view service and state transfer")
         return results
+    if only == "kv":
+        from .bench_kv import kv_rows, run_kv_bench
+        with tempfile.TemporaryDirectory(prefix="ftvm-bench-") as tmp:
+            results["kv"] = run_kv_bench(runs, tmp, say)
+        if as_json:
+            print(json.dumps(results, indent=2))
+        else:
+            _table(kv_rows(results["kv"]), "ftvm bench: kv guest with Redis clients")
+        return results
     if only == "ft":
         with tempfile.TemporaryDirectory(prefix="ftvm-bench-") as tmp:
             _, image = elf_loader.load_file(gdir / "compute.elf")
@@ -235,6 +244,8 @@ def run_bench(runs, guest_dir, as_json, say, only=None):
             results["ft"] = run_ft_bench(runs, gdir, tmp, results["compute"]["plain_s"], say)
             results["ft"]["plain_compute_s"] = results["compute"]["plain_s"]
             results["views"] = run_views_bench(runs, gdir, tmp, say)
+            from .bench_kv import run_kv_bench
+            results["kv"] = run_kv_bench(runs, tmp, say)
     c, t = results["compute"], results["tsc_heavy"]
     mem_budget = c["guest_memory_bytes"] + (100 << 20)
     rows = [
@@ -255,6 +266,9 @@ def run_bench(runs, guest_dir, as_json, say, only=None):
         rows += _ft_rows(results["ft"])
     if "views" in results:
         rows += _views_rows(results["views"])
+    if "kv" in results:
+        from .bench_kv import kv_rows
+        rows += kv_rows(results["kv"])
     if as_json:
         print(json.dumps(results, indent=2))
         return results

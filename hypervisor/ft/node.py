@@ -500,7 +500,17 @@ class Node:
             if self.halted:
                 raise Halted(self.halted)
             if self.stop_requested:
-                raise Stopped()
+                if self.role == "primary" and self.machine is not None and rec.m is self.machine \
+                        and not getattr(self, "_ending", False):
+                    # The run is being stopped (Ctrl-C on the observer): end the log with
+                    # an "interrupted" END record, so it replays to the end.
+                    self._ending = True
+                    self.machine.cpu.signal = 15
+                    lib.ftvm_poke(self.machine.cpu)
+                    return
+                if not getattr(self, "_ending", False):
+                    raise Stopped()
+                return
             m = self.machine
             now = now_ns()
             self.primary_blocks = int(m.cpu.blocks)

@@ -316,6 +316,8 @@ class Observer:
                 except subprocess.TimeoutExpired:
                     p.kill()
         self.ep.close(0.05)
+        if getattr(self, "final_node", None) is None and self.log_path and self.primary:
+            self.final_node = self.primary       # stopped (Ctrl-C): the primary's log, ended "interrupted"
         if self.log_path and getattr(self, "final_node", None):
             src = os.path.join(self.run_dir, f"{self.final_node}.ftlog")
             if os.path.exists(src):
