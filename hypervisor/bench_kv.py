@@ -63,7 +63,7 @@ def wait_ready(port, proc, timeout=60):
 class KvServer:
     """`ftvm record` or `ftvm run` of kv.elf with a front end and a disk, as a context."""
 
-    def __init__(self, mode, tmp, disk, disk_reads="log", disk_size="256M", log=None, run_dir=None):
+    def __init__(self, mode, tmp, disk, disk_reads="log", disk_size="256M", log=None, run_dir=None, env=None):
         self.port = free_port()
         self.tmp = pathlib.Path(tmp)
         self.run_dir = run_dir or self.tmp / f"run-{mode}-{self.port}"
@@ -80,7 +80,10 @@ class KvServer:
             if log:
                 cmd += ["--log", str(log)]
         self.err = open(self.tmp / f"kv-{mode}-{self.port}.stderr", "wb")
-        self.proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=self.err)
+        self.out_path = self.tmp / f"kv-{mode}-{self.port}.stdout"
+        self.out = open(self.out_path, "wb")
+        self.proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=self.out, stderr=self.err,
+                                     env=dict(os.environ, **(env or {})))
 
     def __enter__(self):
         wait_ready(self.port, self.proc)
@@ -95,6 +98,13 @@ class KvServer:
                 self.proc.kill()
                 self.proc.wait()
         self.err.close()
+        self.out.close()
+
+    def console(self) -> bytes:
+        return self.out_path.read_bytes()
+
+    def stderr(self) -> str:
+        return pathlib.Path(self.err.name).read_text(errors="replace")
 
     def __exit__(self, *exc):
         self.stop()
