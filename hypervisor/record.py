@@ -121,7 +121,7 @@ class Recorder:
         self._console_offset = machine.console.total - len(machine.console.pending())
         self._net_offset = machine.netout.total - len(machine.netout.pending())
         machine.console.on_flush_wanted = self._flush_wanted
-        machine.netout.on_flush_wanted = self._flush_wanted
+        machine.netout.on_flush_wanted = self._flush_soon
         self.disk = None                # DiskWorker: the host side of the disk (attach_disk)
         self.disk_reads_in_log = machine.config.disk_reads != "shared"
         machine.rng.mode = "record"
@@ -200,6 +200,19 @@ class Recorder:
 
     def _flush_wanted(self):
         lib.ftvm_request(self.m.cpu, SYNC_HYPERCALL)   # hand it out at the end of this block
+
+    FLUSH_SOON_BLOCKS = 4096
+
+    def _flush_soon(self):
+        """Network replies: hand them out at the next stop, which a serving guest makes
+        soon anyway (it halts when idle); at the latest FLUSH_SOON_BLOCKS blocks on.
+        Saves a stop per batch of replies (2.5x the kv's throughput)."""
+        c = self.m.cpu
+        t = int(c.blocks) + self.FLUSH_SOON_BLOCKS
+        if c.stop_at > t:
+            c.stop_at = t
+        if c.trip > t:
+            c.trip = t
 
     # --- the loop ----------------------------------------------------------------------
     def run(self):
@@ -396,8 +409,12 @@ class Recorder:
 
     def _maybe_digest(self):
         m, c = self.m, self.config
-        due = c.digest_every_events and self.events - self._events_at_digest >= c.digest_every_events
-        if self._digest_interval_ns and m.vtime.now() - self._vtime_at_digest >= self._digest_interval_ns:
+        since = m.vtime.now() - self._vtime_at_digest
+        # Event-driven digests, too, wait for half of the (memory-scaled) interval:
+        # a busy server would otherwise hash all its memory many times a second.
+        due = c.digest_every_events and self.events - self._events_at_digest >= c.digest_every_events and (
+            since >= self._digest_interval_ns // 2)
+        if self._digest_interval_ns and since >= self._digest_interval_ns:
             due = True
         if due:
             self._append(m.digest())
