@@ -207,3 +207,15 @@ void ftvm_restore_signals(void)
     }
     signal_cpu = NULL;
 }
+
+uint64_t ftvm_reg_read(void *uc, int regid)
+{
+    uint64_t v = 0;
+    uc_reg_read((uc_engine *)uc, regid, &v);
+    return v;
+}
+
+int ftvm_reg_write(void *uc, int regid, uint64_t value)
+{
+    return (int)uc_reg_write((uc_engine *)uc, regid, &value);
+}

@@ -57,6 +57,9 @@ void ftvm_request(ftvm_cpu *cpu, uint32_t sync_bits);
 int ftvm_rdtsc_hook(void *uc, void *user);
 int ftvm_rdtscp_hook(void *uc, void *user);
 uint64_t ftvm_host_ns(void);
+/* Read / write one register of at most 64 bits, without the Python binding's cost. */
+uint64_t ftvm_reg_read(void *uc, int regid);
+int ftvm_reg_write(void *uc, int regid, uint64_t value);
 void ftvm_set_clock_skew(int64_t skew_ns);
 int ftvm_install_signals(ftvm_cpu *cpu);
 void ftvm_restore_signals(void);

@@ -177,8 +177,9 @@ class Observer:
             first = len(self.net_in)
             self.net_in.extend([c, t, d] for c, t, d in events)
             if self.primary is not None:
-                self.ep.send(self.primary, M.encode(M.NETIN, 0, self.view, first,
-                                                    [[c, t, d] for c, t, d in events]))
+                # Straight from this thread's own socket: no hop through the I/O thread.
+                self.ep.send_direct(self.primary, M.encode(M.NETIN, 0, self.view, first,
+                                                           [[c, t, d] for c, t, d in events]))
 
     def _send_net_from(self, index):
         if self.primary is None or index >= len(self.net_in):
