@@ -36,4 +36,30 @@ $FTVM run $G/lines_long.elf --nodes 3 --kill-primary-after 1.5 --kill-primary-af
 echo "observer printed $(wc -l < "$OUT/three.out") lines"
 $FTVM log show "$OUT/three.ftlog" --kind view --kind transfer --kind golive
 $FTVM status --run-dir "$OUT/three" | tail -8
+step "A replicated service: the kv guest speaks Redis, keeps its data on a disk, and serves through a primary kill"
+PORT=$(.venv/bin/python -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+$FTVM run $G/kv.elf --listen 127.0.0.1:$PORT --disk "$OUT/kv.img" --disk-size 64M \
+    --run-dir "$OUT/kv" --log "$OUT/kv.ftlog" > "$OUT/kv.out" 2> "$OUT/kv.err" &
+KV=$!
+until redis-cli -p $PORT PING >/dev/null 2>&1; do sleep 0.2; done
+redis-cli -p $PORT SET greeting "hello from a fault-tolerant VM"
+redis-benchmark -p $PORT -c 50 -n 20000 -t set,get,incr -q &
+BENCH=$!
+sleep 1.5
+$FTVM kill primary --run-dir "$OUT/kv"
+wait $BENCH
+grep -h "failover" "$OUT/kv.err" || true
+echo "after the failover: GET greeting = $(redis-cli -p $PORT GET greeting); DBSIZE = $(redis-cli -p $PORT DBSIZE)"
+kill -TERM $KV; wait $KV || true
+step "Full restart on the same disk: the data is still there"
+$FTVM run $G/kv.elf --listen 127.0.0.1:$PORT --disk "$OUT/kv.img" --run-dir "$OUT/kv2" > "$OUT/kv2.out" 2>/dev/null &
+KV=$!
+until redis-cli -p $PORT PING >/dev/null 2>&1; do sleep 0.2; done
+head -1 "$OUT/kv2.out"
+echo "GET greeting = $(redis-cli -p $PORT GET greeting)"
+kill -TERM $KV; wait $KV || true
+step "The whole service run replays offline, network traffic and disk included"
+$FTVM replay -q "$OUT/kv.ftlog" | cmp - "$OUT/kv.out" && echo "identical console output"
+$FTVM log stats "$OUT/kv.ftlog" | head -14
+
 step "Done. Logs are in $OUT"

@@ -223,6 +223,12 @@ class Observer:
         return name, (p.pid if p is not None else None)
 
     def run(self):
+        if threading.current_thread() is threading.main_thread():
+            # SIGTERM ends a run as Ctrl-C does: the nodes are told to stop and the
+            # primary closes its log with an "interrupted" record.
+            def on_term(signum, frame):
+                raise KeyboardInterrupt
+            signal.signal(signal.SIGTERM, on_term)
         self.ep.start()
         if self.front is not None:
             self.front.start()
