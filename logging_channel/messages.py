@@ -16,7 +16,7 @@ is refused with a reason; receivers count and drop such messages, never crash.
 | HEARTBEAT | both ways | sender's clock (ns) | [echo of the peer's last clock seen, ns held since, sender role] |
 | OUTPUT | node -> observer | console byte offset | bytes |
 | EXIT | node -> observer | console bytes in all | [status, detail] |
-| HELLO | node -> observer | input offset wanted | [node name, role, pid, detail(, network events wanted)] |
+| HELLO | node -> observer | input offset wanted | [node name, role, pid, detail(, network events wanted, network events the backup has)] |
 | INPUT | observer -> node | input byte offset | bytes, or nil for end of input |
 | CONFIRM | observer -> nodes | console bytes delivered | nil, or network stream bytes delivered |
 | STOP | observer -> nodes | 0 | nil: the run is over, exit |
@@ -107,8 +107,8 @@ def _shape_ok(t, p):
     if t == EXIT:
         return isinstance(p, list) and len(p) == 2 and type(p[0]) is int and isinstance(p[1], str)
     if t == HELLO:
-        return (isinstance(p, list) and len(p) in (4, 5) and isinstance(p[0], str) and isinstance(p[1], str)
-                and type(p[2]) is int and isinstance(p[3], str) and (len(p) == 4 or type(p[4]) is int))
+        return (isinstance(p, list) and len(p) in (4, 5, 6) and isinstance(p[0], str) and isinstance(p[1], str)
+                and type(p[2]) is int and isinstance(p[3], str) and all(type(x) is int for x in p[4:]))
     if t == INPUT:
         return p is None or isinstance(p, bytes)
     if t == CONFIRM:

@@ -7,6 +7,7 @@ retransmission, status). They share the state below under ``self.lock``.
 """
 from __future__ import annotations
 
+import collections
 import dataclasses
 import json
 import os
@@ -128,6 +129,8 @@ class Node:
         self.unconfirmed_net = []       # released network output the front end has not confirmed
         self.disk_worker = None
         self.backup_disk_reads = 0      # disk read completions the backup has replayed
+        self.net_marks = collections.deque()   # (log records, network events in the guest by then)
+        self.net_safe = 0               # network events the backup has in its log (the front end may forget them)
         self.arbiter = Arbiter(shared_dir)
         self.lock = threading.RLock()
         self.cond = threading.Condition(self.lock)
@@ -195,7 +198,7 @@ class Node:
             self.hello_detail = detail
         self.hello_at = now_ns()
         self.send_observer(M.HELLO, self.input_received, [self.name, self.role, os.getpid(), self.hello_detail,
-                                                          self.net_received])
+                                                          self.net_received, self.net_safe])
 
     # --- I/O thread: messages ---------------------------------------------------------
     def _on_message(self, msg):
@@ -222,6 +225,8 @@ class Node:
                 self.watch.heard(now)
                 if msg.seq > self.acked:
                     self.acked = msg.seq
+                    while self.net_marks and self.net_marks[0][0] <= msg.seq:
+                        self.net_safe = max(self.net_safe, self.net_marks.popleft()[1])
                     self.last_ack_progress = now
                     if self.sink is not None:
                         self.sink.acked(msg.seq)
@@ -518,6 +523,12 @@ class Node:
             if self.slew is not None:
                 m.cpu.tsc_offset_ns -= self.slew.absorb(now)
             s = self.sink
+            ev = m.net.events
+            if ev > self.net_safe and (not self.net_marks or self.net_marks[-1][1] < ev):
+                if self.protected or self.transferring:
+                    self.net_marks.append((s.records, ev))
+                elif not self.managed:
+                    self.net_safe = ev      # no backup to wait for
             if self.protected and s.records > s.sent:
                 frames = s.frames_from(s.sent, max_bytes=1 << 62)
                 self.ep.send_direct(self.peer_name, M.encode(

@@ -60,7 +60,8 @@ class Observer:
         self.hellos = []                          # (t, node, role, view, sender) of each new kind of HELLO
         self.exit_t = None
         self.kills = []                           # [{"t": s, "node": name, "next_output_s": s or None}]
-        self.net_in = []                          # every network event from the front end, by index
+        self.net_in = []                          # network events from index net_base on, kept until replicated
+        self.net_base = 0
         self.net_delivered = 0
         self.front = None
         if listen_net:
@@ -103,6 +104,12 @@ class Observer:
                             self.failovers.append((time.monotonic() - self.t0, node, msg.view, detail))
                     self.view, self.primary = msg.view, node
                     self._send_input_from(msg.seq)
+                    if len(msg.payload) > 5 and msg.payload[5] > self.net_base:
+                        # The primary says its backup has the events before this index:
+                        # no future primary can need them again.
+                        drop = min(msg.payload[5], self.net_base + len(self.net_in)) - self.net_base
+                        del self.net_in[:drop]
+                        self.net_base += drop
                     if len(msg.payload) > 4:
                         self._send_net_from(msg.payload[4])
                 self.lock.notify_all()
@@ -174,7 +181,7 @@ class Observer:
     def _on_net_events(self, events):
         """From the front end's thread: new connections, bytes, closes, resets."""
         with self.lock:
-            first = len(self.net_in)
+            first = self.net_base + len(self.net_in)
             self.net_in.extend([c, t, d] for c, t, d in events)
             if self.primary is not None:
                 # Straight from this thread's own socket: no hop through the I/O thread.
@@ -182,13 +189,18 @@ class Observer:
                                                            [[c, t, d] for c, t, d in events]))
 
     def _send_net_from(self, index):
-        if self.primary is None or index >= len(self.net_in):
+        end = self.net_base + len(self.net_in)
+        if self.primary is None or index >= end:
             return
-        i = max(0, index)
-        while i < len(self.net_in):
+        if index < self.net_base:
+            self.say(f"a primary wants network events from {index}, but events before {self.net_base} were "
+                     f"dropped as replicated; it cannot be served correctly")
+            index = self.net_base
+        i = index
+        while i < end:
             batch, size = [], 0
-            while i + len(batch) < len(self.net_in) and size < (1 << 20):
-                e = self.net_in[i + len(batch)]
+            while i + len(batch) < end and size < (1 << 20):
+                e = self.net_in[i - self.net_base + len(batch)]
                 batch.append(e)
                 size += len(e[2]) + 16
             self.ep.send(self.primary, M.encode(M.NETIN, 0, self.view, i, batch))
@@ -285,7 +297,8 @@ class Observer:
                 "failovers": [{"t": t, "node": n, "view": v, "detail": d} for t, n, v, d in self.failovers],
                 "delivered_bytes": self.delivered, "stale_dropped": self.stale, "duplicates_dropped": self.duplicates,
                 "conflicts": self.conflicts, "hellos": self.hellos,
-                "net": None if self.front is None else dict(self.front.stats, events=len(self.net_in),
+                "net": None if self.front is None else dict(self.front.stats, events=self.net_base + len(self.net_in),
+                                                            events_retained=len(self.net_in),
                                                             delivered_bytes=self.net_delivered)}
 
     def _primary_missing_since(self):
