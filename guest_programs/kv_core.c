@@ -66,6 +66,12 @@
  * ================================================================================== */
 #include "kv_core.h"
 
+/* One record pending while another is in flight, after the partial tail sector; and
+ * recovery needs a whole record plus a read chunk in the same buffer. */
+_Static_assert(KV_LOGBUF_SIZE >= KV_SECTOR + 2 * KV_MAX_RECORD, "log buffer too small");
+_Static_assert(KV_LOGBUF_SIZE >= KV_MAX_RECORD + KV_SECTOR + KV_CHUNK_SIZE, "log buffer too small");
+_Static_assert(KV_CONN_IN_MAX >= KV_MAX_RECORD, "a command must fit a client's input buffer");
+
 #define S KV_SECTOR
 #define OBUF_SIZE (128u << 10)
 #define RX_SIZE (128u << 10)

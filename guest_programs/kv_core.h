@@ -39,14 +39,14 @@ int kv_busy(void);
 #define KV_RESERVE      (1u << 20)    /* left for connection buffers when data is stored */
 #define KV_MAX_BULK     (1u << 20)    /* longest argument (so values up to 1 MiB) */
 #define KV_MAX_ENTRY    (KV_MAX_BULK + (64u << 10))   /* key + value of one entry */
-#define KV_MAX_ARGS     65536         /* arguments of one command */
+#define KV_MAX_ARGS     32768         /* arguments of one command */
 #define KV_MAX_INLINE   (64u << 10)   /* longest inline command line */
 #define KV_CONN_IN_MAX  (KV_MAX_BULK * 2 + (256u << 10))  /* buffered input of a client */
 #define KV_MAX_CONNS    1024
 #define KV_SECTOR       4096u
 #define KV_REC_HDR      32u
 #define KV_MAX_RECORD   (KV_MAX_BULK + (128u << 10))  /* header + payload of one record */
-#define KV_LOGBUF_SIZE  (4u << 20)    /* tail sector + the log write in flight + pending */
+#define KV_LOGBUF_SIZE  (3u << 20)    /* tail sector + the log write in flight + pending */
 #define KV_CHUNK_SIZE   (1u << 20)    /* snapshot writes, recovery reads */
 #define KV_MIN_REGION   640u          /* sectors per log region, at least */
 

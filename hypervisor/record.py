@@ -152,13 +152,16 @@ class Recorder:
             host.start_poker(interval)
         return rec
 
-    def attach_disk(self, path):
+    def attach_disk(self, path, setup=None):
         """Do this guest's disk I/O on the image at ``path``. Requests the machine has in
         flight (a replayed guest going live) are issued again, in order: they are
-        idempotent by design."""
+        idempotent by design. ``setup(worker)`` runs before they are (the owner must
+        know the worker to release their writes)."""
         from .sources.disk import DiskWorker
         self.disk = DiskWorker(path, self.host.push_disk)
         self.disk.reads_done = self.m.disk.reads_completed
+        if setup is not None:
+            setup(self.disk)
         for r in self.m.disk.pending_in_order():
             self._issue(r, cover=0)
         self.m.disk.take_new()

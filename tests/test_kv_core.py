@@ -510,7 +510,7 @@ def test_stale_generation_and_epoch_rules(kvh, tmp_path):
     base = b"*2\r\n$2\r\nv3\r\n"
     assert recovered(b"") == (b":4\r\n" + base + b"$-1\r\n", recovered(b"")[1])
     # a stale record from generation 1, right index, valid CRC: rejected
-    out, _ = recovered(record(2, [b"x", b"stale"], did, 1, 5, 4))
+    out, _ = recovered(record(2, [b"x", b"stale"], did, 1, 6, 4))
     assert out == b":4\r\n" + base + b"$-1\r\n"
     # right generation, but the index is out of sequence
     assert recovered(record(2, [b"x", b"1"], did, 3, 6, 7))[0] == b":4\r\n" + base + b"$-1\r\n"

@@ -572,12 +572,13 @@ class Node:
         if self.machine.config.disk_sectors:
             if not self.disk_path:
                 raise FtvmError("the guest has a disk, but this node was given no --disk image to reach it")
-            rec.attach_disk(self.disk_path)
-            rec.disk.guard = self._may_write_disk
-            if self.machine.config.disk_reads == "shared":
-                rec.disk.before_write = self._wait_reads_replayed
-            with self.lock:
-                self.disk_worker = rec.disk
+            def setup(worker):
+                worker.guard = self._may_write_disk
+                if self.machine.config.disk_reads == "shared":
+                    worker.before_write = self._wait_reads_replayed
+                with self.lock:
+                    self.disk_worker = worker
+            rec.attach_disk(self.disk_path, setup)
 
     def _disk_reads_replayed(self):
         m = self.machine
