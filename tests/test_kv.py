@@ -18,7 +18,11 @@ redis = pytest.importorskip("redis")
 
 
 def client(kv):
-    return redis.Redis(host="127.0.0.1", port=kv.port, socket_timeout=30, decode_responses=True)
+    # No retries: a timed-out command must show up as an error, not be sent again.
+    from redis.backoff import NoBackoff
+    from redis.retry import Retry
+    return redis.Redis(host="127.0.0.1", port=kv.port, socket_timeout=15, decode_responses=True,
+                       retry=Retry(NoBackoff(), 0))
 
 
 def raw(port, data, timeout=10):
