@@ -183,6 +183,43 @@ def run_views_bench(runs, gdir, tmp, say):
     return res
 
 
+def run_ft_bench(runs, gdir, tmp, plain_compute_s, say):
+    res = {}
+    say("bench: ftvm run compute.elf (primary and backup processes)")
+    guest_s = []
+    for i in range(runs):
+        summ, _, _ = ft_run(gdir / "compute.elf", tmp, f"compute{i}")
+        guest_s.append(summ["exit_s"] - summ["first_hello_s"])
+        res["compute_wall_s"] = min(res.get("compute_wall_s", 1e9), summ["wall_s"])
+    res["compute_guest_s"] = min(guest_s)
+    res["plain_over_ft"] = plain_compute_s / res["compute_guest_s"]
+    say("bench: Output Rule latency on lines.elf")
+    lat = []
+    for i in range(runs):
+        _, nodes, _ = ft_run(gdir / "lines.elf", tmp, f"lines{i}")
+        st = nodes["A"].get("output_rule_us") or {}
+        lat.append((st.get("p50"), st.get("p99"), st.get("n")))
+    lat.sort()
+    res["output_rule_p50_us"], res["output_rule_p99_us"], res["outputs"] = lat[len(lat) // 2]
+    say("bench: failover outage (SIGKILL of the primary -> next output from the new primary)")
+    outages = []
+    for i in range(max(5, runs)):
+        summ, _, _ = ft_run(gdir / "lines.elf", tmp, f"kill{i}", kill_after=0.8 + 0.1 * i)
+        for k in summ["kills"]:
+            if k["next_output_s"] is not None:
+                outages.append((k["next_output_s"] - k["t"]) * 1000)
+    outages.sort()
+    res["failover_outage_ms"] = outages
+    res["failover_outage_median_ms"] = outages[len(outages) // 2] if outages else None
+    say("bench: logging bandwidth on tsc_heavy.elf")
+    summ, _, log = ft_run(gdir / "tsc_heavy.elf", tmp, "tsc")
+    secs = summ["exit_s"] - summ["first_hello_s"]
+    res["tsc_log_bytes"] = log.stat().st_size
+    res["tsc_guest_s"] = secs
+    res["logging_mbit_s"] = log.stat().st_size * 8 / secs / 1e6
+    return res
+
+
 def run_bench(runs, guest_dir, as_json, say, only=None):
     gdir = pathlib.Path(guest_dir) if guest_dir else ROOT / "guest_programs" / "build"
     rows = []
