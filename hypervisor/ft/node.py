@@ -696,6 +696,19 @@ class Node:
             return
         self._go_live(rp, result)
 
+    def _resend_unconfirmed(self, stream, confirmed, name):
+        """Going live: hold for release everything of ``stream`` (console or network
+        output) from the offset the observer confirmed on. A managed primary may
+        transfer its state later, so it keeps retaining unconfirmed bytes, as a backup
+        does."""
+        data = stream.unconfirmed_since(confirmed)
+        stream.retain = False
+        stream.take()
+        stream.retain = self.managed
+        stream.retained, stream.retained_from = bytearray(data if self.managed else b""), confirmed
+        if data:
+            self.gate.hold(0, confirmed, data, stream=name)
+
     def _go_live(self, rp, result, target_view=None):
         m = rp.m
         target = target_view or self.view + 1
@@ -737,25 +750,8 @@ class Node:
         host = HostEvents(m.cpu, None, external_input=True, eof_taken=m.input.eof)
         with self.lock:
             self.host = host
-            data = console.unconfirmed_since(resend_from)
-            console.retain = False
-            console.take()
-            # A managed primary may transfer its state later: it keeps what the observer
-            # has not confirmed, as a backup does.
-            console.retain = self.managed
-            console.retained, console.retained_from = bytearray(data if self.managed else b""), resend_from
-            if data:
-                self.gate.hold(0, resend_from, data)
-            # The same for the network output stream.
-            net = m.netout
-            net_from = self.observer_net_confirmed
-            ndata = net.unconfirmed_since(net_from)
-            net.retain = False
-            net.take()
-            net.retain = self.managed
-            net.retained, net.retained_from = bytearray(ndata if self.managed else b""), net_from
-            if ndata:
-                self.gate.hold(0, net_from, ndata, stream="net")
+            self._resend_unconfirmed(console, resend_from, "console")
+            self._resend_unconfirmed(m.netout, self.observer_net_confirmed, "net")
             self.hello(f"went live in view {self.view} after {outage_ms} ms")
         golive = R.GoLive(m.blocks, rip, self.view, self.name, outage_ms)
         rec = Recorder.take_over(m, self.sink, rp.config, self, host, offset, golive)
