@@ -395,14 +395,16 @@ def status(run_dir, as_json):
     from rich.table import Table
     t = Table(title=f"ftvm nodes in {run_dir}")
     for col in ("node", "pid", "alive", "role", "view", "lag ms", "log records", "log kbit/s", "held B",
-                "failovers", "clock offset us", "garbage", "stale", "transfer"):
+                "failovers", "clock offset us", "garbage", "stale", "transfer", "net events", "disk w/r/err"):
         t.add_column(col, justify="right")
     for s in sts:
+        d = s.get("disk")
         t.add_row(s["name"], str(s["pid"]), "yes" if s["alive"] else "no", s["role"], str(s["view"]),
                   "-" if s["lag_ms"] is None else f"{s['lag_ms']:.1f}", str(s["log_records"]),
                   f"{s.get('log_rate_kbps', 0):.0f}",
                   str(s["held_bytes"]), str(s["failovers"]), f"{s['clock_offset_us']:.0f}",
-                  str(s["garbage"]), str(s["stale"]), transfer_cell(s))
+                  str(s["garbage"]), str(s["stale"]), transfer_cell(s), str(s.get("net_events", 0)),
+                  f"{d['writes']}/{d['reads']}/{d['errors']}" if d else "-")
     import shutil
     con = RichConsole(width=max(150, shutil.get_terminal_size().columns))
     con.print(t)
