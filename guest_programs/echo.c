@@ -51,8 +51,10 @@ int main(void)
     ftvm_puts("echo: ready\n");
     for (;;) {
         ftvm_irq_disable();
-        while (tail == head && !eof)
+        while (tail == head && !eof) {
             ftvm_wait_irq(); /* sti; hlt: wakes on the next interrupt */
+            ftvm_irq_disable(); /* re-check with interrupts masked, or a wake-up is lost */
+        }
         ftvm_irq_enable();
         while (tail != head) {
             char c = (char)ring[tail % RING];

@@ -93,7 +93,10 @@ static inline uint64_t ftvm_rdtscp(uint32_t *aux)
 /* Interrupts are masked by RFLAGS.IF, as on hardware: sti/cli. */
 static inline void ftvm_irq_enable(void) { __asm__ volatile("sti" ::: "memory"); }
 static inline void ftvm_irq_disable(void) { __asm__ volatile("cli" ::: "memory"); }
-/* Enable interrupts and wait for the next one (sti; hlt, as on hardware). */
+/* Enable interrupts and wait for the next one (sti; hlt, as on hardware). Call it with
+ * interrupts disabled after checking there is nothing to do, and disable them again
+ * before checking anew: an interrupt between the check and the sti would otherwise
+ * be taken and its wake-up lost in the hlt. */
 static inline void ftvm_wait_irq(void) { __asm__ volatile("sti; hlt" ::: "memory"); }
 static inline uint32_t ftvm_rng32(void) { return ftvm_inl(FTVM_PORT_RNG); }
 static inline void ftvm_timer_set_us(uint32_t period_us) { ftvm_outl(FTVM_PORT_TIMER, period_us); }

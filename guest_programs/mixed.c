@@ -28,8 +28,10 @@ int main(void)
     ftvm_timer_set_us(1000);
     for (;;) {
         ftvm_irq_disable();
-        while (tail == head && !eof)
+        while (tail == head && !eof) {
             ftvm_wait_irq();
+            ftvm_irq_disable();
+        }
         ftvm_irq_enable();
         while (tail != head) {
             unsigned char c = ring[tail++ % RING];

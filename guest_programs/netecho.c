@@ -58,8 +58,10 @@ int main(void)
     struct ftvm_net_event ev;
     for (;;) {
         ftvm_irq_disable();
-        while (!net_pending && !ftvm_net_status())
+        while (!net_pending && !ftvm_net_status()) {
             ftvm_wait_irq();
+            ftvm_irq_disable(); /* re-check with interrupts masked, or a wake-up is lost */
+        }
         net_pending = 0;
         ftvm_irq_enable();
         for (;;) {
