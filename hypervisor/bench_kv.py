@@ -63,7 +63,8 @@ def wait_ready(port, proc, timeout=60):
 class KvServer:
     """`ftvm record` or `ftvm run` of kv.elf with a front end and a disk, as a context."""
 
-    def __init__(self, mode, tmp, disk, disk_reads="log", disk_size="256M", log=None, run_dir=None, env=None):
+    def __init__(self, mode, tmp, disk, disk_reads="log", disk_size="256M", log=None, run_dir=None, env=None,
+                 nodes=2):
         self.port = free_port()
         self.tmp = pathlib.Path(tmp)
         self.run_dir = run_dir or self.tmp / f"run-{mode}-{self.port}"
@@ -76,7 +77,7 @@ class KvServer:
         if mode == "record":
             cmd = [*_ftvm(), "record", str(guest), "-o", str(log or self.tmp / f"kv-{self.port}.ftlog"), *args]
         else:
-            cmd = [*_ftvm(), "run", str(guest), "--run-dir", str(self.run_dir), *args]
+            cmd = [*_ftvm(), "run", str(guest), "--run-dir", str(self.run_dir), "--nodes", str(nodes), *args]
             if log:
                 cmd += ["--log", str(log)]
         self.err = open(self.tmp / f"kv-{mode}-{self.port}.stderr", "wb")

@@ -183,3 +183,20 @@ def test_disk_errors_become_error_replies(guests, tmp_path):
                 errors += 1
         assert errors > 0
         assert r.ping() is True       # still serving
+
+
+def test_three_nodes_two_primary_kills_with_state_transfer(guests, tmp_path):
+    """With the view service: the kv's network and disk state travel in the state
+    transfer to the new backup, which later takes over again."""
+    log = tmp_path / "three.ftlog"
+    with KvServer("run", tmp_path, tmp_path / "kv.img", disk_size="64M", log=log, nodes=3) as kv:
+        with Writers(kv, n=2) as w:
+            for _ in range(2):
+                time.sleep(3.5)           # long enough for redundancy to be restored
+                r = run_ftvm("kill", "primary", "--run-dir", kv.run_dir)
+                assert r.returncode == 0, r.stderr
+            time.sleep(2)
+        w.check(kv)
+        assert kv.stderr().count("failover: node") == 2, kv.stderr()
+    rp = run_ftvm("replay", log)
+    assert rp.returncode == 130 and rp.stdout == kv.console(), rp.stderr
