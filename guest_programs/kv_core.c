@@ -1148,6 +1148,17 @@ static void reply_mutation(const char *s, uint32_t n)
     set_state(c, CS_WAITING);
 }
 
+/* A mutation's integer reply (":n\r\n"), sent once its log record is durable. */
+static void reply_mutation_int(uint64_t n)
+{
+    char b[32];
+    b[0] = ':';
+    uint32_t k = 1 + fmt_u64(b + 1, n);
+    b[k++] = '\r';
+    b[k++] = '\n';
+    reply_mutation(b, k);
+}
+
 /* ---------------------------------------------------------------------------------
  * compaction: write the table as a snapshot into the other region, then switch
  * --------------------------------------------------------------------------------- */
@@ -1578,12 +1589,7 @@ static int c_del(uint32_t argc)
         if (tb_del(args[i].p, args[i].n)) args[1 + n++] = args[i];
     if (!n) { r_int(0); return 0; }
     log_append(KV_T_DEL, n, args + 1);
-    char b[32];
-    b[0] = ':';
-    uint32_t k = 1 + fmt_u64(b + 1, n);
-    b[k++] = '\r';
-    b[k++] = '\n';
-    reply_mutation(b, k);
+    reply_mutation_int(n);
     return 0;
 }
 
@@ -1641,12 +1647,7 @@ static int c_append(uint32_t argc)
     uint32_t newlen;
     if (!tb_append(args[1].p, args[1].n, args[2].p, args[2].n, &newlen)) { r_str(E_OOM); return 0; }
     log_append(KV_T_APPEND, 2, args + 1);
-    char b[32];
-    b[0] = ':';
-    uint32_t k = 1 + fmt_u64(b + 1, newlen);
-    b[k++] = '\r';
-    b[k++] = '\n';
-    reply_mutation(b, k);
+    reply_mutation_int(newlen);
     return 0;
 }
 

@@ -224,22 +224,18 @@ def run_bench(runs, guest_dir, as_json, say, only=None):
     gdir = pathlib.Path(guest_dir) if guest_dir else ROOT / "guest_programs" / "build"
     rows = []
     results = {}
-    if only == "views":
-        with tempfile.TemporaryDirectory(prefix="ftvm-bench-") as tmp:
-            results["views"] = run_views_bench(runs, gdir, tmp, say)
-        if as_json:
-            print(json.dumps(results, indent=2))
-        else:
-            _table(_views_rows(results["views"]), "ftvm bench: view service and state transfer")
-        return results
-    if only == "kv":
+    if only in ("views", "kv"):
         from .bench_kv import kv_rows, run_kv_bench
+        run, rows, title = {"views": (lambda tmp: run_views_bench(runs, gdir, tmp, say), _views_rows,
+                                      "ftvm bench: view service and state transfer"),
+                            "kv": (lambda tmp: run_kv_bench(runs, tmp, say), kv_rows,
+                                   "ftvm bench: kv guest with Redis clients")}[only]
         with tempfile.TemporaryDirectory(prefix="ftvm-bench-") as tmp:
-            results["kv"] = run_kv_bench(runs, tmp, say)
+            results[only] = run(tmp)
         if as_json:
             print(json.dumps(results, indent=2))
         else:
-            _table(kv_rows(results["kv"]), "ftvm bench: kv guest with Redis clients")
+            _table(rows(results[only]), title)
         return results
     if only == "ft":
         with tempfile.TemporaryDirectory(prefix="ftvm-bench-") as tmp:
