@@ -123,6 +123,8 @@ class Recorder:
         machine.console.on_flush_wanted = self._flush_wanted
         machine.netout.on_flush_wanted = self._flush_soon
         self.disk = None                # DiskWorker: the host side of the disk (attach_disk)
+        self.guest_waits = False        # at this stop the guest halts until something arrives
+        self._stop_soon = False
         self.disk_reads_in_log = machine.config.disk_reads != "shared"
         machine.rng.mode = "record"
         machine.rng.set_append(self._append)
@@ -206,6 +208,10 @@ class Recorder:
 
     FLUSH_SOON_BLOCKS = 4096
 
+    def stop_soon(self):
+        """Make the next stop come within FLUSH_SOON_BLOCKS blocks (asked at a stop)."""
+        self._stop_soon = True
+
     def _flush_soon(self):
         """Network replies: hand them out at the next stop, which a serving guest makes
         soon anyway (it halts when idle); at the latest FLUSH_SOON_BLOCKS blocks on.
@@ -256,7 +262,9 @@ class Recorder:
                 self._flush_console()
                 self._flush_net()
                 self._mark_progress()
+                self.guest_waits = True
                 self.out.after_stop(self)
+                self.guest_waits = False
                 if not self._can_wake():
                     return self._end("stuck", GuestStuck.exit_status, self._stuck_reason())
                 if self.script:
@@ -287,6 +295,9 @@ class Recorder:
             stop = min(stop, self.script.next_stop())
         if self.chaos:
             stop = min(stop, self.chaos.next_stop(m.blocks))
+        if self._stop_soon:
+            self._stop_soon = False
+            stop = min(stop, m.blocks + self.FLUSH_SOON_BLOCKS)
         lib.ftvm_arm(m.cpu, stop)
 
     def _drain_tsc(self):

@@ -94,6 +94,21 @@ def test_on_lost_contact(role, won, action):
     assert core.on_lost_contact(role, won) == action
 
 
+def test_log_waits_for_the_next_stop_only_while_nothing_depends_on_it():
+    ms = 1_000_000
+    # Nothing held, the guest runs on, sent just now, little unsent: the next stop takes it.
+    assert not core.send_log_now(1000, output_waiting=False, guest_waits=False, since_sent_ns=100_000)
+    # Output waits on the backup's acknowledgement: send at once.
+    assert core.send_log_now(1000, output_waiting=True, guest_waits=False, since_sent_ns=100_000)
+    # The guest sleeps until something arrives: there may be no next stop for long.
+    assert core.send_log_now(1000, output_waiting=False, guest_waits=True, since_sent_ns=100_000)
+    # Held long enough, or grown large enough.
+    assert core.send_log_now(1000, False, False, since_sent_ns=core.LOG_BATCH_NS)
+    assert not core.send_log_now(1000, False, False, since_sent_ns=core.LOG_BATCH_NS - 1)
+    assert core.send_log_now(core.LOG_BATCH_BYTES, False, False, since_sent_ns=0)
+    assert core.send_log_now(10, False, False, since_sent_ns=5 * ms, batch_ns=2 * ms)
+
+
 def test_core_does_no_io():
     src = (pathlib.Path(core.__file__)).read_text()
     names = set()

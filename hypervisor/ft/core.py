@@ -58,6 +58,22 @@ class OutputGate:
         return out
 
 
+LOG_BATCH_NS = 1_000_000        # a stop with nothing waiting on the backup may keep its log this long
+LOG_BATCH_BYTES = 256 << 10
+
+
+def send_log_now(unsent_bytes: int, output_waiting: bool, guest_waits: bool, since_sent_ns: int,
+                 batch_ns: int = LOG_BATCH_NS, batch_bytes: int = LOG_BATCH_BYTES) -> bool:
+    """At a stop: send the log written since the last send now, or leave it for the
+    next stop. Sending at every stop costs a message and an acknowledgement each; a
+    server woken by a network event would send the event's records, run for a few
+    hundred microseconds, and send again with its replies. Only output waits on the
+    backup, so the log goes out at once when output is held (or the guest is about to
+    sleep, with no next stop in sight); otherwise it may wait for the next stop, which
+    the caller makes come soon, for at most ``batch_ns`` and ``batch_bytes``."""
+    return output_waiting or guest_waits or since_sent_ns >= batch_ns or unsent_bytes >= batch_bytes
+
+
 class ClockSkew:
     """Cristian's algorithm over heartbeats: the peer's clock minus ours, from the
     sample with the shortest round trip among the last ``window``."""

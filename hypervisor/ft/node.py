@@ -93,6 +93,9 @@ class FtSink:
         self.bytes += len(frame)
         self.records += 1
 
+    def unsent_bytes(self):
+        return sum(len(f) for f in self.frames[max(0, self.sent - self.base):])
+
     def acked(self, n):
         drop = min(max(0, n - self.base), len(self.frames))
         if drop:
@@ -180,6 +183,7 @@ class Node:
         self.paced_ns = 0               # time the primary waited for the backup (flow control)
         self.rule_ns = []               # what the Output Rule added to each output (held -> released)
         self.resent_at = 0
+        self.log_sent_at = 0            # when the emulation thread last sent log to the backup
         self.hello_at = 0
         self.hello_detail = ""
 
@@ -532,7 +536,11 @@ class Node:
                     self.net_marks.append((s.records, ev))
                 elif not self.managed:
                     self.net_safe = ev      # no backup to wait for
-            if self.protected and s.records > s.sent:
+            if self.protected and s.records > s.sent and not self.transferring and not core.send_log_now(
+                    s.unsent_bytes(), bool(self.gate.held), rec.guest_waits, now - self.log_sent_at):
+                rec.stop_soon()          # the log waits for the next stop, which comes soon
+            elif self.protected and s.records > s.sent:
+                self.log_sent_at = now
                 frames = s.frames_from(s.sent, max_bytes=1 << 62)
                 self.ep.send_direct(self.peer_name, M.encode(
                     M.LOG, self.id, self.view, s.sent,

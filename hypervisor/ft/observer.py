@@ -22,6 +22,11 @@ from .node import FtOptions, node_id
 from .transport import Endpoint, free_tcp_port
 
 EXIT_NO_NODE = 8
+# Network output is confirmed on the 50 ms tick, or once this much is delivered
+# unconfirmed: a confirmation per reply batch would be two more messages per batch.
+# (Until confirmed the nodes keep the bytes, and a new primary re-sends them; the
+# front end takes each byte once, by offset.)
+NET_CONFIRM_BYTES = 256 << 10
 NO_PRIMARY_S = 15          # a dead primary with no successor this long: the run cannot go on
 
 
@@ -63,6 +68,7 @@ class Observer:
         self.net_in = []                          # network events from index net_base on, kept until replicated
         self.net_base = 0
         self.net_delivered = 0
+        self.net_confirm_sent = 0
         self.front = None
         if listen_net:
             from ..frontend import FrontEnd
@@ -141,9 +147,11 @@ class Observer:
                         for k in self.kills:
                             if k["next_output_s"] is None and msg.view > k["view"]:
                                 k["next_output_s"] = self.last_output_t - self.t0
+                        if self.net_delivered - self.net_confirm_sent >= NET_CONFIRM_BYTES:
+                            self._confirm()
                     else:
                         self.duplicates += 1
-                self._confirm()
+                        self._confirm()     # a re-send: tell the sender at once
             elif msg.type == M.EXIT:
                 status, detail = msg.payload
                 if self.exit is None:
@@ -162,6 +170,7 @@ class Observer:
                      f"from what was delivered")
 
     def _confirm(self):
+        self.net_confirm_sent = self.net_delivered
         data = M.encode(M.CONFIRM, 0, self.view, self.delivered, self.net_delivered if self.front else None)
         for n in self.nodes:
             self.ep.send(n, data)
