@@ -59,8 +59,14 @@
  * force, and the old region is untouched until the next compaction.
  *
  * Durability: a mutating command's reply is sent only once the write holding its
- * record (and everything before it) completed with FTVM_DISK_OK. Group commit: at most
- * one log write is in flight; records appended meanwhile go out together in the next.
+ * record (and everything before it) completed with FTVM_DISK_OK. Group commit, pipelined:
+ * up to KV_WBATCH log writes are in flight; records appended meanwhile go out together
+ * in the next one. Each write starts at the sector holding the end of the write before
+ * it (that sector was partly filled; it is written again, with more), and the device
+ * completes writes in order, so the log on disk only ever grows at its end. A failed
+ * write fails every later one still in flight too (their records follow a hole that
+ * recovery would stop at); once they have all come back, writing resumes from the
+ * durable end.
  * A client whose command waits is not served further until then (replies stay in
  * order); other clients carry on, and may read data that is not yet durable.
  * ================================================================================== */
@@ -70,6 +76,7 @@
  * recovery needs a whole record plus a read chunk in the same buffer. */
 _Static_assert(KV_LOGBUF_SIZE >= KV_SECTOR + 2 * KV_MAX_RECORD, "log buffer too small");
 _Static_assert(KV_LOGBUF_SIZE >= KV_MAX_RECORD + KV_SECTOR + KV_CHUNK_SIZE, "log buffer too small");
+_Static_assert(KV_WBATCH * 8 + 1 <= FTVM_DISK_MAX_INFLIGHT, "log writes in flight exceed the device's limit");
 _Static_assert(KV_CONN_IN_MAX >= KV_MAX_RECORD, "a command must fit a client's input buffer");
 
 #define S KV_SECTOR
@@ -638,9 +645,11 @@ static struct {
     uint64_t lb_off;               /* region offset of lb[0] (sector aligned) */
     uint32_t lb_len, lb_durable;   /* bytes in lb; of them durable */
     uint64_t applied_seq, durable_seq, submitted_seq;
-    int wstate, nbreq, failing, compacting, want_kick, want_compact;
-    uint32_t batch_len, backoff;
-    uint64_t batch_seq, sb_seq_pending;
+    uint64_t sub_end;              /* region offset where the log writes in flight end */
+    int wstate, failing, compacting, want_kick, want_compact;
+    int wb_head, wb_n, wb_failed;  /* log writes in flight (a ring); one of them failed */
+    uint32_t wb_err, backoff;
+    uint64_t sb_seq_pending;
     int sb_slot_pending;
     uint64_t nwrites, nwrite_errors, ncompactions;
 } K;
@@ -653,7 +662,14 @@ static uint8_t lb[KV_LOGBUF_SIZE] __attribute__((aligned(4096)));
 static uint8_t chunk[KV_CHUNK_SIZE] __attribute__((aligned(4096)));
 static uint8_t sbbuf[2 * S] __attribute__((aligned(4096)));
 static uint8_t tailbuf[S];
-static struct ftvm_disk_req breq[8];
+/* A log write: up to 8 requests of FTVM_DISK_MAX_SECTORS; done once all completed. */
+struct wbatch {
+    struct ftvm_disk_req req[8];
+    int nreq;
+    uint64_t end;    /* region offset of the end of the log it makes durable */
+    uint64_t seq;    /* the mutations it holds, up to this one */
+};
+static struct wbatch wb[KV_WBATCH];
 static struct ftvm_disk_req sbreq;
 static struct ftvm_disk_req sreq[FTVM_DISK_MAX_INFLIGHT];
 static struct ftvm_disk_req ioreq;
@@ -944,26 +960,34 @@ static void sb_submit(void)
     kvp_disk_submit(&sbreq);
 }
 
+/* Write the log from the sector where the writes in flight end (or the durable end)
+ * to its current end. The device copies a write's data at submit, so lb may change
+ * (and move, once earlier writes are durable) while this one is in flight. */
 static void submit_log(void)
 {
+    struct wbatch *b = &wb[(K.wb_head + K.wb_n) % KV_WBATCH];
     uint32_t len = K.lb_len, padded = (len + S - 1) / S * S;
+    uint64_t from_abs = K.sub_end > K.lb_off ? K.sub_end / S * S : K.lb_off;
+    uint32_t from = (uint32_t)(from_abs - K.lb_off);
     kzero(lb + len, padded - len);
-    uint64_t lba = region_lba(K.region) + K.lb_off / S;
-    uint32_t nsec = padded / S;
-    K.nbreq = 0;
+    uint64_t lba = region_lba(K.region) + from_abs / S;
+    uint32_t nsec = (padded - from) / S;
+    b->nreq = 0;
     for (uint32_t off = 0; off < nsec; off += FTVM_DISK_MAX_SECTORS) {
-        struct ftvm_disk_req *r = &breq[K.nbreq++];
+        struct ftvm_disk_req *r = &b->req[b->nreq++];
         uint32_t cnt = nsec - off < FTVM_DISK_MAX_SECTORS ? nsec - off : FTVM_DISK_MAX_SECTORS;
         r->op = FTVM_DISK_WRITE;
         r->count = cnt;
         r->lba = lba + off;
-        r->buf = (uint64_t)(uintptr_t)(lb + (uint64_t)off * S);
+        r->buf = (uint64_t)(uintptr_t)(lb + from + (uint64_t)off * S);
         r->tag = 0;
         kvp_disk_submit(r);
     }
-    K.batch_len = len;
-    K.batch_seq = K.applied_seq;
+    b->end = K.lb_off + len;
+    b->seq = K.applied_seq;
+    K.sub_end = b->end;
     K.submitted_seq = K.applied_seq;
+    K.wb_n++;
     K.wstate = W_LOG;
     K.nwrites++;
 }
@@ -971,15 +995,17 @@ static void submit_log(void)
 /* Start the next write if one is due: new records, or a blocked client wants one. */
 static void log_kick(void)
 {
-    if (!K.disk || K.wstate != W_IDLE || K.compacting) return;
+    if (!K.disk || K.wstate == W_SB || K.compacting || K.wb_n >= KV_WBATCH || K.wb_failed) return;
     int have_new = K.applied_seq > K.submitted_seq;
     if (!have_new && !K.want_kick) return;
-    K.want_kick = 0;
     if (K.sb_dirty || !K.epoch_ok) {
+        if (K.wb_n) return;  /* the superblock goes alone, after the log writes in flight */
+        K.want_kick = 0;
         sb_submit();
         return;
     }
-    if (K.lb_len > K.lb_durable || have_new) submit_log();
+    K.want_kick = 0;
+    if (K.lb_off + K.lb_len > K.sub_end || have_new) submit_log();
 }
 
 static void release_waiters(uint64_t upto, uint32_t err)
@@ -1017,8 +1043,9 @@ static int batch_finished(void)
 {
     if (K.wstate == W_SB) return sbreq.status != FTVM_DISK_PENDING;
     if (K.wstate == W_LOG) {
-        for (int i = 0; i < K.nbreq; i++)
-            if (breq[i].status == FTVM_DISK_PENDING) return 0;
+        const struct wbatch *b = &wb[K.wb_head];
+        for (int i = 0; i < b->nreq; i++)
+            if (b->req[i].status == FTVM_DISK_PENDING) return 0;
         return 1;
     }
     return 0;
@@ -1048,14 +1075,17 @@ static int writer_poll(void)
         }
         return 1;
     }
+    const struct wbatch *b = &wb[K.wb_head];
     uint32_t st = FTVM_DISK_OK;
-    for (int i = 0; i < K.nbreq; i++)
-        if (breq[i].status != FTVM_DISK_OK) { st = breq[i].status; break; }
-    K.wstate = W_IDLE;
+    for (int i = 0; i < b->nreq; i++)
+        if (b->req[i].status != FTVM_DISK_OK) { st = b->req[i].status; break; }
+    K.wb_head = (K.wb_head + 1) % KV_WBATCH;
+    if (--K.wb_n == 0) K.wstate = W_IDLE;
+    if (st == FTVM_DISK_OK && K.wb_failed) st = K.wb_err;  /* it follows a hole */
     if (st == FTVM_DISK_OK) {
         write_ok();
-        K.lb_durable = K.batch_len;
-        K.durable_seq = K.batch_seq;
+        K.lb_durable = (uint32_t)(b->end - K.lb_off);
+        K.durable_seq = b->seq;
         uint32_t drop = K.lb_durable / S * S;
         if (drop) {
             kmove(lb, lb + drop, K.lb_len - drop);
@@ -1066,9 +1096,15 @@ static int writer_poll(void)
         release_waiters(K.durable_seq, 0);
         wake_blocked(0);
     } else {
-        write_failed(st);
-        release_waiters(K.batch_seq, st);
+        if (!K.wb_failed) write_failed(st);
+        K.wb_failed = 1;
+        K.wb_err = st;
+        release_waiters(b->seq, st);
         wake_blocked(st);
+        if (K.wb_n == 0) { /* all back: write again from the durable end */
+            K.wb_failed = 0;
+            K.sub_end = K.lb_off + K.lb_durable;
+        }
     }
     return 1;
 }
@@ -1274,6 +1310,7 @@ static uint32_t compact(void)
             K.next_index = nrec;
             K.lb_off = nbytes / S * S;
             K.lb_len = K.lb_durable = (uint32_t)(nbytes % S);
+            K.sub_end = K.lb_off + K.lb_len;
             kcpy(lb, tailbuf, K.lb_len);
             K.durable_seq = K.submitted_seq = K.applied_seq;
             K.ncompactions++;
@@ -2264,6 +2301,7 @@ static void recover(const uint8_t *sb, int slot)
     K.applied_seq = K.durable_seq = K.submitted_seq = K.base_seq + (x.index - K.snap_records);
     K.lb_off = end / S * S;
     K.lb_len = K.lb_durable = (uint32_t)(end - K.lb_off);
+    K.sub_end = end;
     kmove(lb, lb + (K.lb_off - bstart), K.lb_len);
     kzero(lb + K.lb_len, S);
     say("kv: recovered ", T.count, " keys from ");

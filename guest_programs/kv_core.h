@@ -46,7 +46,8 @@ int kv_busy(void);
 #define KV_SECTOR       4096u
 #define KV_REC_HDR      32u
 #define KV_MAX_RECORD   (KV_MAX_BULK + (128u << 10))  /* header + payload of one record */
-#define KV_LOGBUF_SIZE  (3u << 20)    /* tail sector + the log write in flight + pending */
+#define KV_LOGBUF_SIZE  (3u << 20)    /* tail sector + the log writes in flight + pending */
+#define KV_WBATCH       4             /* log writes in flight at most (group commit, pipelined) */
 #define KV_CHUNK_SIZE   (1u << 20)    /* snapshot writes, recovery reads */
 #define KV_MIN_REGION   640u          /* sectors per log region, at least */
 

@@ -348,10 +348,66 @@ def test_group_commit_batches_while_a_write_is_in_flight(kvh):
               "complete 1", "round", "pending"] + [f"dump {c}" for c in range(2, 21)]
     r = kvh(lines)
     pend = [l for l in r.text.splitlines() if l.startswith("PENDING")]
-    assert pend == ["PENDING 1", "PENDING 1", "PENDING 1", "PENDING 0"]
+    # The 19 SETs that came while the first write was in flight go out together in a
+    # second write at once (pipelined), not after the first completes.
+    assert pend == ["PENDING 1", "PENDING 2", "PENDING 1", "PENDING 0"]
     assert r.out(1)[0] == b"+OK\r\n"
     assert r.out(2)[0] == b""                          # in the second write
     assert all(r.out(c, 1 if c == 2 else 0)[0] == b"+OK\r\n" for c in range(2, 21))
+
+
+def test_log_writes_in_flight_are_bounded_and_complete_in_order(kvh, tmp_path):
+    img = tmp_path / "disk.img"
+    lines = ["disk 8192", "boot"]
+    for c in range(1, 8):          # one SET per round: a write each, while none completes
+        lines += [f"open {c}", send(c, resp("SET", f"k{c}", "x" * (3000 + c))), "round", "pending"]
+    lines += ["complete 1", "round", *[f"dump {c}" for c in range(1, 8)], "settle",
+              *[f"dump {c}" for c in range(1, 8)], "stat", f"save {img}",
+              "boot", *session(20, ("MGET", *[f"k{c}" for c in range(1, 8)]))]
+    r = kvh(lines)
+    pend = [int(l.split()[1]) for l in r.text.splitlines() if l.startswith("PENDING")]
+    assert pend[:4] == [1, 2, 3, 4] and max(pend) == 4    # KV_WBATCH, then records wait
+    assert r.out(1, 0)[0] == b"+OK\r\n"                   # the first write's client only
+    assert all(r.out(c, 0)[0] == b"" for c in range(2, 8))
+    assert all(r.out(c, 1)[0] == b"+OK\r\n" for c in range(2, 8))
+    want = b"*7\r\n" + b"".join(b"$%d\r\n%s\r\n" % (3000 + c, b"x" * (3000 + c)) for c in range(1, 8))
+    assert r.out(20)[0] == want                             # the log on disk has no hole
+
+
+def test_a_failed_write_fails_the_writes_in_flight_behind_it(kvh):
+    r = kvh(["disk 8192", "boot", *session(1, ("SET", "a", "1")),
+             "fault write eio 1",
+             "open 2", send(2, resp("SET", "b", "2")), "round",
+             "open 3", send(3, resp("SET", "c", "3")), "round", "pending",
+             "complete 1", "round", "dump 2", "dump 3", "complete 1", "round", "dump 3", "pending",
+             *session(4, ("SET", "d", "4")),
+             "boot", *session(5, ("MGET", "a", "b", "c", "d"))])
+    assert "PENDING 2" in r.text.splitlines()
+    assert r.out(2)[0] == b"-ERR disk write failed: I/O error\r\n"
+    # c's write itself succeeded, but it follows the hole b's write left: not durable
+    assert r.out(3, 0)[0] == b""
+    assert r.out(3, 1)[0] == b"-ERR disk write failed: I/O error\r\n"
+    assert r.out(4)[0] == b"+OK\r\n"
+    # b's and c's records stayed in the log buffer and went out again with d's
+    assert r.out(5)[0] == b"*4\r\n$1\r\n1\r\n$1\r\n2\r\n$1\r\n3\r\n$1\r\n4\r\n"
+
+
+@pytest.mark.parametrize("torn", [0, 1])
+def test_crash_with_writes_in_flight_keeps_what_was_acknowledged(kvh, torn):
+    big = "v" * 6000
+    r = kvh(["disk 8192", "boot",
+             "open 1", send(1, resp("SET", "k1", big)), "round",
+             "open 2", send(2, resp("SET", "k2", big)), "round",
+             "open 3", send(3, resp("SET", "k3", big)), "round", "pending",
+             "complete 1", "round", "dump 1", f"crashat 1 torn {torn}", "complete", "dump 2", "dump 3",
+             "boot", *session(9, ("EXISTS", "k1"), ("EXISTS", "k2"), ("EXISTS", "k3"))])
+    assert r.crashes == 1
+    assert "PENDING 3" in r.text.splitlines()
+    assert r.out(1)[0] == b"+OK\r\n"
+    assert r.out(2)[0] == b"" and r.out(3)[0] == b""
+    got = r.out(9)[0]
+    assert got.startswith(b":1\r\n")                       # acknowledged: kept
+    assert got in (b":1\r\n:0\r\n:0\r\n", b":1\r\n:1\r\n:0\r\n")   # never k3 without k2
 
 
 def test_a_waiting_client_is_not_served_further(kvh):
