@@ -180,25 +180,45 @@ class FrontEnd:
                 ready = self.sel.select(0.5)
             except OSError:
                 ready = []
-            with self.lock:
-                if self.closed:
+            if self._handle(ready, events):
+                return
+            # Take whatever else became ready meanwhile, so that a burst of requests
+            # (a client library answering many replies at once) goes on as one batch:
+            # one message to the primary and one stop, not one per connection.
+            for _ in range(16):
+                if not events:
+                    break
+                try:
+                    ready = self.sel.select(0)
+                except OSError:
+                    ready = []
+                if not ready:
+                    break
+                if self._handle(ready, events):
                     return
-                for key, mask in ready:
-                    if key.data == "wake":
-                        try:
-                            os.read(self._wake_r, 4096)
-                        except OSError:
-                            pass
-                    elif key.data is None:
-                        self._accept(events)
-                    else:
-                        c = key.data
-                        if mask & selectors.EVENT_WRITE:
-                            self._flush(c)
-                        if mask & selectors.EVENT_READ and c.id in self.conns:
-                            self._read(c, events)
             if events:
                 self.on_events(events)
+
+    def _handle(self, ready, events):
+        """Serve what the selector found ready; True once the front end is closed."""
+        with self.lock:
+            if self.closed:
+                return True
+            for key, mask in ready:
+                if key.data == "wake":
+                    try:
+                        os.read(self._wake_r, 4096)
+                    except OSError:
+                        pass
+                elif key.data is None:
+                    self._accept(events)
+                else:
+                    c = key.data
+                    if mask & selectors.EVENT_WRITE:
+                        self._flush(c)
+                    if mask & selectors.EVENT_READ and c.id in self.conns:
+                        self._read(c, events)
+        return False
 
     def _accept(self, events):
         for _ in range(64):

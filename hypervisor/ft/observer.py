@@ -158,7 +158,8 @@ class Observer:
                     self.exit = (status, msg.seq, detail, name)
                     self.exit_t = time.monotonic()
                 self._confirm()
-            self.lock.notify_all()
+            if self.exit is not None:
+                self.lock.notify_all()   # the main thread waits for the exit and the output before it
 
     def _check_conflict(self, name, msg):
         """Two nodes must never release different output under the same sequence
