@@ -283,3 +283,32 @@ def test_nodes_stop_when_the_observer_dies(guests, tmp_path):
     pids = [status(run_dir, n)["pid"] for n in ("A", "B")]
     assert wait_for(lambda: not any(os.path.exists(f"/proc/{p}") and
                                     open(f"/proc/{p}/stat").read().split()[2] != "Z" for p in pids), timeout=20)
+
+
+def _nice(pid):
+    """The nice value of a process's main thread (the one that records or replays)."""
+    return int(open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()[16])
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="the backup yields the CPUs only as root")
+def test_backup_replays_behind_the_primary_and_not_after_going_live(guests, tmp_path):
+    """The backup's replay is off the Output Rule's path, so it runs at a lower priority
+    than the primary, and at the normal one again once it is primary."""
+    run_dir = tmp_path / "run"
+    proc = subprocess.Popen([str(FTVM), "run", str(GUESTS / "echo.elf"), "--run-dir", str(run_dir)],
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        assert wait_for(lambda: status(run_dir, "B").get("blocks", 0) > 0 and "pid" in status(run_dir, "A"),
+                        timeout=20), "the backup replays"
+        a, b = status(run_dir, "A")["pid"], status(run_dir, "B")["pid"]
+        assert (_nice(a), _nice(b)) == (0, 10)
+        assert run_ftvm("kill", "primary", "--run-dir", run_dir).returncode == 0
+        assert wait_for(lambda: status(run_dir, "B").get("role") == "primary", timeout=20)
+        assert _nice(b) == 0
+        proc.stdin.write(b"after\n")
+        out, err = proc.communicate(timeout=30)
+        assert proc.returncode == 0, err
+        assert b"echo[1]: AFTER\n" in out
+    finally:
+        if proc.poll() is None:
+            proc.kill()

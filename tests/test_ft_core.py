@@ -53,6 +53,23 @@ def test_peer_watch_judges_by_send_time():
     assert not w2.fresh(5000 * MS)
 
 
+def test_peer_watch_before_any_clock_estimate_judges_by_arrival():
+    """A peer whose clock is 3 s behind ours: its first heartbeats come before any round
+    trip, so there is no offset estimate yet. Taking its send time at face value would
+    make it look 3 s silent (a node once declared its live peer dead this way)."""
+    skew = core.ClockSkew()
+    w = core.PeerWatch(timeout_ns=150 * MS)
+    now = 10_000 * MS
+    assert skew.estimate_ns is None
+    w.heard(now, peer_sent=now - 3000 * MS, skew_ns=skew.estimate_ns)
+    assert w.fresh(now + 10 * MS)
+    # Once a round trip says the peer is 3 s behind, send times count again.
+    skew.sample(now + 20 * MS, peer_sent=now - 3000 * MS + 19 * MS, echo=now + 18 * MS, held=0)
+    assert abs(skew.estimate_ns + 3000 * MS) < MS
+    w.heard(now + 20 * MS, peer_sent=now - 3000 * MS + 19 * MS, skew_ns=skew.estimate_ns)
+    assert w.fresh(now + 100 * MS)
+
+
 def test_clock_skew_prefers_the_shortest_round_trip():
     s = core.ClockSkew()
     # Peer clock runs 1000 ns ahead. Round trips of 100 and 20 ns (peer held 10 ns).

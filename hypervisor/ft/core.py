@@ -96,6 +96,11 @@ class ClockSkew:
         return min(self.samples)[1] if self.samples else 0
 
     @property
+    def estimate_ns(self):
+        """The offset, or None before the first round trip gave one."""
+        return min(self.samples)[1] if self.samples else None
+
+    @property
     def rtt_ns(self):
         return min(self.samples)[0] if self.samples else None
 
@@ -109,8 +114,10 @@ class PeerWatch:
         self.timeout_ns = timeout_ns
         self.last_ns = None
 
-    def heard(self, now: int, peer_sent: int | None = None, skew_ns: int = 0):
-        t = now if peer_sent is None else min(now, peer_sent - skew_ns)
+    def heard(self, now: int, peer_sent: int | None = None, skew_ns: int | None = 0):
+        """``skew_ns`` None: no estimate of the peer's clock yet, so its send time
+        means nothing here (its clock may be seconds off): judge by arrival."""
+        t = now if peer_sent is None or skew_ns is None else min(now, peer_sent - skew_ns)
         if self.last_ns is None or t > self.last_ns:
             self.last_ns = t
 

@@ -291,6 +291,7 @@ class ManagedNode(Node):
         rp = Replayer(self.stream, console, header=header, machine=m,
                       on_progress=lambda r: self.confirmed_to_console(), should_stop=lambda: self.stop_requested or self.rejoin)
         rp.disk_path = self.disk_path
+        self.replay_priority(behind=True)
         result = rp.run()
         if self.stop_requested or self.rejoin:
             return

@@ -31,6 +31,7 @@ from ..uc import lib
 from . import core
 from .transport import Endpoint
 
+BACKUP_NICE = 10                    # a backup's replaying thread, as root (Node.replay_priority)
 OBSERVER_GONE_NS = 10_000_000_000   # no word from the observer this long: the run is over
 EXIT_STALE = 9          # this node learned it is stale (lost the test-and-set) and halted
 NODE_IDS = {}
@@ -186,6 +187,7 @@ class Node:
         self.log_sent_at = 0            # when the emulation thread last sent log to the backup
         self.hello_at = 0
         self.hello_detail = ""
+        self.main_tid = None            # the thread that records or replays the guest
 
     # --- small helpers --------------------------------------------------------------
     def say(self, msg):
@@ -223,7 +225,7 @@ class Node:
                 if 0 < echo <= now:
                     self.lease_from = max(self.lease_from, echo)
                 self.skew.sample(now, msg.seq, echo, held)
-                self.watch.heard(now, msg.seq, self.skew.offset_ns)
+                self.watch.heard(now, msg.seq, self.skew.estimate_ns)
                 self.peer_clock = (msg.seq, now)
             elif t == M.ACK and self.role == "primary":
                 self.watch.heard(now)
@@ -362,6 +364,7 @@ class Node:
 
     def _primary_lost(self, now):
         """The primary went silent: stop taking its log and take over."""
+        self.replay_priority(behind=False)      # catching up is on the failover's path
         self.failover = True
         self.failover_from = self.watch.last_ns or self.started
         self.stream.end()
@@ -614,6 +617,7 @@ class Node:
         # The I/O thread must get the GIL quickly when a message arrives, or every
         # acknowledgement waits out the emulation thread's 5 ms switch interval.
         sys.setswitchinterval(0.0001)
+        self.main_tid = threading.get_native_id()
         global _SKEW_NS
         _SKEW_NS = int(os.environ.get(f"FTVM_TEST_CLOCK_SKEW_NS_{self.name}", "0"))
         lib.ftvm_set_clock_skew(_SKEW_NS)
@@ -696,6 +700,7 @@ class Node:
         rp.m.netout.retain = True
         rp.disk_path = self.disk_path
         self.machine = rp.m
+        self.replay_priority(behind=True)
         result = rp.run()
         if self.stop_requested:
             return
@@ -720,7 +725,23 @@ class Node:
         if data:
             self.gate.hold(0, confirmed, data, stream=name)
 
+    def replay_priority(self, behind: bool):
+        """A backup's replay is off the Output Rule's path: the primary waits for the
+        acknowledgement, which the I/O thread sends on receipt, not for the replay. So
+        while it is a backup, the replaying thread yields the CPUs to the primary, the
+        front end and the clients (nice BACKUP_NICE), and catches up when they idle;
+        the lag bound still holds it to max_lag_ms behind. Back to normal once it goes
+        live. Only as root: a user could not lower the nice value again."""
+        tid = self.main_tid
+        if tid is None or os.geteuid() != 0:
+            return
+        try:
+            os.setpriority(os.PRIO_PROCESS, tid, BACKUP_NICE if behind else 0)
+        except OSError:
+            pass
+
     def _go_live(self, rp, result, target_view=None):
+        self.replay_priority(behind=False)
         m = rp.m
         target = target_view or self.view + 1
         won = self.arbiter.claim(target, self.name)
