@@ -92,13 +92,15 @@ class ClockSkew:
         self.samples.append((rtt, peer_sent + rtt // 2 - now))
 
     @property
-    def offset_ns(self):
-        return min(self.samples)[1] if self.samples else 0
-
-    @property
     def estimate_ns(self):
         """The offset, or None before the first round trip gave one."""
         return min(self.samples)[1] if self.samples else None
+
+    @property
+    def offset_ns(self):
+        """The offset, taken as 0 until there is an estimate."""
+        e = self.estimate_ns
+        return 0 if e is None else e
 
     @property
     def rtt_ns(self):
