@@ -183,20 +183,28 @@ def log_bytes_until_ready(mode, tmp, disk, disk_reads):
     return log.stat().st_size, ready
 
 
+BENCH_REQUESTS = 40000      # per test and run
+
+
 def run_kv_bench(runs, tmp, say):
     tmp = pathlib.Path(tmp)
-    res = {"throughput": {}, "pause_ms": []}
-    for mode in ("record", "run"):
-        say(f"kv: redis-benchmark, 50 clients, under `ftvm {mode}`")
-        best = {}
-        for r in range(runs):
-            disk = tmp / f"bench-{mode}-{r}.img"
-            with KvServer(mode, tmp, disk) as kv:
-                got = redis_benchmark(kv.port)
-            for test, v in got.items():
+    res = {"throughput": {"record": {}, "run": {}}, "pairs": {"SET": [], "GET": []}, "pause_ms": []}
+    # Record and FT runs alternate, and the ratio is taken within each pair: on a shared
+    # machine whose speed drifts by 10-20% over minutes, a ratio of the best record run
+    # to the best FT run, taken minutes apart, mostly measures the drift.
+    for r in range(runs):
+        got = {}
+        for mode in ("record", "run"):
+            say(f"kv: redis-benchmark, 50 clients, under `ftvm {mode}` (pair {r + 1} of {runs})")
+            with KvServer(mode, tmp, tmp / f"bench-{mode}-{r}.img") as kv:
+                got[mode] = redis_benchmark(kv.port, requests=BENCH_REQUESTS)
+            best = res["throughput"][mode]
+            for test, v in got[mode].items():
                 if test not in best or v["rps"] > best[test]["rps"]:
                     best[test] = v
-        res["throughput"][mode] = best
+        for test, ratios in res["pairs"].items():
+            if test in got["record"] and test in got["run"]:
+                ratios.append(got["run"][test]["rps"] / got["record"][test]["rps"])
     say("kv: logging bandwidth of recovery, read data in the log vs. backup reading the shared disk")
     disk = tmp / "recovery.img"
     with KvServer("record", tmp, disk, disk_size="256M") as kv:
@@ -223,9 +231,15 @@ def kv_rows(k):
         a, b = k["throughput"]["record"].get(test), k["throughput"]["run"].get(test)
         if not a or not b:
             continue
-        ratio = b["rps"] / a["rps"]
-        rows.append((f"kv {test}: redis-benchmark -c 50, record vs `ftvm run`", f"{a['rps']:.0f} req/s",
-                     f"{b['rps']:.0f} req/s", f"{ratio:.2f}", "FT/non-FT ≥ 0.7", ratio >= 0.7))
+        pairs = sorted(k.get("pairs", {}).get(test) or [])
+        # The median of the interleaved pairs' ratios; without pairs, best against best.
+        ratio = pairs[len(pairs) // 2] if pairs else b["rps"] / a["rps"]
+        rows.append((f"kv {test}: redis-benchmark -c 50, record vs `ftvm run` (best runs; ratio: median pair)",
+                     f"{a['rps']:.0f} req/s", f"{b['rps']:.0f} req/s", f"{ratio:.2f}", "FT/non-FT ≥ 0.7",
+                     ratio >= 0.7))
+        if pairs:
+            rows.append((f"  {test} FT/non-FT of each record/FT pair", "", "",
+                         " ".join(f"{x:.2f}" for x in k["pairs"][test]), "printed", None))
         rows.append((f"  {test} latency p50 / p99", f"{a['p50_ms']:.2f} / {a['p99_ms']:.2f} ms",
                      f"{b['p50_ms']:.2f} / {b['p99_ms']:.2f} ms", "", "printed", None))
     rec = k["recovery"]
