@@ -26,13 +26,21 @@ class Devices:
 
 def record_guest(guest, log_path, *, stack_size, mem_limit, digest_interval_ms, digest_every_events, say,
                  stdin_fd=0, devices: Devices | None = None):
+    """Record ``guest`` (a guest.AbiGuest or LinuxGuest, or an ftvm-ABI ELF path)."""
     devices = devices or Devices()
-    data, image = elf_loader.load_file(guest, mem_limit=mem_limit, stack_size=stack_size)
+    if isinstance(guest, (str, os.PathLike)):
+        data, image = elf_loader.load_file(guest, mem_limit=mem_limit, stack_size=stack_size)
+        from .guest import AbiGuest
+        guest = AbiGuest(data, image, os.path.basename(guest))
+    if guest.personality == "linux" and (devices.listen or devices.disk):
+        from .errors import FtvmError
+        raise FtvmError("--listen and --disk are devices of ftvm-ABI guests; a Linux program uses "
+                        "--data (and, later, its own sockets)")
     config = Config(stack_size=stack_size, mem_limit=mem_limit, digest_interval_ms=digest_interval_ms,
                     digest_every_events=digest_every_events, disk_sectors=devices.disk_sectors,
                     disk_reads=devices.disk_reads)
     writer = LogWriter(log_path)
-    say(f"recording {guest} to {log_path}")
+    say(f"recording {guest.name} to {log_path}")
     front = None
     try:
         host = HostEvents(None, stdin_fd)
@@ -44,8 +52,7 @@ def record_guest(guest, log_path, *, stack_size, mem_limit, digest_interval_ms, 
             net_write = front.deliver
             say(f"listening on {front.address} (clients reach the guest's network device)")
         console = Console(fd_sink(1))
-        rec = Recorder.new(data, image, os.path.basename(guest), writer, config, console,
-                           out=PlainOutput(fd_sink(1), net_write), host=host)
+        rec = Recorder.start(guest, writer, config, console, out=PlainOutput(fd_sink(1), net_write), host=host)
         if devices.disk:
             rec.attach_disk(devices.disk)
             say(f"disk {devices.disk}: {devices.disk_sectors} sectors of 4096 bytes "

@@ -22,18 +22,18 @@ import msgpack
 
 from . import codec
 
-FORMAT_VERSION = 2                   # v2 added NET and DISK records (the devices of guest ABI v2)
-READABLE_VERSIONS = (1, 2)           # a v1 log is a v2 log without those records
+FORMAT_VERSION = 3                   # v3 added SYSCALL records (the Linux personality)
+READABLE_VERSIONS = (1, 2, 3)        # v2 added NET and DISK; a v1 log is a v2 log without them
 FILE_MAGIC = b"FTVMLOG\x00"
 FRAME = struct.Struct("<BBII")
 FRAME_HEAD = struct.Struct("<BBI")   # the part of the frame header the CRC covers
 BODY_MAX = 256 << 20                 # largest body a reader accepts (the ELF rides in HEADER)
 TSC_BATCH_MAX = 1 << 20              # most RDTSC entries one record may hold
 
-HEADER, INPUT, IRQ, TSC, RNG, DIGEST, END, PROGRESS, GOLIVE, VIEW, TRANSFER, NET, DISK = range(1, 14)
+HEADER, INPUT, IRQ, TSC, RNG, DIGEST, END, PROGRESS, GOLIVE, VIEW, TRANSFER, NET, DISK, SYSCALL = range(1, 15)
 KIND_NAMES = {HEADER: "header", INPUT: "input", IRQ: "irq", TSC: "tsc", RNG: "rng",
               DIGEST: "digest", END: "end", PROGRESS: "progress", GOLIVE: "golive", VIEW: "view",
-              TRANSFER: "transfer", NET: "net", DISK: "disk"}
+              TRANSFER: "transfer", NET: "net", DISK: "disk", SYSCALL: "syscall"}
 NAME_KINDS = {v: k for k, v in KIND_NAMES.items()}
 
 # Registers in a state digest, in this order (format version 1).
@@ -104,6 +104,22 @@ class Disk:
     data: bytes | None
     crc: int
     kind = DISK
+
+
+@dataclasses.dataclass(frozen=True)
+class Syscall:
+    """A Linux system call, completed at execution point ``blocks`` (the syscall
+    instruction at ``pc`` ends its block; the guest resumes at pc + 2). ``args`` are the
+    arguments the call uses, ``ret`` its result (RAX, unsigned), ``values`` what the host
+    answered, in the order the call asked (inputs, outputs' results, identities of root
+    files): replay takes them from here instead of asking the host."""
+    blocks: int
+    pc: int
+    nr: int
+    args: tuple
+    ret: int
+    values: list
+    kind = SYSCALL
 
 
 @dataclasses.dataclass(frozen=True)
@@ -263,6 +279,8 @@ def _body(rec) -> object:
         return [rec.blocks, rec.pc, rec.data]
     if k == IRQ:
         return [rec.blocks, rec.pc, rec.vector]
+    if k == SYSCALL:
+        return [rec.blocks, rec.pc, rec.nr, list(rec.args), rec.ret, rec.values]
     if k == NET:
         return [rec.blocks, rec.pc, rec.conn, rec.type, rec.data]
     if k == DISK:
@@ -336,6 +354,11 @@ def _from_body(kind, b):
         _need(len(b) == 3 and _is_uint(b[0]) and _is_uint(b[1]) and _is_uint(b[2], 8),
               "irq: expected [blocks, pc, vector]")
         return Irq(*b)
+    if kind == SYSCALL:
+        _need(len(b) == 6 and _is_uint(b[0]) and _is_uint(b[1]) and _is_uint(b[2], 16) and isinstance(b[3], list)
+              and len(b[3]) <= 6 and all(_is_uint(a) for a in b[3]) and _is_uint(b[4]) and isinstance(b[5], list),
+              "syscall: expected [blocks, pc, number, args, result, values]")
+        return Syscall(b[0], b[1], b[2], tuple(b[3]), b[4], b[5])
     if kind == NET:
         _need(len(b) == 5 and _is_uint(b[0]) and _is_uint(b[1]) and _is_uint(b[2], 32) and b[3] in (1, 2, 3, 4)
               and isinstance(b[4], bytes), "net: expected [blocks, pc, conn, type 1-4, bytes]")
