@@ -154,7 +154,7 @@ def sys_uname(k, buf):
 @syscall("sysinfo", "ptr", family="process", note="fixed answer, uptime from guest time")
 def sys_sysinfo(k, buf):
     up = k.vtime_state() // 10**9
-    info = struct.pack("<q3QQQQQQHxxxxxxQQI", up, 0, 0, 0, 8 << 30, 6 << 30, 0, 0, 0, 0, 1, 0, 0, 1)
+    info = struct.pack("<q3Q6QH6xQQI", up, 0, 0, 0, 8 << 30, 6 << 30, 0, 0, 0, 0, 1, 0, 0, 1)
     k.write_mem(buf, info.ljust(112, b"\0"))
     return 0
 

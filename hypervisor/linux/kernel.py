@@ -26,7 +26,7 @@ import sys
 
 from logging_channel import records as R
 
-from ..errors import Divergence
+from ..errors import Divergence, FtvmError
 from ..uc import lib
 from .fs import GuestErr
 from .sysnames import NAMES
@@ -253,7 +253,7 @@ class Kernel:
         self.calls += 1
 
     def _run(self, nr, args):
-        from .table import HANDLERS, NARGS
+        from .table import HANDLERS, NARGS, describe_call
         h = HANDLERS.get(nr)
         if h is None:
             ret = -errno.ENOSYS
@@ -267,6 +267,11 @@ class Kernel:
                 ret = h(self, *args[:NARGS[nr]])
             except GuestErr as e:
                 ret = -e.code
+            except (Blocked, FtvmError):
+                raise
+            except Exception as e:     # a bug in a handler: name the call, no traceback
+                raise FtvmError(f"internal error in system call {describe_call(nr, args[:NARGS[nr]], None)} at "
+                                f"{self.m.point()}: {type(e).__name__}: {e}") from e
         v = self.m.vcpu
         v.set_reg("rax", ret & (2**64 - 1))
         v.set_reg("rcx", v.reg("rip"))          # as the syscall instruction leaves them
