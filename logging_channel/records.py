@@ -119,6 +119,7 @@ class Syscall:
     args: tuple
     ret: int
     values: list
+    strings: tuple = ()     # ((argument index, the path it named), ...), for display only
     kind = SYSCALL
 
 
@@ -280,7 +281,7 @@ def _body(rec) -> object:
     if k == IRQ:
         return [rec.blocks, rec.pc, rec.vector]
     if k == SYSCALL:
-        return [rec.blocks, rec.pc, rec.nr, list(rec.args), rec.ret, rec.values]
+        return [rec.blocks, rec.pc, rec.nr, list(rec.args), rec.ret, rec.values, [list(p) for p in rec.strings]]
     if k == NET:
         return [rec.blocks, rec.pc, rec.conn, rec.type, rec.data]
     if k == DISK:
@@ -355,10 +356,12 @@ def _from_body(kind, b):
               "irq: expected [blocks, pc, vector]")
         return Irq(*b)
     if kind == SYSCALL:
-        _need(len(b) == 6 and _is_uint(b[0]) and _is_uint(b[1]) and _is_uint(b[2], 16) and isinstance(b[3], list)
-              and len(b[3]) <= 6 and all(_is_uint(a) for a in b[3]) and _is_uint(b[4]) and isinstance(b[5], list),
-              "syscall: expected [blocks, pc, number, args, result, values]")
-        return Syscall(b[0], b[1], b[2], tuple(b[3]), b[4], b[5])
+        _need(len(b) == 7 and _is_uint(b[0]) and _is_uint(b[1]) and _is_uint(b[2], 16) and isinstance(b[3], list)
+              and len(b[3]) <= 6 and all(_is_uint(a) for a in b[3]) and _is_uint(b[4]) and isinstance(b[5], list)
+              and isinstance(b[6], list) and all(isinstance(p, list) and len(p) == 2 and _is_uint(p[0], 3)
+                                                 and isinstance(p[1], str) for p in b[6]),
+              "syscall: expected [blocks, pc, number, args, result, values, strings]")
+        return Syscall(b[0], b[1], b[2], tuple(b[3]), b[4], b[5], tuple(tuple(p) for p in b[6]))
     if kind == NET:
         _need(len(b) == 5 and _is_uint(b[0]) and _is_uint(b[1]) and _is_uint(b[2], 32) and b[3] in (1, 2, 3, 4)
               and isinstance(b[4], bytes), "net: expected [blocks, pc, conn, type 1-4, bytes]")

@@ -60,7 +60,7 @@ class Kernel:
         self.warned = set()            # unsupported calls already named on stderr
         self.output_gate = None        # record: callable() that waits for the Output Rule
         self.on_note = lambda msg: sys.stderr.write(f"ftvm: {msg}\n")
-        self.note_records = []         # record: notes to log (unsupported calls)
+        self.call_strings = None       # record: guest strings (paths) the call read, by address
 
     # --- the three doors ------------------------------------------------------------------
     def host(self, fn):
@@ -127,13 +127,17 @@ class Kernel:
         if addr == 0:
             raise GuestErr(errno.EFAULT)
         out = bytearray()
+        start = addr
         while len(out) < limit:
             chunk = 4096 - (addr & 0xFFF)
             data = self.read_mem(addr, chunk)
             z = data.find(b"\0")
             if z >= 0:
                 out += data[:z]
-                return out.decode("utf-8", "surrogateescape")
+                text = out.decode("utf-8", "surrogateescape")
+                if self.call_strings is not None and len(self.call_strings) < 4:
+                    self.call_strings[start] = text
+                return text
             out += data
             addr += chunk
         raise GuestErr(errno.ENAMETOOLONG)
@@ -219,9 +223,13 @@ class Kernel:
         Blocked (nothing changed; the caller retries after waiting)."""
         nr, args, pc = self.pending
         self.rec_values = []
+        self.call_strings = {}
         ret = self._run(nr, args)
-        rec = R.Syscall(self.m.blocks, pc, nr, _trim(nr, args), ret & (2**64 - 1), self.rec_values)
+        targs = _trim(nr, args)
+        strings = tuple((i, self.call_strings[a]) for i, a in enumerate(targs) if a in self.call_strings)
+        rec = R.Syscall(self.m.blocks, pc, nr, targs, ret & (2**64 - 1), self.rec_values, strings)
         self.rec_values = None
+        self.call_strings = None
         self.pending = None
         self.calls += 1
         return rec
