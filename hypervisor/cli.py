@@ -274,8 +274,8 @@ def _opts(hb_interval_ms, fail_timeout_ms, max_lag_ms):
     return FtOptions(hb_interval_ms=hb_interval_ms, fail_timeout_ms=fail_timeout_ms, max_lag_ms=max_lag_ms)
 
 
-@main.command()
-@click.argument("guest", type=click.Path(dir_okay=False))
+@main.command(context_settings={"allow_interspersed_args": True})
+@click.argument("program", nargs=-1, type=click.UNPROCESSED, metavar="[--] PROGRAM [ARGS]...")
 @click.option("--log", "log_path", type=click.Path(dir_okay=False),
               help="When the run ends, write a replay log of the whole run (across failovers) here.")
 @click.option("--kill-primary-after", "kill_after", type=float, multiple=True, metavar="SECONDS",
@@ -287,12 +287,22 @@ def _opts(hb_interval_ms, fail_timeout_ms, max_lag_ms):
               help="Nodes to run. More than 2 starts the view service, which restores redundancy "
                    "after a failure by transferring state to an idle node.")
 @_device_options
+@_linux_options
 @_ft_options
 @operating_errors
-def run(guest, log_path, kill_after, progress, run_dir, nodes, hb_interval_ms, fail_timeout_ms, max_lag_ms,
-        listen, disk, disk_size, disk_reads):
-    """Run GUEST fault-tolerantly: a primary and a backup process joined by the logging
+def run(program, log_path, kill_after, progress, run_dir, nodes, hb_interval_ms, fail_timeout_ms, max_lag_ms,
+        listen, disk, disk_size, disk_reads, root, data, cwd, env, personality):
+    """Run PROGRAM fault-tolerantly: a primary and a backup process joined by the logging
     channel, and this process as the observer.
+
+    \b
+      ftvm run -- /usr/bin/python3 script.py
+      ftvm run --data ./state:/data --kill-primary-after 1.0 -- /bin/busybox md5sum /data/f
+      ftvm run guest_programs/build/lines.elf --nodes 3
+
+    PROGRAM is a Linux program (its arguments follow it, after `--`) or an ftvm-ABI guest.
+    A Linux program's data directory (--data) is shared storage: only the primary writes
+    it, under the Output Rule; the root (--root) must be identical on every node.
 
     The guest's console is on stdout, exactly once, whatever fails; stdin goes to the
     guest's input device through the primary. ftvm exits with the guest's exit status,
@@ -305,6 +315,17 @@ def run(guest, log_path, kill_after, progress, run_dir, nodes, hb_interval_ms, f
     only the primary writes it, under the Output Rule. A server guest runs until Ctrl-C.
     """
     from .ft.observer import run_local
+    import tempfile
+    g = _guest(program, personality, root, data, cwd, env)
+    guest = program[0]
+    if g.personality == "linux":
+        if listen or disk:
+            raise click.UsageError("--listen and --disk are devices of ftvm-ABI guests")
+        run_dir = run_dir or tempfile.mkdtemp(prefix="ftvm-run-")
+        os.makedirs(run_dir, exist_ok=True)
+        from .linux.spec import SPEC_SUFFIX
+        guest = os.path.join(os.path.abspath(run_dir), "guest" + SPEC_SUFFIX)
+        g.spec.save(guest)
     status = run_local(guest, log_path=log_path, kill_after=kill_after, progress=progress, run_dir=run_dir,
                        opts=_opts(hb_interval_ms, fail_timeout_ms, max_lag_ms), say=say, nodes=nodes,
                        devices=_devices(listen, disk, disk_size, disk_reads))

@@ -13,13 +13,12 @@ Output Rule). Plain recording releases it at once.
 """
 from __future__ import annotations
 
-import socket
 import time
 import zlib
 
 from logging_channel import records as R
 
-from . import __version__, abi
+from . import abi
 from .errors import EXIT_INTERRUPTED, GuestStuck
 from .machine import Config, Machine
 from .sources.interrupts import HostEvents
@@ -248,6 +247,14 @@ class Recorder:
                 self.disk.close()
 
     def _loop(self, m, cpu):
+        if self.kernel is not None and self.kernel.pending is not None:
+            # Gone live from a replay stopped at a system call: finish it first, doing its
+            # change again if the old primary may have made it (its Intent is logged).
+            if self.kernel.intent is not None:
+                self.kernel.redo(self.kernel.intent)
+            end = self._linux_syscall()
+            if end is not None:
+                return end
         while True:
             self._arm(m)
             fault = m.vcpu.run()
@@ -348,11 +355,14 @@ class Recorder:
             self._event(rec)
             return None
 
-    def _output_gate(self):
+    def _output_gate(self, values):
         """Before a change to the data directory: the backup must have the log up to
-        this call (a Progress record marks the point), by the Output Rule."""
+        this call, by the Output Rule. The Intent record marks the point and carries the
+        host values the call has used so far (for a redo after a failover)."""
         self._flush_console()
-        self._mark_progress()
+        k, m = self.kernel, self.m
+        self._append(R.Intent(m.blocks, k.pending[2], k.pending[0], list(values)))
+        self._logged_at_stop = True
         wait = getattr(self.out, "file_output", None)
         if wait is not None:
             wait(self)

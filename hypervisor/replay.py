@@ -326,6 +326,12 @@ class Replayer:
                 raise Divergence(self._point(), f"the log says the guest ended here ({ev.detail}), but replay did not")
             self._check_pc(ev)
             return self._finish(ev, ev.status, ev.detail)
+        if ev.kind == R.INTENT:
+            if self.kernel is None or self.kernel.pending is None or self.kernel.pending[0] != ev.nr:
+                raise Divergence(self._point(), "the log has a data-directory change here, but the guest is not "
+                                                "in that system call")
+            self.kernel.intent = list(ev.values)
+            return None
         if ev.kind == R.SYSCALL:
             self.events += 1
             if self.kernel is None:

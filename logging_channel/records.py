@@ -30,10 +30,10 @@ FRAME_HEAD = struct.Struct("<BBI")   # the part of the frame header the CRC cove
 BODY_MAX = 256 << 20                 # largest body a reader accepts (the ELF rides in HEADER)
 TSC_BATCH_MAX = 1 << 20              # most RDTSC entries one record may hold
 
-HEADER, INPUT, IRQ, TSC, RNG, DIGEST, END, PROGRESS, GOLIVE, VIEW, TRANSFER, NET, DISK, SYSCALL = range(1, 15)
+HEADER, INPUT, IRQ, TSC, RNG, DIGEST, END, PROGRESS, GOLIVE, VIEW, TRANSFER, NET, DISK, SYSCALL, INTENT = range(1, 16)
 KIND_NAMES = {HEADER: "header", INPUT: "input", IRQ: "irq", TSC: "tsc", RNG: "rng",
               DIGEST: "digest", END: "end", PROGRESS: "progress", GOLIVE: "golive", VIEW: "view",
-              TRANSFER: "transfer", NET: "net", DISK: "disk", SYSCALL: "syscall"}
+              TRANSFER: "transfer", NET: "net", DISK: "disk", SYSCALL: "syscall", INTENT: "intent"}
 NAME_KINDS = {v: k for k, v in KIND_NAMES.items()}
 
 # Registers in a state digest, in this order (format version 1).
@@ -121,6 +121,19 @@ class Syscall:
     values: list
     strings: tuple = ()     # ((argument index, the path it named), ...), for display only
     kind = SYSCALL
+
+
+@dataclasses.dataclass(frozen=True)
+class Intent:
+    """The system call pending at ``blocks`` is about to change the data directory (an
+    output), having asked the host for ``values`` so far. Written before the change, so
+    that a backup going live with the call still pending can do it again with the same
+    values (the same file offset), idempotently. Changes nothing in the guest."""
+    blocks: int
+    pc: int
+    nr: int
+    values: list
+    kind = INTENT
 
 
 @dataclasses.dataclass(frozen=True)
@@ -280,6 +293,8 @@ def _body(rec) -> object:
         return [rec.blocks, rec.pc, rec.data]
     if k == IRQ:
         return [rec.blocks, rec.pc, rec.vector]
+    if k == INTENT:
+        return [rec.blocks, rec.pc, rec.nr, rec.values]
     if k == SYSCALL:
         return [rec.blocks, rec.pc, rec.nr, list(rec.args), rec.ret, rec.values, [list(p) for p in rec.strings]]
     if k == NET:
@@ -355,6 +370,10 @@ def _from_body(kind, b):
         _need(len(b) == 3 and _is_uint(b[0]) and _is_uint(b[1]) and _is_uint(b[2], 8),
               "irq: expected [blocks, pc, vector]")
         return Irq(*b)
+    if kind == INTENT:
+        _need(len(b) == 4 and _is_uint(b[0]) and _is_uint(b[1]) and _is_uint(b[2], 16) and isinstance(b[3], list),
+              "intent: expected [blocks, pc, number, values]")
+        return Intent(*b)
     if kind == SYSCALL:
         _need(len(b) == 7 and _is_uint(b[0]) and _is_uint(b[1]) and _is_uint(b[2], 16) and isinstance(b[3], list)
               and len(b[3]) <= 6 and all(_is_uint(a) for a in b[3]) and _is_uint(b[4]) and isinstance(b[5], list)

@@ -148,9 +148,14 @@ def open_path(k, dirfd, path_addr, flags, mode):
         return F.RootFile(gpath, flags, detail)
     if kind == "data":
         def do_open():
+            hflags = (flags & (3 | O_CREAT | O_EXCL | O_TRUNC | O_DIRECTORY)) | os.O_CLOEXEC
             try:
-                fd = os.open(detail, (flags & (3 | O_CREAT | O_EXCL | O_TRUNC | O_DIRECTORY)) | os.O_CLOEXEC,
-                             mode & ~fs.umask & 0o7777)
+                try:
+                    fd = os.open(detail, hflags, mode & ~fs.umask & 0o7777)
+                except FileExistsError:
+                    if not k.redo_now:       # done again after a failover: the old primary made it
+                        raise
+                    fd = os.open(detail, hflags & ~O_EXCL, mode & ~fs.umask & 0o7777)
             except OSError as e:
                 return [-(e.errno or errno.EIO), 0]
             isdir = st.S_ISDIR(os.fstat(fd).st_mode)
@@ -529,14 +534,18 @@ def sys_fchdir(k, fd):
 
 # --- changing the name space ---------------------------------------------------------------
 
-def _mutate(k, dirfd, path_addr, on_data, on_tmp, eexist_on_root=False):
+def _mutate(k, dirfd, path_addr, on_data, on_tmp, eexist_on_root=False, done=None):
     """A change of the name space: the data directory (output), /tmp (state), or the
-    read-only root (EROFS)."""
+    read-only root (EROFS). ``done``: the errno that, when the change is done again
+    after a failover, means the old primary already made it."""
     fs = k.files
     gpath = fs.abspath(k, dirfd, k.read_str(path_addr))
     kind, detail = fs.where(gpath)
     if kind == "data":
-        got = k.output(lambda: _host_errno(lambda: on_data(detail)))
+        def change():
+            r = _host_errno(lambda: on_data(detail))
+            return 0 if r and r == done and k.redo_now else r
+        got = k.output(change)
         if got:
             raise GuestErr(got)
         return 0
@@ -582,7 +591,7 @@ def _tmp_unlink(k, rel, want_dir):
 @syscall("mkdirat", "fd", "path", "hex", family="files")
 def sys_mkdirat(k, dirfd, path, mode):
     return _mutate(k, dirfd, path, lambda p: os.mkdir(p, mode & ~k.files.umask & 0o7777),
-                   lambda rel: _tmp_mkdir(k, rel, mode), eexist_on_root=True)
+                   lambda rel: _tmp_mkdir(k, rel, mode), eexist_on_root=True, done=errno.EEXIST)
 
 
 @syscall("mkdir", "path", "hex", family="files")
@@ -593,7 +602,8 @@ def sys_mkdir(k, path, mode):
 @syscall("unlinkat", "fd", "path", "hex", family="files")
 def sys_unlinkat(k, dirfd, path, flags):
     rmdir = bool(flags & AT_REMOVEDIR)
-    return _mutate(k, dirfd, path, os.rmdir if rmdir else os.unlink, lambda rel: _tmp_unlink(k, rel, rmdir))
+    return _mutate(k, dirfd, path, os.rmdir if rmdir else os.unlink, lambda rel: _tmp_unlink(k, rel, rmdir),
+                   done=errno.ENOENT)
 
 
 @syscall("unlink", "path", family="files")
@@ -614,7 +624,10 @@ def sys_renameat2(k, olddirfd, oldpath, newdirfd, newpath, flags):
     if a[0] != b[0]:
         raise GuestErr(errno.EXDEV)
     if a[0] == "data":
-        got = k.output(lambda: _host_errno(lambda: os.rename(a[1], b[1])))
+        def change():
+            r = _host_errno(lambda: os.rename(a[1], b[1]))
+            return 0 if r == errno.ENOENT and k.redo_now and os.path.exists(b[1]) else r
+        got = k.output(change)
         if got:
             raise GuestErr(got)
         return 0

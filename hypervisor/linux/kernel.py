@@ -21,7 +21,6 @@ Replay then checks the call's number, arguments and result against the record.
 from __future__ import annotations
 
 import errno
-import os
 import sys
 
 from logging_channel import records as R
@@ -61,23 +60,41 @@ class Kernel:
         self.output_gate = None        # record: callable() that waits for the Output Rule
         self.on_note = lambda msg: sys.stderr.write(f"ftvm: {msg}\n")
         self.call_strings = None       # record: guest strings (paths) the call read, by address
+        self.intent = None             # replay: values of the pending call's logged Intent
+        self.redo_values = []          # going live: values to reuse (see redo)
+        self.redo_now = False
 
     # --- the three doors ------------------------------------------------------------------
     def host(self, fn):
         if self.mode == "replay":
             return self._take_value("input")
-        v = fn()
+        v = self.redo_values.pop(0) if self.redo_values else fn()
         self.rec_values.append(v)
         return v
 
     def output(self, fn):
+        """``fn`` changes host state. When a call is done again after a failover (its
+        Intent was logged, its result was not), the values it got before are reused and
+        ``redo_now`` is true for the first change: it must accept "already done"."""
         if self.mode == "replay":
             return self._take_value("output")
+        if self.redo_values:
+            v = self.redo_values.pop(0)
+            self.rec_values.append(v)
+            return v
         if self.output_gate is not None:
-            self.output_gate()
-        v = fn()
+            self.output_gate(self.rec_values)
+        try:
+            v = fn()
+        finally:
+            self.redo_now = False
         self.rec_values.append(v)
         return v
+
+    def redo(self, values):
+        """Going live with a call pending whose change may already have been made."""
+        self.redo_values = list(values)
+        self.redo_now = True
 
     def check(self, value, what):
         if self.mode == "replay":
@@ -230,6 +247,7 @@ class Kernel:
         rec = R.Syscall(self.m.blocks, pc, nr, targs, ret & (2**64 - 1), self.rec_values, strings)
         self.rec_values = None
         self.call_strings = None
+        self.redo_values, self.redo_now, self.intent = [], False, None
         self.pending = None
         self.calls += 1
         return rec
@@ -258,6 +276,7 @@ class Kernel:
                                     f"{_ret_text(rec.ret)} in the recording")
         self.replay_values = None
         self.pending = None
+        self.intent = None
         self.calls += 1
 
     def _run(self, nr, args):
