@@ -54,9 +54,9 @@ class LinuxGuest:
                                     linux=sp.to_dict()),
                         created_unix=time.time(), ftvm_version=__version__)
 
-    def machine(self, config, mode, console, entropy=None):
+    def machine(self, config, mode, console, entropy=None, start=True):
         from .linux.machine import LinuxMachine
-        return LinuxMachine(self.spec, config, mode, console, entropy=entropy)
+        return LinuxMachine(self.spec, config, mode, console, entropy=entropy, start=start)
 
     @classmethod
     def from_header(cls, header):

@@ -77,7 +77,7 @@ class LinuxVCPU(VCPU):
 class LinuxMachine:
     """Same interface as machine.Machine (see there); ``kernel`` is the personality."""
 
-    def __init__(self, spec: LinuxSpec, config: Config, mode: str, console: Console, entropy=None):
+    def __init__(self, spec: LinuxSpec, config: Config, mode: str, console: Console, entropy=None, start=True):
         assert mode in ("record", "replay")
         load_families()
         self.linux = True
@@ -101,7 +101,8 @@ class LinuxMachine:
         self.bad_hypercall = None
         k = self.kernel = Kernel(self, mode)
         _setup_kernel(k, spec)
-        self._start()
+        if start:
+            self._start()       # else a snapshot fills it in
 
     def _start(self):
         spec, k = self.spec, self.kernel
