@@ -53,7 +53,7 @@ def sys_mmap(k, addr, length, prot, flags, fd, off):
     if f is not None:
         data = f.map_bytes(k, off, min(length, size))
         mem.write(start, data)
-        if flags & MAP_SHARED and f.kind == "data":
+        if flags & MAP_SHARED and f.kind in ("data", "tmp"):     # /tmp files too, as on tmpfs
             k.shared_maps.append([start, size, f, off])
     if not prot & PROT_WRITE:
         mem.protect(start, size, prot)
