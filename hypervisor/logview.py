@@ -353,27 +353,43 @@ def show(path, kinds, from_block, to_block, limit, expand_tsc, as_json, out=sys.
 def gather_stats(path):
     per_kind = {}
     items = {}
+    calls = {}           # system call name -> [calls, errors, bytes in, bytes out, log bytes]
     end = None
     header = None
     total = 0
     with LogReader(path) as reader:
+        prev = None          # (offset, name) of the previous SYSCALL record, sized when the next starts
         for index, offset, rec in reader:
+            if prev is not None:
+                calls[prev[1]][4] += offset - prev[0]
+                prev = None
             name = R.KIND_NAMES[rec.kind]
-            size = len(R.encode(rec)) if rec.kind != R.HEADER else None
             per_kind.setdefault(name, [0, 0])
             per_kind[name][0] += 1
             if rec.kind == R.HEADER:
                 header = rec
             if rec.kind == R.END:
                 end = rec
+            if rec.kind == R.SYSCALL:
+                from .linux import decode
+                c = calls.setdefault(decode.call_name(rec.nr), [0, 0, 0, 0, 0])
+                c[0] += 1
+                c[1] += decode.failed(rec.ret)
+                b_in, b_out = decode.bytes_moved(rec.nr, rec.ret)
+                c[2] += b_in
+                c[3] += b_out
+                prev = (offset, decode.call_name(rec.nr))
             items[name] = items.get(name, 0) + (rec.count if rec.kind == R.TSC else 1)
         total = reader.bytes_read
         complete = reader.complete
+        if prev is not None:
+            calls[prev[1]][4] += total - prev[0]
     # Sizes: re-walk offsets cheaply by re-reading frame headers.
     sizes = _frame_sizes(path)
     for name, size in sizes.items():
-        per_kind[name][1] = size
-    return header, per_kind, items, end, total, complete
+        if name in per_kind:
+            per_kind[name][1] = size
+    return header, per_kind, items, end, total, complete, calls
 
 
 def _frame_sizes(path):
@@ -390,8 +406,10 @@ def _frame_sizes(path):
 
 
 def stats(path, as_json, out=sys.stdout):
-    header, per_kind, items, end, total, complete = gather_stats(path)
-    events = sum(items.get(k, 0) for k in ("input", "irq", "rng", "net", "disk")) + items.get("tsc", 0)
+    header, per_kind, items, end, total, complete, calls = gather_stats(path)
+    events = (sum(items.get(k, 0) for k in ("input", "irq", "rng", "net", "disk", "syscall"))
+              + items.get("tsc", 0))
+    linux = header is not None and header.config.get("personality") == "linux"
     wall_s = end.wall_ns / 1e9 if end else None
     result = {
         "log": str(path), "guest": header.elf_name if header else None, "bytes": total, "complete": complete,
@@ -406,7 +424,12 @@ def stats(path, as_json, out=sys.stdout):
         "events_per_s": round(events / wall_s, 1) if wall_s else None,
         "blocks_per_s": round(end.blocks / wall_s) if wall_s else None,
         "end": {"reason": end.reason, "status": end.status, "detail": end.detail} if end else None,
+        "syscalls": {n: {"calls": c[0], "errors": c[1], "bytes_in": c[2], "bytes_out": c[3], "log_bytes": c[4]}
+                     for n, c in sorted(calls.items(), key=lambda kv: (-kv[1][0], kv[0]))},
     }
+    if linux:
+        result["syscall_totals"] = {k: sum(c[i] for c in calls.values())
+                                    for i, k in enumerate(("calls", "errors", "bytes_in", "bytes_out", "log_bytes"))}
     if as_json:
         out.write(json.dumps(result, indent=2) + "\n")
         return result
@@ -418,15 +441,34 @@ def stats(path, as_json, out=sys.stdout):
     for k, v in result["kinds"].items():
         t.add_row(k, str(v["records"]), str(v["bytes"]), str(v["items"]),
                   "" if v["bytes_per_item"] is None else f"{v['bytes_per_item']:.2f}")
-    con = RichConsole(file=out)
+    con = RichConsole(file=out, width=max(100, getattr(out, "columns", 0) or 0))
     con.print(t)
-    lines = [f"events (input, irq, rng, rdtsc, net, disk): {events}",
+    if result["syscalls"]:
+        sc = Table(title="system calls")
+        for col in ("system call", "calls", "errors", "bytes in", "bytes out", "log bytes"):
+            sc.add_column(col, justify="left" if col == "system call" else "right")
+        for n, c in result["syscalls"].items():
+            sc.add_row(n, str(c["calls"]), str(c["errors"]), str(c["bytes_in"]), str(c["bytes_out"]),
+                       str(c["log_bytes"]))
+        tot = result["syscall_totals"]
+        sc.add_section()
+        sc.add_row("total", str(tot["calls"]), str(tot["errors"]), str(tot["bytes_in"]), str(tot["bytes_out"]),
+                   str(tot["log_bytes"]))
+        con.print(sc)
+    what = "input, irq, rng, rdtsc, net, disk, syscall" if linux else "input, irq, rng, rdtsc, net, disk"
+    lines = [f"events ({what}): {events}",
              f"bytes per event: {result['bytes_per_event']}"]
     if end:
-        lines += [f"guest blocks: {end.blocks}", f"guest time: {end.digest.vtime / 1e6:.3f} ms",
+        lines += [f"guest blocks: {end.blocks}", _guest_time(end, items),
                   f"wall time: {wall_s:.3f} s", f"events per second: {result['events_per_s']}",
                   f"guest blocks per second: {result['blocks_per_s']}",
                   f"end: {end.reason}, status {end.status} ({end.detail})"]
     for line in lines:
         con.print(line)
     return result
+
+
+def _guest_time(end, items):
+    if end.digest.vtime == 0 and not items.get("tsc"):
+        return "guest time: not read (the guest never asked for the time)"
+    return f"guest time: {end.digest.vtime / 1e6:.3f} ms"
