@@ -191,9 +191,16 @@ def record(program, log_path, stack_size, mem_limit, digest_interval_ms, digest_
 
 
 def _parse_point(text):
-    """'123456' -> ('blocks', 123456); '#12' or 'event:12' -> ('event', 12)."""
+    """'123456' -> ('blocks', 123456); '#12' or 'event:12' -> ('event', 12);
+    'sys:12' or 'syscall:12' -> ('syscall', 12)."""
     t = text.strip()
     try:
+        for prefix in ("sys:", "syscall:"):
+            if t.startswith(prefix):
+                n = int(t[len(prefix):])
+                if n < 0:
+                    raise ValueError
+                return "syscall", n
         if t.startswith("#"):
             return "event", int(t[1:])
         if t.startswith("event:"):
@@ -202,14 +209,16 @@ def _parse_point(text):
             return "blocks", int(t[6:])
         return "blocks", int(t, 0)
     except ValueError:
-        raise click.BadParameter(f"{text!r}: use a block count (123456), or #N / event:N for the Nth event") from None
+        raise click.BadParameter(f"{text!r}: use a block count (123456), #N / event:N for the Nth event, "
+                                 "or sys:N for the Nth system call (from 0)") from None
 
 
 @main.command()
 @click.argument("log", type=click.Path(dir_okay=False))
 @click.option("--to", "to", metavar="POINT",
               help="Stop at an execution point and print the registers: a block count (e.g. 120000) "
-                   "or #N / event:N to stop just before the Nth event.")
+                   "or #N / event:N to stop just before the Nth event, or sys:N to stop where the Nth system "
+                   "call of a Linux program (from 0, as `ftvm log show --kind syscall` numbers them) is pending.")
 @click.option("-q", "--quiet", is_flag=True, help="No ftvm messages on stderr unless something goes wrong.")
 @operating_errors
 @click.option("--disk", metavar="PATH", type=click.Path(dir_okay=False, exists=True), default=None,

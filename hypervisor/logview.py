@@ -420,6 +420,7 @@ def stats(path, as_json, out=sys.stdout):
         "bytes_per_event": round((total - per_kind.get("header", [0, 0])[1]) / events, 2) if events else None,
         "blocks": end.blocks if end else None,
         "guest_time_ns": end.digest.vtime if end else None,
+        "guest_read_time": bool(end.digest.vtime or items.get("tsc")) if end else None,
         "wall_s": round(wall_s, 3) if wall_s else None,
         "events_per_s": round(events / wall_s, 1) if wall_s else None,
         "blocks_per_s": round(end.blocks / wall_s) if wall_s else None,
