@@ -8,6 +8,7 @@ from logging_channel import records as R
 from logging_channel.logfile import LogReader
 
 from . import abi, elf_loader
+from .errors import EXIT_USAGE, FtvmError
 
 
 class Symbols:
@@ -348,6 +349,41 @@ def show(path, kinds, from_block, to_block, limit, expand_tsc, as_json, out=sys.
                 shown += 1
                 if limit and shown >= limit:
                     return
+
+
+class NotLinux(FtvmError):
+    exit_status = EXIT_USAGE
+
+
+def pending_call_lines(rp, log_path):
+    """For `ftvm replay --to sys:N`: the call pending where the replayer stopped, decoded
+    (paths read from guest memory), and what the recording says it returned."""
+    from .linux import decode, table
+    k = rp.kernel
+    nr, args, pc = k.pending
+    args = tuple(args[:table.NARGS.get(nr, 6)])
+
+    def read_str(addr):
+        saved, k.call_strings = k.call_strings, None
+        try:
+            return k.read_str(addr)
+        finally:
+            k.call_strings = saved
+    n = k.calls
+    lines = [f"pending: system call #{n} at block {rp.m.blocks} pc {pc:#x}: "
+             f"{decode.describe(nr, args, None, read_str=read_str)}"]
+    seen = 0
+    with LogReader(log_path) as reader:
+        for _i, _o, rec in reader:
+            if rec.kind == R.SYSCALL:
+                if seen == n:
+                    lines.append(f"the recording: {decode.describe(rec.nr, rec.args, rec.ret, rec.strings, rec.values)}"
+                                 f" (block {rec.blocks} pc {rec.pc:#x})")
+                    break
+                seen += 1
+            elif rec.kind == R.END and seen == n:
+                lines.append(f"the recording: the program ended here ({rec.detail}); exit calls have no SYSCALL record")
+    return lines
 
 
 def gather_stats(path):

@@ -132,7 +132,8 @@ class StreamSource:
 
 class Replayer:
     def __init__(self, source, console, to_blocks=None, to_event=None, chaos: Chaos | None = None,
-                 header: R.Header | None = None, on_progress=None, should_stop=None, machine=None):
+                 header: R.Header | None = None, on_progress=None, should_stop=None, machine=None,
+                 to_syscall=None):
         if isinstance(source, (str, bytes)) or hasattr(source, "__fspath__"):
             source = FileSource(source)
         self.source = source
@@ -140,6 +141,7 @@ class Replayer:
         self.console = console
         self.to_blocks = to_blocks
         self.to_event = to_event
+        self.to_syscall = to_syscall      # stop where the Nth system call (from 0) is pending
         self.chaos = chaos
         self.on_progress = on_progress or (lambda replayer: None)
         self.should_stop = should_stop or (lambda: False)   # a backup told to stop
@@ -284,6 +286,9 @@ class Replayer:
                 raise m.vtime.divergence(self._point())
             if self.kernel is not None and fault is None:
                 self.kernel.take_hook()
+                if (self.to_syscall is not None and self.kernel.pending is not None
+                        and self.kernel.calls >= self.to_syscall):
+                    return self._stop_here(f"stopped before system call #{self.kernel.calls}")
                 status = self.kernel.exit_pending()
                 if status is not None:
                     m.exit_status = status

@@ -78,12 +78,24 @@ def _report_end(say, end, extra):
 def replay_log(log_path, point, say, disk=None):
     to_blocks = point[1] if point and point[0] == "blocks" else None
     to_event = point[1] if point and point[0] == "event" else None
-    rp = Replayer(log_path, Console(fd_sink(1)), to_blocks=to_blocks, to_event=to_event)
+    to_syscall = point[1] if point and point[0] == "syscall" else None
+    rp = Replayer(log_path, Console(fd_sink(1)), to_blocks=to_blocks, to_event=to_event, to_syscall=to_syscall)
+    if to_syscall is not None and rp.kernel is None:
+        from .logview import NotLinux
+        raise NotLinux(f"{log_path}: sys:{to_syscall} names a system call, and this is the log of an "
+                       "ftvm-ABI guest (it makes none); use a block count or #N")
     rp.disk_path = disk
     res = rp.run()
     if res.stopped_at is not None:
         print_registers(res.stopped_at, res.message)
+        if to_syscall is not None:
+            from .logview import pending_call_lines
+            for line in pending_call_lines(rp, log_path):
+                print(line)
         return 0
+    if to_syscall is not None and rp.kernel is not None:
+        say(f"no system call #{to_syscall}: the run made {rp.kernel.calls} before it ended "
+            f"(#0-#{rp.kernel.calls - 1}, then the exit call, if any, as #{rp.kernel.calls}); replayed to the end")
     if res.end is not None:
         say(f"{res.message} ({res.end.blocks} blocks, {rp.events} events; identical to the recording)")
     else:
