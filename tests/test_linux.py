@@ -1,0 +1,415 @@
+"""Unmodified Linux programs under ftvm, byte for byte (issue 10, "Real programs").
+
+Every program is recorded and replayed through the real CLI: record == replay byte for
+byte with the same exit status, and the output equals a native run of the same program
+(lines starting with "nondet:" dropped: they differ from run to run by design). The
+native runs get ftvm's fixed default environment, so that `hello`'s environment listing
+compares too. Then a negative control (one changed recorded system-call result is a
+divergence naming the call) and bad input (one clear line, a distinct exit status).
+
+The guest's /tmp is a private in-memory file system: inputs come from tests/linux_data
+(under the real root) and writable host directories are passed with --data.
+"""
+import hashlib
+import os
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+from conftest import ROOT, log_records, run_ftvm
+from logging_channel import records as R
+
+sys.path.insert(0, str(ROOT / "tests" / "linux_data"))
+import busybox_cases  # noqa: E402
+
+from hypervisor.linux.spec import DEFAULT_ENV  # noqa: E402
+from hypervisor.linux.sysnames import NAMES  # noqa: E402
+
+LINUX = ROOT / "guest_programs" / "build" / "linux"
+DATA = ROOT / "tests" / "linux_data"
+VARIANTS = ("static", "dyn", "spie", "musl")
+NATIVE_ENV = dict(e.split("=", 1) for e in DEFAULT_ENV)
+BUSYBOX = "/bin/busybox"
+BASH = "/bin/bash-static"
+PYTHON = "/usr/bin/python3"
+SYS = {name: nr for nr, name in NAMES.items()}
+
+
+@pytest.fixture(scope="session")
+def progs():
+    subprocess.run(["make", "-s", "-C", str(ROOT / "guest_programs" / "linux")], check=True,
+                   stdout=subprocess.DEVNULL)
+    return LINUX
+
+
+def prog(progs, name, variant):
+    p = progs / f"{name}.{variant}"
+    if not p.exists():
+        pytest.skip(f"{p.name} not built (musl-gcc missing?)")
+    return p
+
+
+def native(argv, stdin=b"", env=None):
+    """A native run: (exit status, stdout and stderr together, as the guest console has them)."""
+    p = subprocess.run([str(a) for a in argv], input=stdin, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                       env=NATIVE_ENV if env is None else env, timeout=60)
+    return p.returncode, p.stdout
+
+
+def det(out: bytes) -> bytes:
+    """The output without its nondet: lines."""
+    return b"".join(line for line in out.splitlines(keepends=True) if not line.startswith(b"nondet:"))
+
+
+def record_replay(tmp_path, *args, input=b"", name="run"):
+    """ftvm record then ftvm replay; checks record == replay and returns the record run."""
+    log = tmp_path / f"{name}.ftlog"
+    rec = run_ftvm("record", "-o", log, *args, input=input)
+    assert "Traceback" not in rec.stderr, rec.stderr
+    assert "guest exited with status" in rec.stderr, rec.stderr
+    rep = run_ftvm("replay", log)
+    assert "Traceback" not in rep.stderr, rep.stderr
+    assert rep.returncode == rec.returncode, rep.stderr
+    assert rep.stdout == rec.stdout
+    assert "identical to the recording" in rep.stderr, rep.stderr
+    rec.log = log
+    return rec
+
+
+def tree(d):
+    """{relative path: sha256} of every file under d."""
+    out = {}
+    for base, _dirs, files in os.walk(d):
+        for f in files:
+            p = os.path.join(base, f)
+            with open(p, "rb") as fh:
+                out[os.path.relpath(p, d)] = hashlib.sha256(fh.read()).hexdigest()
+    return out
+
+
+# --- 1. the C test programs, four ways each ---------------------------------------------
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_hello(progs, tmp_path, variant):
+    p = prog(progs, "hello", variant)
+    args = [p, "one", "two words", ""]
+    rec = record_replay(tmp_path, "--", *args)
+    assert rec.returncode == 3
+    assert native(args) == (3, rec.stdout)
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_hello_env_option_adds_and_overrides(progs, tmp_path, variant):
+    p = prog(progs, "hello", variant)
+    rec = record_replay(tmp_path, "--env", "FTVM_TEST=yes", "--env", "TERM=xterm", "--", p)
+    env = dict(NATIVE_ENV)
+    del env["TERM"]
+    env.update(FTVM_TEST="yes", TERM="xterm")
+    assert native([p], env=env) == (3, rec.stdout)
+    assert b"env FTVM_TEST=yes\n" in rec.stdout and b"env TERM=dumb" not in rec.stdout
+
+
+@pytest.mark.parametrize("where", ["data", "tmp"])
+@pytest.mark.parametrize("name,status", [("files", 4), ("mmapper", 6)])
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_files_and_mmapper(progs, tmp_path, variant, name, status, where):
+    p = prog(progs, name, variant)
+    d = tmp_path / "d"
+    d.mkdir()
+    (d / "keep.txt").write_bytes(b"already here\n")
+    if where == "data":
+        rec = record_replay(tmp_path, "--data", f"{d}:/data", "--", p, "/data")
+    else:
+        rec = record_replay(tmp_path, "--", p, "/tmp")
+    assert rec.returncode == status, rec.stdout
+    assert b"FAILED" not in rec.stdout
+    nd = tmp_path / "native"
+    nd.mkdir()
+    (nd / "keep.txt").write_bytes(b"already here\n")
+    assert native([p, nd]) == (status, rec.stdout)
+    # The program cleans up after itself: the data directory is as it was.
+    assert tree(d) == tree(nd) == {"keep.txt": hashlib.sha256(b"already here\n").hexdigest()}
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_timerand(progs, tmp_path, variant):
+    p = prog(progs, "timerand", variant)
+    rec = record_replay(tmp_path, "--", p)
+    assert rec.returncode == 5
+    assert b"nondet: random hash" in rec.stdout
+    status, out = native([p])
+    assert status == 5 and det(out) == det(rec.stdout)
+    assert b"FAILED" not in rec.stdout and b": no\n" not in rec.stdout
+
+
+def test_timerand_randomness_differs_between_recordings(progs, tmp_path):
+    p = prog(progs, "timerand", "static")
+    a = record_replay(tmp_path, "--", p, name="a")
+    b = record_replay(tmp_path, "--", p, name="b")
+    hashes = [[line for line in r.stdout.splitlines() if line.startswith(b"nondet: random hash")] for r in (a, b)]
+    assert hashes[0] != hashes[1], "getrandom and /dev/urandom come from the host at record time"
+
+
+STDIN = b"".join(b"line %d: the quick brown fox jumps over the lazy dog\n" % i for i in range(400)) + b"\xc3\xa9 no newline"
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_stdin_cat(progs, tmp_path, variant):
+    p = prog(progs, "stdin_cat", variant)
+    rec = record_replay(tmp_path, "--", p, input=STDIN)
+    assert rec.returncode == 7
+    assert native([p], stdin=STDIN) == (7, rec.stdout)
+    assert rec.stdout.startswith(STDIN[:100].upper())
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_stdin_cat_empty_input(progs, tmp_path, variant):
+    p = prog(progs, "stdin_cat", variant)
+    rec = record_replay(tmp_path, "--", p, input=b"")
+    assert native([p], stdin=b"") == (7, rec.stdout)
+
+
+# --- 2. Debian's busybox-static and bash-static -----------------------------------------
+
+BB_CASES = busybox_cases.cases(str(DATA))
+
+
+@pytest.mark.parametrize("argv,stdin", BB_CASES, ids=[f"{i:02d}-{c[0][0]}" for i, c in enumerate(BB_CASES)])
+def test_busybox_applet(tmp_path, argv, stdin):
+    if not os.path.exists(BUSYBOX):
+        pytest.skip("busybox-static not installed")
+    data = open(stdin, "rb").read() if stdin else b""
+    rec = record_replay(tmp_path, "--env", "LC_ALL=C", "--", BUSYBOX, *argv, input=data)
+    status, out = busybox_cases.run_native(argv, stdin)
+    assert (rec.returncode, rec.stdout) == (status, out)
+    assert out, "every case prints something"
+
+
+def test_bash_script(tmp_path):
+    if not os.path.exists(BASH):
+        pytest.skip("bash-static not installed")
+    args = [BASH, DATA / "script.sh", DATA / "data.csv"]
+    rec = record_replay(tmp_path, "--", *args)
+    assert rec.returncode == 0
+    assert b"nondet: unseeded RANDOM" in rec.stdout and rec.stdout.endswith(b"done\n")
+    status, out = native(args)
+    assert status == 0 and det(out) == det(rec.stdout)
+
+
+# --- 3. the system's python3 with a data directory ---------------------------------------
+
+def test_python3_data_script(tmp_path):
+    d, nd = tmp_path / "d", tmp_path / "native"
+    nd.mkdir()
+    rec = record_replay(tmp_path, "--data", f"{d}:/data", "--", PYTHON, DATA / "data_script.py", "/data")
+    assert rec.returncode == 0, rec.stdout
+    assert b"json round trip equal: True" in rec.stdout and b"nondet: time" in rec.stdout
+    status, out = native([PYTHON, DATA / "data_script.py", nd])
+    assert status == 0 and det(out) == det(rec.stdout)
+    files = tree(d)
+    assert sorted(files) == ["pydata/blob-renamed.bin", "pydata/notes.txt", "pydata/record.json"]
+    assert files == tree(nd)
+
+
+def test_python3_replay_does_not_touch_the_data_directory(tmp_path):
+    d = tmp_path / "d"
+    rec = record_replay(tmp_path, "--data", f"{d}:/data", "--", PYTHON, DATA / "data_script.py", "/data")
+    assert rec.returncode == 0
+    shutil.rmtree(d)
+    rep = run_ftvm("replay", rec.log)
+    assert rep.returncode == 0 and rep.stdout == rec.stdout
+    assert not d.exists() or tree(d) == {}, "replay takes the data directory's answers from the log"
+
+
+# --- 4. negative control: one changed system-call result ----------------------------------
+
+def rewrite(path, out, fn):
+    """Re-encode every record of ``path`` into ``out``, passing each through ``fn``."""
+    data = path.read_bytes()
+    blob = bytearray(R.FILE_MAGIC)
+    for rec in log_records(path):
+        if rec.kind == R.HEADER:
+            blob += data[len(R.FILE_MAGIC): len(R.FILE_MAGIC) + R.FRAME.size + R.FRAME.unpack_from(data, 8)[2]]
+        else:
+            blob += R.encode(fn(rec))
+    out.write_bytes(bytes(blob))
+
+
+def change_one(log, out, name, change, which=0):
+    """Apply ``change`` to the ``which``-th SYSCALL record of system call ``name``;
+    returns that record (unchanged)."""
+    calls = [r for r in log_records(log) if r.kind == R.SYSCALL and r.nr == SYS[name]]
+    target = calls[which]
+    rewrite(log, out, lambda r: change(r) if r is target or r == target else r)
+    return target
+
+
+def assert_divergence_names(p, call, target):
+    assert p.returncode == 5, (p.returncode, p.stderr)
+    assert "Traceback" not in p.stderr
+    line = p.stderr.strip().splitlines()[-1]
+    assert "replay diverged at" in line and call in line, line
+    assert f"block {target.blocks} " in line, f"the divergence is at the changed call's point: {line}"
+    return line
+
+
+def test_changed_getrandom_result_is_a_divergence_at_that_call(progs, tmp_path):
+    p = prog(progs, "timerand", "static")
+    rec = record_replay(tmp_path, "--", p)
+    bad = tmp_path / "bad.ftlog"
+    # The host answered 16 random bytes; the doctored log says it gave 15.
+    target = change_one(rec.log, bad, "getrandom",
+                        lambda r: R.Syscall(r.blocks, r.pc, r.nr, r.args, r.ret, [r.values[0][:15]], r.strings),
+                        which=-1)
+    assert target.args[1] == 16
+    assert_divergence_names(run_ftvm("replay", bad), "getrandom", target)
+
+
+def test_changed_clock_gettime_return_is_a_divergence_at_that_call(progs, tmp_path):
+    p = prog(progs, "timerand", "static")
+    rec = record_replay(tmp_path, "--", p)
+    bad = tmp_path / "bad.ftlog"
+    target = change_one(rec.log, bad, "clock_gettime",
+                        lambda r: R.Syscall(r.blocks, r.pc, r.nr, r.args, 2**64 - 22, r.values, r.strings))
+    line = assert_divergence_names(run_ftvm("replay", bad), "clock_gettime", target)
+    assert "EINVAL" in line, line
+
+
+def test_changed_read_data_is_a_divergence(tmp_path):
+    """A read of a data-directory file that returned other bytes (same length): the
+    program prints other output; replay must not pass it off as identical."""
+    if not os.path.exists(BUSYBOX):
+        pytest.skip("busybox-static not installed")
+    d = tmp_path / "d"
+    d.mkdir()
+    (d / "in.txt").write_bytes(b"abc\n")
+    rec = record_replay(tmp_path, "--data", f"{d}:/data", "--digest-every-events", "1", "--",
+                        BUSYBOX, "cat", "/data/in.txt")
+    assert rec.stdout == b"abc\n"
+    bad = tmp_path / "bad.ftlog"
+
+    def change(r):
+        return R.Syscall(r.blocks, r.pc, r.nr, r.args, r.ret, [b"abd\n"], r.strings)
+    # busybox cat reads the file with sendfile: the bytes it read are that call's value.
+    target = change_one(rec.log, bad, "sendfile", change)
+    assert target.values == [b"abc\n"], target
+    p = run_ftvm("replay", bad)
+    assert p.returncode == 5, (p.returncode, p.stderr)
+    assert "Traceback" not in p.stderr
+    line = p.stderr.strip().splitlines()[-1]
+    assert "replay diverged at" in line, line
+
+
+def test_untouched_rewrite_replays(progs, tmp_path):
+    """The control of the control: re-encoding alone changes nothing."""
+    p = prog(progs, "timerand", "static")
+    rec = record_replay(tmp_path, "--", p)
+    same = tmp_path / "same.ftlog"
+    rewrite(rec.log, same, lambda r: r)
+    rep = run_ftvm("replay", same)
+    assert rep.returncode == 5 and rep.stdout == rec.stdout, rep.stderr
+    assert "identical to the recording" in rep.stderr
+
+
+# --- 5. bad input ---------------------------------------------------------------------------
+
+def one_error_line(p):
+    assert "Traceback" not in p.stderr, p.stderr
+    errors = [line for line in p.stderr.splitlines() if "error" in line]
+    assert len(errors) == 1, p.stderr
+    return errors[0]
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_unsupported_system_call_gets_enosys_and_one_note(progs, tmp_path, variant):
+    p = prog(progs, "unsupported", variant)
+    rec = record_replay(tmp_path, "--", p)
+    assert rec.returncode == 0
+    assert rec.stdout == b"io_uring_setup: -1 ENOSYS\nnfsservctl: -1 ENOSYS\nstill running\n"
+    notes = [line for line in rec.stderr.splitlines() if "unsupported system call" in line]
+    assert len(notes) == 2, rec.stderr
+    assert "io_uring_setup" in notes[0] and "nfsservctl" in notes[1]
+    assert all("ENOSYS" in n for n in notes)
+    # The call is in the log, and replay does not note it again.
+    calls = [r for r in log_records(rec.log) if r.kind == R.SYSCALL and r.nr == SYS["io_uring_setup"]]
+    assert len(calls) == 1 and calls[0].ret == 2**64 - 38
+    rep = run_ftvm("replay", rec.log)
+    assert "unsupported system call" not in rep.stderr
+
+
+def test_unsupported_call_is_noted_once_per_call(progs, tmp_path):
+    """A program calling the same unsupported call in a loop: one note."""
+    if not os.path.exists(BASH):
+        pytest.skip("bash-static not installed")
+    # bash forks for a command substitution: fork is unsupported, and each try is an error
+    # for the script, not for ftvm.
+    rec = record_replay(tmp_path, "--", BASH, "-c", "for i in 1 2 3; do x=$(echo hi); done; echo end:$x")
+    notes = [line for line in rec.stderr.splitlines() if "unsupported system call" in line]
+    names = [n.split("unsupported system call ")[1].split()[0] for n in notes]
+    assert len(names) == len(set(names)), rec.stderr
+    assert "Traceback" not in rec.stderr
+
+
+def make_root(tmp_path, files):
+    root = tmp_path / "root"
+    for guest, host in files.items():
+        dst = root / guest.lstrip("/")
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(host, dst)
+    return root
+
+
+def test_missing_interpreter(progs, tmp_path):
+    root = make_root(tmp_path, {"/hello.dyn": prog(progs, "hello", "dyn")})
+    p = run_ftvm("record", "-o", tmp_path / "m.ftlog", "--root", root, "--", "/hello.dyn")
+    line = one_error_line(p)
+    assert p.returncode == 2, p.stderr
+    assert "/lib64/ld-linux-x86-64.so.2" in line and "interpreter" in line, line
+    assert p.stdout == b""
+
+
+def test_root_without_the_libraries(progs, tmp_path):
+    """The loader is there, libc is not: the loader itself says so and exits 127, as it
+    does natively in such a root."""
+    loader = "/lib64/ld-linux-x86-64.so.2"
+    root = make_root(tmp_path, {"/hello.dyn": prog(progs, "hello", "dyn"), loader: os.path.realpath(loader)})
+    rec = record_replay(tmp_path, "--root", root, "--", "/hello.dyn")
+    assert rec.returncode == 127
+    msg = b"/hello.dyn: error while loading shared libraries: libc.so.6: cannot open shared object file: " \
+          b"No such file or directory\n"
+    assert rec.stdout == msg
+    assert "Traceback" not in rec.stderr
+    chroot = shutil.which("chroot", path="/usr/sbin:/usr/bin:/sbin:/bin")
+    if os.geteuid() == 0 and chroot:
+        assert native([chroot, root, "/hello.dyn"]) == (127, msg)
+
+
+def test_root_file_changed_between_record_and_replay(tmp_path):
+    if not os.path.exists(BUSYBOX):
+        pytest.skip("busybox-static not installed")
+    root = make_root(tmp_path, {"/bin/busybox": BUSYBOX})
+    (root / "etc").mkdir()
+    (root / "etc" / "motd").write_bytes(b"original contents\n")
+    rec = record_replay(tmp_path, "--root", root, "--", "/bin/busybox", "cat", "/etc/motd")
+    assert rec.returncode == 0 and rec.stdout == b"original contents\n"
+    (root / "etc" / "motd").write_bytes(b"changed contents!\n")     # same size
+    p = run_ftvm("replay", rec.log)
+    line = one_error_line(p)
+    assert p.returncode == 10, p.stderr
+    assert "/etc/motd" in line, line
+    assert b"changed" not in p.stdout, "refused before the guest sees a wrong byte"
+
+
+def test_root_program_changed_between_record_and_replay(progs, tmp_path):
+    root = make_root(tmp_path, {"/hello": prog(progs, "hello", "static")})
+    rec = record_replay(tmp_path, "--root", root, "--", "/hello")
+    assert rec.returncode == 3
+    shutil.copy(prog(progs, "hello", "musl"), root / "hello")
+    p = run_ftvm("replay", rec.log)
+    line = one_error_line(p)
+    assert p.returncode == 10, p.stderr
+    assert "/hello" in line, line
+    assert p.stdout == b""
+
