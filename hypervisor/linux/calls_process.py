@@ -60,6 +60,20 @@ def sys_getresgid(k, a, b, c):
     return 0
 
 
+@syscall("setuid", "int", family="process", note="an unprivileged process: only to its own uid")
+def sys_setuid(k, uid):
+    if uid & 0xFFFFFFFF != UID:
+        raise GuestErr(errno.EPERM)
+    return 0
+
+
+@syscall("setgid", "int", family="process", note="an unprivileged process: only to its own gid")
+def sys_setgid(k, gid):
+    if gid & 0xFFFFFFFF != GID:
+        raise GuestErr(errno.EPERM)
+    return 0
+
+
 @syscall("getgroups", "int", "ptr", family="process", note="fixed answer")
 def sys_getgroups(k, n, lst):
     if n:
