@@ -38,10 +38,19 @@ class LinuxVCPU(VCPU):
         self.mem = AddressSpace(self.uc)
 
     def _map_memory(self, uc):
-        pass                      # the address space maps memory as the guest asks
+        # The address space maps memory as the guest asks. (Unicorn's virtual TLB mode
+        # measured 3x slower on python3: without a fill hook it grants one access kind
+        # per fill, so a page read and written refills on every switch.)
+        pass
 
     def _syscall_hook(self, uc, user):
         self._add_c_hook(uc, 2, "ftvm_syscall_hook", user, X86.UC_X86_INS_SYSCALL)   # UC_HOOK_INSN
+
+    def _fault_hooks(self, uc):
+        # None: any memory hook keeps every store of the guest on Unicorn's slow path
+        # (uc_mem_hook_installed in its cputlb.c), about 3x slower for a Python program.
+        # A fault then ends emu_start with an error that names the kind, not the address.
+        pass
 
     def _on_in(self, uc, port, size, user):
         from ..vcpu import Fault
