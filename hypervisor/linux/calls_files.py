@@ -716,6 +716,48 @@ def sys_chmod(k, path, mode):
     return sys_fchmodat(k, AT_FDCWD, path, mode)
 
 
+def _chown(k, got, uid, gid, on_root):
+    """The process is unprivileged (uid and gid 1000): a chown that changes nothing
+    succeeds (sed -i, cp -p and install ask for one), any other is EPERM; on the
+    read-only root, EROFS."""
+    if isinstance(got, int):
+        raise GuestErr(got)
+    if on_root:
+        raise GuestErr(errno.EROFS)
+    s = unpack_stat(got)
+    uid, gid = uid & 0xFFFFFFFF, gid & 0xFFFFFFFF
+    if uid not in (0xFFFFFFFF, s["uid"]) or gid not in (0xFFFFFFFF, s["gid"]):
+        raise GuestErr(errno.EPERM)
+    return 0
+
+
+@syscall("fchown", "fd", "int", "int", family="files", note="only a change to nothing (unprivileged)")
+def sys_fchown(k, fd, uid, gid):
+    f = k.files.get(fd)
+    return _chown(k, f.stat(k), uid, gid, isinstance(f, F.RootFile))
+
+
+@syscall("fchownat", "fd", "path", "int", "int", "hex", family="files", note="only a change to nothing (unprivileged)")
+def sys_fchownat(k, dirfd, path, uid, gid, flags):
+    got = stat_path(k, dirfd, path, flags)
+    name = k.read_str(path)
+    if name:
+        on_root = k.files.where(k.files.abspath(k, dirfd, name))[0] == "root"
+    else:
+        on_root = isinstance(k.files.get(dirfd), F.RootFile)
+    return _chown(k, got, uid, gid, on_root)
+
+
+@syscall("chown", "path", "int", "int", family="files", note="only a change to nothing (unprivileged)")
+def sys_chown(k, path, uid, gid):
+    return sys_fchownat(k, AT_FDCWD, path, uid, gid, 0)
+
+
+@syscall("lchown", "path", "int", "int", family="files", note="only a change to nothing (unprivileged)")
+def sys_lchown(k, path, uid, gid):
+    return sys_fchownat(k, AT_FDCWD, path, uid, gid, AT_SYMLINK_NOFOLLOW)
+
+
 @syscall("utimensat", "fd", "path", "ptr", "hex", family="files")
 def sys_utimensat(k, dirfd, path, times, flags):
     if not path:
