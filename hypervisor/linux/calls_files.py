@@ -758,14 +758,66 @@ def sys_lchown(k, path, uid, gid):
     return sys_fchownat(k, AT_FDCWD, path, uid, gid, AT_SYMLINK_NOFOLLOW)
 
 
+UTIME_NOW, UTIME_OMIT = (1 << 30) - 1, (1 << 30) - 2
+
+
+def _utimes(k, times):
+    """(atime_ns, mtime_ns) from a guest struct timespec[2]; None leaves that time as it
+    is (UTIME_OMIT); NULL and UTIME_NOW mean guest time now."""
+    now = k.now_ns_state()
+    if not times:
+        return now, now
+    out = []
+    for i in range(2):
+        sec, nsec = struct.unpack("<qq", k.read_mem(times + 16 * i, 16))
+        if nsec == UTIME_NOW:
+            out.append(now)
+        elif nsec == UTIME_OMIT:
+            out.append(None)
+        elif 0 <= nsec < 10**9:
+            out.append(sec * 10**9 + nsec)
+        else:
+            raise GuestErr(errno.EINVAL)
+    return tuple(out)
+
+
+def _host_utime(path, at, mt, follow=True):
+    if at is None or mt is None:
+        s = os.stat(path, follow_symlinks=follow)
+        at = s.st_atime_ns if at is None else at
+        mt = s.st_mtime_ns if mt is None else mt
+    os.utime(path, ns=(at, mt), follow_symlinks=follow)
+
+
+def _tmp_utime(node, mt):
+    if mt is not None:
+        node.mtime_ns = mt      # /tmp keeps one time for all three
+    return 0
+
+
 @syscall("utimensat", "fd", "path", "ptr", "hex", family="files")
 def sys_utimensat(k, dirfd, path, times, flags):
-    if not path:
+    at, mt = _utimes(k, times)
+    follow = not flags & AT_SYMLINK_NOFOLLOW
+    if not path or (flags & AT_EMPTY_PATH and not k.read_str(path)):
         f = k.files.get(dirfd)
         if isinstance(f, F.TmpFile):
+            return _tmp_utime(f.node, mt)
+        if isinstance(f, F.DataFile):
+            if at is None and mt is None:
+                return 0
+            got = k.output(lambda: _host_errno(lambda: _host_utime(f.hostpath, at, mt)))
+            if got:
+                raise GuestErr(got)
             return 0
         raise GuestErr(errno.EROFS if isinstance(f, F.RootFile) else errno.EBADF)
-    return _mutate(k, dirfd, path, lambda p: os.utime(p), lambda rel: 0)
+
+    def tmp(rel):
+        node, _, _ = k.files.tmp.lookup(rel)
+        if node is None:
+            raise GuestErr(errno.ENOENT)
+        return _tmp_utime(node, mt)
+    return _mutate(k, dirfd, path, lambda p: _host_utime(p, at, mt, follow), tmp)
 
 
 # --- descriptors ------------------------------------------------------------------------------
