@@ -61,12 +61,34 @@ class Files:
     # --- paths ------------------------------------------------------------------------
     def abspath(self, k, dirfd, path):
         if path.startswith("/"):
-            return posixpath.normpath(path).replace("//", "/")
-        if _s32(dirfd) == AT_FDCWD:
+            base = "/"
+        elif _s32(dirfd) == AT_FDCWD:
             base = self.cwd
         else:
             base = self.get(dirfd).gpath
+        if ".." in path.split("/"):
+            self._check_dotdot(k, base, path)
         return posixpath.normpath(posixpath.join(base, path)).replace("//", "/")
+
+    def _check_dotdot(self, k, base, path):
+        """Paths are resolved by name, but Linux resolves "x/.." by looking x up: it must
+        be a directory (else ENOENT or ENOTDIR), as in `mkdir -p a/b; rm -r a/b; cat a/b/../f`."""
+        cur = base
+        for part in path.split("/"):
+            if part == ".." and cur != "/":
+                kind, detail = self.where(cur)
+                if kind == "tmp":
+                    node, _, _ = self.tmp.lookup(detail)
+                    isdir = None if node is None else node.is_dir
+                elif kind in ("root", "data", "hostfile"):
+                    got = k.host(lambda: host_stat(detail))
+                    isdir = None if isinstance(got, int) else st.S_ISDIR(unpack_stat(got)["mode"])
+                else:
+                    isdir = True
+                if not isdir:
+                    raise GuestErr(errno.ENOENT if isdir is None else errno.ENOTDIR)
+            if part and part != ".":
+                cur = posixpath.normpath(posixpath.join(cur, part))
 
     def where(self, gpath):
         """('data'|'tmp'|'fixed'|'dev'|'proc'|'hostfile'|'root', detail)."""
