@@ -498,7 +498,8 @@ def sys_readlinkat(k, dirfd, path, buf, size):
     gpath = fs.abspath(k, dirfd, k.read_str(path))
     kind, detail = fs.where(gpath)
     if kind == "proc" and detail == "exe":
-        target = fs.program
+        # Linux names the program by its canonical path (/bin/busybox -> /usr/bin/busybox).
+        target = k.host(lambda: _root_realpath(fs.root, fs.program))
     elif kind in ("root", "data", "hostfile"):
         got = k.host(lambda: _readlink(detail))
         if isinstance(got, int):
@@ -512,6 +513,16 @@ def sys_readlinkat(k, dirfd, path, buf, size):
     data = target.encode("utf-8", "surrogateescape")[:size]
     k.write_mem(buf, data)
     return len(data)
+
+
+def _root_realpath(root, gpath):
+    """``gpath`` with every symlink resolved, inside ``root``."""
+    if root == "/":
+        return os.path.realpath(gpath)
+    rel = os.path.relpath(os.path.realpath(_in_root(root, gpath)), os.path.realpath(root))
+    if rel == ".." or rel.startswith("../"):
+        return gpath                # leaves the root: keep the name the program was started by
+    return "/" if rel == "." else "/" + rel
 
 
 def _readlink(path):
