@@ -208,6 +208,8 @@ BB_EXTRA = [
     ["gzip", "-c", "{data}/text.txt"],
     ["readlink", "-f", "{data}/../linux_data/./tree/alpha.txt"],
     ["du", "-s", "{data}/tree"],
+    ["readlink", "/proc/self/exe"],
+    ["realpath", "{data}/tree/../tree/./alpha.txt"],
 ]
 
 
