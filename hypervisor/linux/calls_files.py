@@ -925,6 +925,84 @@ def sys_ioctl(k, fd, req, arg):
     raise GuestErr(errno.ENOTTY)
 
 
+# Extended attributes: the guest's files have none, and cannot be given any (as on a file
+# system without xattr support). shutil.copy2 and copytree list them on every copy.
+def _xattr_target(k, path, nofollow):
+    stat_path(k, AT_FDCWD, path, AT_SYMLINK_NOFOLLOW if nofollow else 0)
+
+
+@syscall("listxattr", "path", "ptr", "size", family="files", note="no extended attributes")
+def sys_listxattr(k, path, lst, size):
+    _xattr_target(k, path, False)
+    return 0
+
+
+@syscall("llistxattr", "path", "ptr", "size", family="files", note="no extended attributes")
+def sys_llistxattr(k, path, lst, size):
+    _xattr_target(k, path, True)
+    return 0
+
+
+@syscall("flistxattr", "fd", "ptr", "size", family="files", note="no extended attributes")
+def sys_flistxattr(k, fd, lst, size):
+    k.files.get(fd)
+    return 0
+
+
+@syscall("getxattr", "path", "path", "ptr", "size", family="files", note="no extended attributes: ENODATA")
+def sys_getxattr(k, path, name, value, size):
+    _xattr_target(k, path, False)
+    raise GuestErr(errno.ENODATA)
+
+
+@syscall("lgetxattr", "path", "path", "ptr", "size", family="files", note="no extended attributes: ENODATA")
+def sys_lgetxattr(k, path, name, value, size):
+    _xattr_target(k, path, True)
+    raise GuestErr(errno.ENODATA)
+
+
+@syscall("fgetxattr", "fd", "path", "ptr", "size", family="files", note="no extended attributes: ENODATA")
+def sys_fgetxattr(k, fd, name, value, size):
+    k.files.get(fd)
+    raise GuestErr(errno.ENODATA)
+
+
+@syscall("setxattr", "path", "path", "ptr", "size", "hex", family="files", note="not supported: EOPNOTSUPP")
+def sys_setxattr(k, path, name, value, size, flags):
+    _xattr_target(k, path, False)
+    raise GuestErr(errno.EOPNOTSUPP)
+
+
+@syscall("lsetxattr", "path", "path", "ptr", "size", "hex", family="files", note="not supported: EOPNOTSUPP")
+def sys_lsetxattr(k, path, name, value, size, flags):
+    _xattr_target(k, path, True)
+    raise GuestErr(errno.EOPNOTSUPP)
+
+
+@syscall("fsetxattr", "fd", "path", "ptr", "size", "hex", family="files", note="not supported: EOPNOTSUPP")
+def sys_fsetxattr(k, fd, name, value, size, flags):
+    k.files.get(fd)
+    raise GuestErr(errno.EOPNOTSUPP)
+
+
+@syscall("removexattr", "path", "path", family="files", note="no extended attributes: ENODATA")
+def sys_removexattr(k, path, name):
+    _xattr_target(k, path, False)
+    raise GuestErr(errno.ENODATA)
+
+
+@syscall("lremovexattr", "path", "path", family="files", note="no extended attributes: ENODATA")
+def sys_lremovexattr(k, path, name):
+    _xattr_target(k, path, True)
+    raise GuestErr(errno.ENODATA)
+
+
+@syscall("fremovexattr", "fd", "path", family="files", note="no extended attributes: ENODATA")
+def sys_fremovexattr(k, fd, name):
+    k.files.get(fd)
+    raise GuestErr(errno.ENODATA)
+
+
 @syscall("getpeername", "fd", "ptr", "ptr", family="files", note="no sockets yet: ENOTSOCK for an open fd")
 def sys_getpeername(k, fd, addr, lenp):
     k.files.get(fd)
