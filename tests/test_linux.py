@@ -304,6 +304,42 @@ def test_python3_replay_does_not_touch_the_data_directory(py_run):
     assert before["pydata/notes.txt"] != tree(d)["pydata/notes.txt"]
 
 
+SQLITE_SCRIPT = """
+import hashlib, os, shutil, sqlite3, sys
+d = sys.argv[1]
+for path in ("/tmp/ftvm-test.db", d + "/t.db"):
+    c = sqlite3.connect(path)
+    c.execute("create table t(a integer primary key, b text)")
+    c.executemany("insert into t(b) values (?)", [(str(i) * 20,) for i in range(800)])
+    c.commit()
+    c.execute("delete from t where a % 3 = 0")
+    c.commit()
+    c.execute("vacuum")
+    print(c.execute("select count(*), sum(length(b)) from t").fetchone())
+    c.close()
+    os.unlink(path) if path == "/tmp/ftvm-test.db" else None
+shutil.copytree(sys.argv[2], d + "/tree")
+shutil.copy2(d + "/tree/alpha.txt", d + "/alpha-copy.txt")
+for base, dirs, files in sorted(os.walk(d)):
+    for f in sorted(files):
+        print(os.path.relpath(os.path.join(base, f), d), os.stat(os.path.join(base, f)).st_size)
+"""
+
+
+def test_python3_sqlite_and_copytree(tmp_path):
+    """sqlite3 (pwrite, fsync, locks, a journal) on /tmp and the data directory, and
+    shutil.copytree/copy2 (which list extended attributes and copy times): the files
+    are byte for byte those of a native run."""
+    d, nd = tmp_path / "d", tmp_path / "native"
+    nd.mkdir()
+    rec = record_replay(tmp_path, "--data", f"{d}:/data", "--", PYTHON, "-c", SQLITE_SCRIPT, "/data", DATA / "tree")
+    assert rec.returncode == 0, rec.stdout
+    assert native([PYTHON, "-c", SQLITE_SCRIPT, nd, DATA / "tree"]) == (0, rec.stdout)
+    assert tree(d) == tree(nd) and "t.db" in tree(d)
+    # copy2 kept the modification time, as natively.
+    assert os.stat(d / "alpha-copy.txt").st_mtime_ns == os.stat(DATA / "tree" / "alpha.txt").st_mtime_ns
+
+
 # --- 4. negative control: one changed system-call result ----------------------------------
 
 def rewrite(path, out, fn):
