@@ -486,7 +486,7 @@ def test_refused_calls_are_noted_once_each(tmp_path):
     assert rec.stdout == b"fork 38\n" * 3 + b"execve 38\n" * 2 + b"still here\n"
     notes = [line for line in rec.stderr.splitlines() if "not supported" in line or "unsupported" in line]
     assert len(notes) == 2, rec.stderr
-    assert notes[0].startswith(("ftvm: clone ", "ftvm: fork ")) and notes[1].startswith("ftvm: execve "), notes
+    assert ("clone" in notes[0] or "fork" in notes[0]) and notes[1].startswith("ftvm: execve "), notes
     assert all("ENOSYS" in n for n in notes)
 
 
