@@ -276,7 +276,7 @@ class Replayer:
                 target = min(target, self.to_blocks)
             if self.chaos:
                 target = min(target, self.chaos.next_stop(m.blocks))
-            if self.kernel is not None and self.kernel.pending is not None:
+            if self.kernel is not None and self.kernel.pending is not None and self.kernel.threads.cur.blocked is None:
                 raise Divergence(self._point(), f"the guest called {self.kernel.describe_pending()} here, but the "
                                                 f"log's next event is {R.KIND_NAMES.get(ev.kind, 'the end of the log')} "
                                                 f"at block {ev.blocks}")
@@ -336,6 +336,22 @@ class Replayer:
                 raise Divergence(self._point(), "the log has a data-directory change here, but the guest is not "
                                                 "in that system call")
             self.kernel.intent = list(ev.values)
+            return None
+        if ev.kind == R.WAIT:
+            if self.kernel is None:
+                raise Divergence(self._point(), "a system call record in the log of an ftvm-ABI guest")
+            self.kernel.run_replay_wait(ev)
+            return None
+        if ev.kind == R.SCHED:
+            th = self.kernel.threads if self.kernel is not None else None
+            if th is None or th.cur.tid != ev.prev or th.get(ev.next) is None:
+                raise Divergence(self._point(), f"the log switches from thread {ev.prev} to {ev.next} here, but the "
+                                                f"running thread is {th.cur.tid if th else '-'}")
+            if th.cur.pending is not None and th.cur.blocked is None and not th.cur.exited:
+                raise Divergence(self._point(), f"the log switches threads here, but thread {th.cur.tid} is in "
+                                                f"{self.kernel.describe_pending()}")
+            self._check_pc(ev)
+            th.switch_to(th.get(ev.next))
             return None
         if ev.kind == R.SYSCALL:
             self.events += 1

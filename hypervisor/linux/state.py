@@ -8,7 +8,42 @@ from . import files as F
 from .fs import TmpNode
 
 
-def capture(k) -> dict:
+def _threads_state(k, ctx_bytes):
+    th = k.threads
+    out = []
+    for tid in sorted(th.all):
+        t = th.all[tid]
+        d = t.state()
+        d["ctx"] = ctx_bytes(t.ctx) if t is not th.cur else None
+        d["sleep"] = t.sleep_deadline
+        out.append(d)
+    return {"all": out, "cur": th.cur.tid, "next_tid": th.next_tid, "slice_start": th.slice_start,
+            "futexes": [[a, q] for a, q in sorted(th.futexes.items())]}
+
+
+def _threads_restore(k, st, ctx_from):
+    from .kernel import Blocked
+    from .threads import Thread
+    th = k.threads
+    th.all = {}
+    for d in st["all"]:
+        t = Thread(d["tid"])
+        t.pending = tuple(d["pending"]) if d["pending"] else None
+        t.intent = d["intent"]
+        if d["blocked"] is not None:
+            # A waiting thread is tried once after a go-live; its call then waits
+            # again with the proper wake-up test if its wait is not over.
+            t.blocked = Blocked(d["blocked"][0], until_ns=d["blocked"][1], ready=lambda: True)
+        t.clear_child_tid, t.robust_list, t.futex, t.futex_woken = d["ctid"], d["robust"], d["futex"], d["woken"]
+        t.sigmask, t.altstack, t.sleep_deadline = d["sigmask"], d["altstack"], d["sleep"]
+        t.ctx = ctx_from(d["ctx"]) if d["ctx"] is not None else None
+        th.all[t.tid] = t
+    th.cur = th.all[st["cur"]]
+    th.next_tid, th.slice_start = st["next_tid"], st["slice_start"]
+    th.futexes = {a: list(q) for a, q in st["futexes"]}
+
+
+def capture(k, ctx_bytes) -> dict:
     fs = k.files
     objs, index = [], {}
     pipes = {}
@@ -28,10 +63,11 @@ def capture(k) -> dict:
         "files": objs, "fds": [[fd, index[id(f)]] for fd, f in sorted(fs.fds.items())],
         "pipes": [[bytes(p.buf), p.readers, p.writers] for _, p in sorted(pipes.values(), key=lambda e: e[0])],
         "cwd": fs.cwd, "umask": fs.umask, "cloexec": sorted(fs.cloexec), "tmp": fs.tmp.root.to_state(),
-        "mem": k.mem.state(), "calls": k.calls, "pending": list(k.pending) if k.pending else None,
-        "intent": k.intent, "sigactions": [[s, a] for s, a in sorted(k.sigactions.items())], "sigmask": k.sigmask,
-        "altstack": k.altstack, "rlimits": [[r, list(v)] for r, v in sorted(k.rlimits.items())],
-        "tid_ptrs": [k.clear_child_tid, k.robust_list, k.rseq], "warned": sorted(k.warned, key=str),
+        "mem": k.mem.state(), "calls": k.calls,
+        "sigactions": [[s, a] for s, a in sorted(k.sigactions.items())],
+        "rlimits": [[r, list(v)] for r, v in sorted(k.rlimits.items())],
+        "rseq": k.rseq, "warned": sorted(k.warned, key=str),
+        "threads": _threads_state(k, ctx_bytes),
         "next_ino": TmpNode._next_ino[0],
     }
 
@@ -46,7 +82,7 @@ def _find(node, ino):
     return None
 
 
-def restore(k, st):
+def restore(k, st, ctx_from):
     fs = k.files
     fs.cwd, fs.umask, fs.cloexec = st["cwd"], st["umask"], set(st["cloexec"])
     fs.tmp.root = TmpNode.from_state(st["tmp"])
@@ -84,10 +120,8 @@ def restore(k, st):
         objs.append(f)
     fs.fds = {fd: objs[i] for fd, i in st["fds"]}
     k.calls = st["calls"]
-    k.pending = tuple(st["pending"]) if st["pending"] else None
-    k.intent = st["intent"]
+    _threads_restore(k, st["threads"], ctx_from)
     k.sigactions = {s: a for s, a in st["sigactions"]}
-    k.sigmask, k.altstack = st["sigmask"], st["altstack"]
     k.rlimits = {r: tuple(v) for r, v in st["rlimits"]}
-    k.clear_child_tid, k.robust_list, k.rseq = st["tid_ptrs"]
+    k.rseq = st["rseq"]
     k.warned = set(st["warned"])

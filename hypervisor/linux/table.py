@@ -17,8 +17,7 @@ HANDLERS = {}      # nr -> handler(kernel, *args) -> int
 NARGS = {}         # nr -> how many arguments are logged and shown
 SPECS = {}         # nr -> (family, [arg kinds], note)
 # Calls answered with an error on purpose, and why (shown once on stderr when used).
-REFUSED = {"fork": "one process per run", "vfork": "one process per run", "execve": "one process per run",
-           "clone": "threads come with the network-server personality", "clone3": "threads come later"}
+REFUSED = {"fork": "one process per run", "vfork": "one process per run", "execve": "one process per run"}
 
 
 def syscall(name, *kinds, family, note=""):
@@ -96,7 +95,7 @@ def describe_ret(ret):
 
 def load_families():
     """Import the family modules so their handlers register."""
-    from . import calls_files, calls_memory, calls_process, calls_time  # noqa: F401
+    from . import calls_files, calls_memory, calls_process, calls_time, threads  # noqa: F401
 
 
 def status_rows():
