@@ -254,6 +254,16 @@ def sys_setpriority(k, which, who, prio):
     return 0
 
 
+@syscall("wait4", "int", "ptr", "hex", "ptr", family="process", note="no children (fork is refused): ECHILD")
+def sys_wait4(k, pid, status, options, rusage):
+    raise GuestErr(errno.ECHILD)
+
+
+@syscall("waitid", "int", "int", "ptr", "hex", "ptr", family="process", note="no children (fork is refused): ECHILD")
+def sys_waitid(k, idtype, id_, info, options, rusage):
+    raise GuestErr(errno.ECHILD)
+
+
 def _refuse(name):
     @syscall(name, "hex", "hex", "hex", family="process", note=f"refused: {REFUSED[name]}")
     def handler(k, a, b, c):
