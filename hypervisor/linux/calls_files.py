@@ -1058,18 +1058,6 @@ def sys_fremovexattr(k, fd, name):
     raise GuestErr(errno.ENODATA)
 
 
-@syscall("getpeername", "fd", "ptr", "ptr", family="files", note="no sockets yet: ENOTSOCK for an open fd")
-def sys_getpeername(k, fd, addr, lenp):
-    k.files.get(fd)
-    raise GuestErr(errno.ENOTSOCK)     # bash asks this of stdin at every start
-
-
-@syscall("getsockname", "fd", "ptr", "ptr", family="files", note="no sockets yet: ENOTSOCK for an open fd")
-def sys_getsockname(k, fd, addr, lenp):
-    k.files.get(fd)
-    raise GuestErr(errno.ENOTSOCK)
-
-
 @syscall("pipe2", "ptr", "hex", family="files")
 def sys_pipe2(k, fds, flags):
     p = F.Pipe()
