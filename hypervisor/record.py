@@ -265,7 +265,7 @@ class Recorder:
                 return self._end("fault", fault.status, f"guest fault: {fault.describe()}")
             if m.exit_status is not None:
                 return self._end("exit", m.exit_status, f"guest exited with status {m.exit_status}")
-            if cpu.signal:
+            if cpu.signal and self.kernel is None:
                 return self._end("interrupted", EXIT_INTERRUPTED, f"recording stopped by signal {cpu.signal}")
             halted = m.vcpu.halted
             cpu.async_req = 0
@@ -335,13 +335,61 @@ class Recorder:
         return self._linux_syscall()
 
     def _linux_stop(self):
-        """At a stop: run the system call the running thread made, or end its slice."""
+        """At a stop: run the system call the running thread made, deliver signals
+        that are due, or end the running thread's slice."""
         k, th = self.kernel, self.kernel.threads
         if k.pending is not None:
-            return self._linux_syscall()
+            end = self._linux_syscall()
+            if end is not None:
+                return end
+        end = self._linux_signals()
+        if end is not None:
+            return end
         due = th.preempt_at(self.m.vtime.now())
         if due is not None and self.m.blocks >= due:
             return self._linux_schedule(preempt=True)
+        return None
+
+    def _linux_signals(self):
+        """Signals due at this stop: the guest's own (kill, tgkill), an expired interval
+        timer, and SIGINT/SIGTERM that reached ftvm. Each becomes a SIGNAL record."""
+        from .linux import signals as S
+        k, m, cpu = self.kernel, self.m, self.m.cpu
+        from .linux.signals import target_thread
+        for signo in list(k.signals_pending):
+            if target_thread(k, signo) is None:
+                continue            # blocked by every thread: it stays pending, as on Linux
+            end = self._linux_signal(signo)
+            if end is not None:
+                return end
+        if k.itimer[0] and m.vtime.now() >= k.itimer[0]:
+            end = self._linux_signal(S.SIGALRM, vtime=m.vtime.now())
+            if end is not None:
+                return end
+        if cpu.signal:
+            signo, cpu.signal = int(cpu.signal), 0
+            if S.disposition(k, signo) != "handle":
+                return self._end("interrupted", EXIT_INTERRUPTED, f"recording stopped by signal {signo}")
+            return self._linux_signal(signo)
+        return None
+
+    def _linux_signal(self, signo, vtime=0):
+        from .linux import signals as S
+        k, m = self.kernel, self.m
+        th = k.threads
+        t = S.target_thread(k, signo)
+        if t is None:               # every thread blocks it: it waits, as Linux keeps it pending
+            if signo not in k.signals_pending:
+                k.signals_pending.append(signo)
+            return None
+        if t is not th.cur:
+            self._event(R.Sched(m.blocks, m.vcpu.reg("rip"), th.cur.tid, t.tid))
+            th.switch_to(t)
+        self._event(R.Signal(m.blocks, m.vcpu.reg("rip"), t.tid, signo, vtime))
+        status = apply_signal(k, signo, vtime)
+        if status is not None:
+            m.exit_status = status
+            return self._end("exit", status, f"guest killed by signal {signo}")
         return None
 
     def _linux_syscall(self):
@@ -359,7 +407,7 @@ class Recorder:
         A waiting thread whose wait is over runs its call again. When every thread
         waits, wait as a halted guest does for what the host brings. Returns an End
         record if the run ends while waiting."""
-        m, cpu, k = self.m, self.m.cpu, self.kernel
+        m, k = self.m, self.kernel
         th = k.threads
         k.yield_wanted = False
         while True:
@@ -393,9 +441,10 @@ class Recorder:
                 timeout = min(timeout, max(0.0, (deadline - m.vtime.now()) / 1e9))
             if timeout > 0:
                 self.host.wait(timeout)
-            if cpu.signal:
-                return self._end("interrupted", EXIT_INTERRUPTED, f"recording stopped by signal {cpu.signal}")
             self._take_host_events()
+            end = self._linux_signals()
+            if end is not None:
+                return end
 
     def _output_gate(self, values):
         """Before a change to the data directory: the backup must have the log up to
@@ -584,6 +633,18 @@ class Recorder:
         self.out.exit(self._console_offset, status, detail, self.sink.records)
         self.out.after_stop(self)
         return end
+
+
+def apply_signal(kernel, signo, vtime=0):
+    """Deliver a signal to the running thread (record and replay alike); returns an
+    exit status if it ends the process. ``vtime``: a timer's signal fired then."""
+    from .linux import signals as S
+    if vtime:
+        kernel.vtime_seen(vtime)
+        S.timer_fired(kernel, vtime)
+    elif signo in kernel.signals_pending:
+        kernel.signals_pending.remove(signo)
+    return S.deliver(kernel, signo)
 
 
 class DeadlinePoker:

@@ -327,6 +327,8 @@ class Replayer:
     def _apply(self, ev):
         m = self.m
         if ev.kind == R.END:
+            if ev.reason == "exit" and m.exit_status is not None:
+                return self._check_end(ev, "exit", m.exit_status, f"guest killed by signal {m.exit_status - 128}")
             if ev.reason in ("exit", "fault"):
                 raise Divergence(self._point(), f"the log says the guest ended here ({ev.detail}), but replay did not")
             self._check_pc(ev)
@@ -341,6 +343,17 @@ class Replayer:
             if self.kernel is None:
                 raise Divergence(self._point(), "a system call record in the log of an ftvm-ABI guest")
             self.kernel.run_replay_wait(ev)
+            return None
+        if ev.kind == R.SIGNAL:
+            th = self.kernel.threads if self.kernel is not None else None
+            if th is None or th.cur.tid != ev.tid:
+                raise Divergence(self._point(), f"the log delivers signal {ev.signo} to thread {ev.tid} here, but the "
+                                                f"running thread is {th.cur.tid if th else '-'}")
+            self._check_pc(ev)
+            from .record import apply_signal
+            status = apply_signal(self.kernel, ev.signo, ev.vtime)
+            if status is not None:
+                m.exit_status = status
             return None
         if ev.kind == R.SCHED:
             th = self.kernel.threads if self.kernel is not None else None

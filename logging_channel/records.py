@@ -152,11 +152,14 @@ class Sched:
 
 @dataclasses.dataclass(frozen=True)
 class Signal:
-    """Signal ``signo`` is delivered to thread ``tid`` here: it enters its handler."""
+    """Signal ``signo`` is delivered to thread ``tid`` here: it enters its handler (or
+    the process ends). ``vtime``: for a timer's signal, the guest time it fired at
+    (guest time moves there, and the timer rearms from it); else 0."""
     blocks: int
     pc: int
     tid: int
     signo: int
+    vtime: int = 0
     kind = SIGNAL
 
 
@@ -337,7 +340,7 @@ def _body(rec) -> object:
     if k == SCHED:
         return [rec.blocks, rec.pc, rec.prev, rec.next]
     if k == SIGNAL:
-        return [rec.blocks, rec.pc, rec.tid, rec.signo]
+        return [rec.blocks, rec.pc, rec.tid, rec.signo, rec.vtime]
     if k == SYSCALL:
         return [rec.blocks, rec.pc, rec.nr, list(rec.args), rec.ret, rec.values, [list(p) for p in rec.strings]]
     if k == NET:
@@ -422,8 +425,8 @@ def _from_body(kind, b):
         _need(len(b) == 4 and all(_is_uint(x) for x in b), "sched: expected [blocks, pc, prev, next]")
         return Sched(*b)
     if kind == SIGNAL:
-        _need(len(b) == 4 and all(_is_uint(x) for x in b) and 1 <= b[3] <= 64,
-              "signal: expected [blocks, pc, tid, signo 1-64]")
+        _need(len(b) == 5 and all(_is_uint(x) for x in b) and 1 <= b[3] <= 64,
+              "signal: expected [blocks, pc, tid, signo 1-64, vtime]")
         return Signal(*b)
     if kind == INTENT:
         _need(len(b) == 4 and _is_uint(b[0]) and _is_uint(b[1]) and _is_uint(b[2], 16) and isinstance(b[3], list),

@@ -171,55 +171,6 @@ def sys_getcpu(k, cpu, node):
     return 0
 
 
-@syscall("rt_sigaction", "int", "ptr", "ptr", "size", family="process",
-         note="handlers are remembered; signal delivery comes with the server personality")
-def sys_rt_sigaction(k, sig, act, oldact, size):
-    if not 1 <= sig <= 64 or sig in (9, 19) and act:
-        raise GuestErr(errno.EINVAL)
-    if oldact:
-        k.write_mem(oldact, k.sigactions.get(sig, bytes(32)))
-    if act:
-        k.sigactions[sig] = k.read_mem(act, 32)
-    return 0
-
-
-@syscall("rt_sigprocmask", "int", "ptr", "ptr", "size", family="process")
-def sys_rt_sigprocmask(k, how, new, old, size):
-    if old:
-        k.write_mem(old, struct.pack("<Q", k.threads.cur.sigmask))
-    if new:
-        m = struct.unpack("<Q", k.read_mem(new, 8))[0]
-        t = k.threads.cur
-        if how == 0:
-            t.sigmask |= m
-        elif how == 1:
-            t.sigmask &= ~m
-        elif how == 2:
-            t.sigmask = m
-        else:
-            raise GuestErr(errno.EINVAL)
-    return 0
-
-
-@syscall("sigaltstack", "ptr", "ptr", family="process")
-def sys_sigaltstack(k, new, old):
-    if old:
-        k.write_mem(old, k.threads.cur.altstack)
-    if new:
-        k.threads.cur.altstack = k.read_mem(new, 24)
-    return 0
-
-
-@syscall("kill", "int", "int", family="process", note="signals to itself are accepted and not delivered yet")
-def sys_kill(k, pid, sig):
-    return 0
-
-
-@syscall("tgkill", "int", "int", "int", family="process")
-def sys_tgkill(k, tgid, tid, sig):
-    return 0
-
-
 @syscall("prctl", "int", "hex", "hex", "hex", "hex", family="process")
 def sys_prctl(k, option, a2, a3, a4, a5):
     if option == 15:     # PR_SET_NAME

@@ -62,6 +62,9 @@ class Kernel:
         self.redo_values = []          # going live: values to reuse (see redo)
         self.redo_now = False
         self.yield_wanted = False      # sched_yield: end the running thread's slice
+        self.restored_regs = False     # rt_sigreturn set every register itself
+        self.signals_pending = []      # signals the guest sent itself, delivered at this stop
+        self.itimer = [0, 0]           # ITIMER_REAL: deadline (guest ns, 0: off), interval
 
     # The running thread's call in progress (threads.py keeps one per thread).
     @property
@@ -339,6 +342,9 @@ class Kernel:
                 raise FtvmError(f"internal error in system call {describe_call(nr, args[:NARGS[nr]], None)} at "
                                 f"{self.m.point()}: {type(e).__name__}: {e}") from e
         v = self.m.vcpu
+        if self.restored_regs:
+            self.restored_regs = False
+            return ret
         v.set_reg("rax", ret & (2**64 - 1))
         v.set_reg("rcx", v.reg("rip"))          # as the syscall instruction leaves them
         v.set_reg("r11", v.reg("rflags"))

@@ -95,7 +95,7 @@ def describe_ret(ret):
 
 def load_families():
     """Import the family modules so their handlers register."""
-    from . import calls_files, calls_memory, calls_process, calls_time, net, threads  # noqa: F401
+    from . import calls_files, calls_memory, calls_process, calls_time, net, signals, threads  # noqa: F401
 
 
 def status_rows():

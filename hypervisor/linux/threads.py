@@ -47,6 +47,7 @@ class Thread:
         self.altstack = bytes(24)
         self.exited = False
         self.sleep_deadline = None
+        self.sigframes = []          # CPU contexts saved at signal delivery (for rt_sigreturn)
 
     def runnable(self):
         return not self.exited and self.blocked is None
@@ -114,6 +115,8 @@ class Threads:
 
     def earliest_deadline(self):
         ds = [t.blocked.until_ns for t in self.all.values() if t.blocked is not None and t.blocked.until_ns]
+        if self.k.itimer[0]:
+            ds.append(self.k.itimer[0])
         return min(ds) if ds else None
 
     def all_wait_forever(self):
@@ -203,6 +206,15 @@ def futex_wake(k, uaddr, n, bitset=BITSET_ANY):
     if not q:
         th.futexes.pop(uaddr, None)
     return woken
+
+
+def futex_unqueue(k, t):
+    if t.futex is not None:
+        q = k.threads.futexes.get(t.futex[0], [])
+        if t.tid in q:
+            q.remove(t.tid)
+        t.futex = None
+    t.futex_woken = False
 
 
 def thread_exit(k, t):
