@@ -522,6 +522,18 @@ def test_missing_interpreter(progs, tmp_path):
     assert p.stdout == b""
 
 
+@pytest.mark.parametrize("program,what", [("/nonexistent/prog", "no such file"),
+                                          ("no-such-program-anywhere", "not found"),
+                                          (str(DATA / "text.txt"), "not an ELF"),
+                                          (str(DATA / "script.sh"), "")])
+def test_not_a_program(tmp_path, program, what):
+    p = run_ftvm("record", "-o", tmp_path / "x.ftlog", "--", program)
+    line = one_error_line(p)
+    assert p.returncode == 2, p.stderr
+    assert program in line and what in line, line
+    assert p.stdout == b""
+
+
 def test_root_without_the_libraries(progs, tmp_path):
     """The loader is there, libc is not: the loader itself says so and exits 127, as it
     does natively in such a root."""
