@@ -5,11 +5,12 @@ PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.ftvm-installed
+UC_STAMP := $(VENV)/.unicorn-installed
 PYTEST_ARGS ?=
 
 .PHONY: setup guests tools demo test bench clean
 
-setup: $(STAMP) guests tools
+setup: $(STAMP) $(UC_STAMP) guests tools
 
 # redis-cli and redis-benchmark (Debian's redis-tools) drive the kv guest in tests and
 # `ftvm bench`.
@@ -24,6 +25,12 @@ $(STAMP): setup.py pyproject.toml hypervisor/fastpath.c hypervisor/fastpath.h hy
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -e '.[test]'
+	touch $@
+
+# Unicorn with the inline block counter (unicorn-patch/), built once and cached in
+# build/unicorn/ by the patch's hash; on failure the stock wheel stays (one line says so).
+$(UC_STAMP): $(STAMP) unicorn-patch/inline-block-counter.patch scripts/build_unicorn.py
+	$(PY) scripts/build_unicorn.py
 	touch $@
 
 guests:
