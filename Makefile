@@ -10,16 +10,26 @@ PYTEST_ARGS ?=
 
 .PHONY: setup guests tools demo test bench clean
 
-setup: $(STAMP) $(UC_STAMP) guests tools
+setup: $(STAMP) $(UC_STAMP) tools guests
 
-# redis-cli and redis-benchmark (Debian's redis-tools) drive the kv guest in tests and
-# `ftvm bench`.
+# Debian packages the tests and `ftvm bench` use: redis-cli, redis-benchmark and
+# redis-server drive the kv guest; busybox-static, bash-static, musl-gcc (for the .musl
+# test programs), qemu-x86_64 (the bench baseline) and strace serve the Linux programs.
+# Installs only what is missing (as root; otherwise prints the command), waits for
+# another apt run's lock, and updates the package lists only if the first try fails.
+APT_PACKAGES := redis-tools redis-server busybox-static bash-static musl-tools qemu-user strace
+APT_GET := apt-get -y -q -o DPkg::Lock::Timeout=600
+
 tools:
-	@command -v redis-benchmark >/dev/null || { \
-	  if [ "$$(id -u)" = 0 ]; then \
-	    (apt-get install -y -q redis-tools >/dev/null 2>&1 || \
-	     (apt-get update -q >/dev/null && apt-get install -y -q redis-tools >/dev/null)) && echo "installed redis-tools"; \
-	  else echo "note: redis-tools missing; run: sudo apt-get install redis-tools (kv tests and bench need it)"; fi; }
+	@missing=""; for p in $(APT_PACKAGES); do \
+	  dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q 'ok installed' || missing="$$missing $$p"; \
+	done; \
+	if [ -n "$$missing" ]; then \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    ($(APT_GET) install $$missing >/dev/null 2>&1 || \
+	     ($(APT_GET) update >/dev/null && $(APT_GET) install $$missing >/dev/null)) && echo "installed$$missing"; \
+	  else echo "note: missing packages; run: sudo apt-get install$$missing (some tests and bench parts need them)"; fi; \
+	fi
 
 $(STAMP): setup.py pyproject.toml hypervisor/fastpath.c hypervisor/fastpath.h hypervisor/_fastpath_build.py
 	$(PYTHON) -m venv $(VENV)
@@ -35,6 +45,7 @@ $(UC_STAMP): $(STAMP) unicorn-patch/inline-block-counter.patch scripts/build_uni
 
 guests:
 	$(MAKE) -s -C guest_programs
+	$(MAKE) -s -C guest_programs/linux
 
 demo: setup
 	@bash scripts/demo.sh

@@ -17,4 +17,16 @@ ftvm_irq_trampoline:
     out %al, %dx
 1:  jmp 1b
 
+/* The ftvm ABI note: tells ftvm to run this ELF on the ftvm guest ABI, not as a
+ * Linux program (hypervisor/guest.py). Name "ftvm", type 1, descriptor: ABI version. */
+    .section .note.ftvm,"a",@note
+    .balign 4
+    .long 5
+    .long 4
+    .long 1
+    .asciz "ftvm"
+    .balign 4
+    .long 2
+    .balign 4
+
     .section .note.GNU-stack,"",@progbits

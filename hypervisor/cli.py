@@ -114,37 +114,75 @@ def _devices(listen, disk, disk_size, disk_reads):
     return Devices(listen=listen, disk=disk, disk_sectors=sectors, disk_reads=disk_reads)
 
 
-@main.command()
-@click.argument("guest", type=click.Path(dir_okay=False))
+def _linux_options(fn):
+    for opt in reversed([
+        click.option("--root", metavar="DIR", default="/", show_default=True,
+                     help="Linux programs: the read-only root the program, its loader and libraries come from "
+                          "(identical on every host of a run)."),
+        click.option("--data", metavar="HOST[:GUEST]", default=None,
+                     help="Linux programs: a writable data directory, seen by the guest at GUEST (default /data); "
+                          "in `ftvm run` it is shared storage, written only by the primary under the Output Rule."),
+        click.option("--cwd", metavar="DIR", default=None,
+                     help="Linux programs: the working directory (default: the current one, with --root /)."),
+        click.option("--env", "env", metavar="NAME=VALUE", multiple=True,
+                     help="Linux programs: add to the fixed default environment (the host's does not leak in)."),
+        click.option("--personality", type=click.Choice(["auto", "abi", "linux"]), default="auto", show_default=True,
+                     help="How to run the ELF: as an ftvm-ABI guest or as a Linux program (auto: see docs/linux.md)."),
+    ]):
+        fn = opt(fn)
+    return fn
+
+
+def _guest(program, personality, root, data, cwd, env, **kw):
+    from .guest import open_guest
+    if not program:
+        raise click.UsageError("name the program to run: ftvm record -o LOG -- PROGRAM [ARGS...]")
+    return open_guest(program[0], list(program[1:]), personality=None if personality == "auto" else personality,
+                      root=root, data=data, cwd=cwd, env=env, **kw)
+
+
+@main.command(context_settings={"allow_interspersed_args": True})
+@click.argument("program", nargs=-1, type=click.UNPROCESSED, metavar="[--] PROGRAM [ARGS]...")
 @click.option("-o", "--output", "log_path", type=click.Path(dir_okay=False),
-              help="Log file to write. Default: GUEST's name with .ftlog, in the current directory.")
-@click.option("--stack-size", type=SIZE, default="1M", show_default=True, help="Guest stack size (at least 1M).")
+              help="Log file to write. Default: PROGRAM's name with .ftlog, in the current directory.")
+@click.option("--stack-size", type=SIZE, default="1M", show_default=True, help="ftvm-ABI guests: stack size (at least 1M).")
 @click.option("--mem-limit", type=SIZE, default="1G", show_default=True,
-              help="Refuse guests whose memory (segments + stack) exceeds this.")
+              help="ftvm-ABI guests: refuse guests whose memory (segments + stack) exceeds this.")
 @click.option("--digest-interval-ms", type=click.IntRange(0), default=250, show_default=True,
               help="Log a state digest every this many ms of guest time (0: only at the end).")
 @click.option("--digest-every-events", type=click.IntRange(0), default=1000, show_default=True,
               help="... and every this many events (0: off).")
 @click.option("-q", "--quiet", is_flag=True, help="No ftvm messages on stderr unless something goes wrong.")
 @_device_options
+@_linux_options
 @operating_errors
-def record(guest, log_path, stack_size, mem_limit, digest_interval_ms, digest_every_events, quiet,
-           listen, disk, disk_size, disk_reads):
-    """Run GUEST and record everything nondeterministic it sees into a log.
+def record(program, log_path, stack_size, mem_limit, digest_interval_ms, digest_every_events, quiet,
+           listen, disk, disk_size, disk_reads, root, data, cwd, env, personality):
+    """Run PROGRAM and record everything nondeterministic it sees into a log.
 
-    The guest's console is on stdout. Bytes arriving on stdin reach the guest's input
-    device as they arrive. ftvm exits with the guest's exit status. Ctrl-C stops the
-    guest and closes the log properly (exit 130); the log still replays.
+    PROGRAM is an unmodified Linux x86-64 program (static, static-pie or dynamically
+    linked; its arguments follow it, after `--`) or an ftvm-ABI guest. The choice is
+    automatic (docs/linux.md); --personality forces it.
 
-    With --listen HOST:PORT, TCP clients that connect there reach the guest's network
-    device; with --disk PATH the guest has a block device backed by that image file.
+    \b
+      ftvm record -o ls.ftlog -- /bin/busybox ls /
+      ftvm record -o py.ftlog --data ./state:/data -- /usr/bin/python3 script.py
+      ftvm record guest_programs/build/echo.elf -o echo.ftlog
+
+    The program's stdout and stderr are on stdout. Bytes arriving on stdin reach it as
+    they arrive. ftvm exits with the program's exit status. Ctrl-C stops it and closes
+    the log properly (exit 130); the log still replays.
+
+    ftvm-ABI guests: with --listen HOST:PORT, TCP clients that connect there reach the
+    guest's network device; with --disk PATH the guest has a block device.
     """
     from .run import record_guest
     from .abi import STACK_SIZE_MIN
     if stack_size < STACK_SIZE_MIN:
         raise click.BadParameter(f"at least {STACK_SIZE_MIN >> 20}M", param_hint="--stack-size")
+    guest = _guest(program, personality, root, data, cwd, env, mem_limit=mem_limit, stack_size=stack_size)
     if log_path is None:
-        log_path = os.path.splitext(os.path.basename(guest))[0] + ".ftlog"
+        log_path = os.path.splitext(os.path.basename(program[0]))[0] + ".ftlog"
     status = record_guest(guest, log_path, stack_size=stack_size, mem_limit=mem_limit,
                           digest_interval_ms=digest_interval_ms, digest_every_events=digest_every_events,
                           say=(lambda m: None) if quiet else say,
@@ -153,9 +191,16 @@ def record(guest, log_path, stack_size, mem_limit, digest_interval_ms, digest_ev
 
 
 def _parse_point(text):
-    """'123456' -> ('blocks', 123456); '#12' or 'event:12' -> ('event', 12)."""
+    """'123456' -> ('blocks', 123456); '#12' or 'event:12' -> ('event', 12);
+    'sys:12' or 'syscall:12' -> ('syscall', 12)."""
     t = text.strip()
     try:
+        for prefix in ("sys:", "syscall:"):
+            if t.startswith(prefix):
+                n = int(t[len(prefix):])
+                if n < 0:
+                    raise ValueError
+                return "syscall", n
         if t.startswith("#"):
             return "event", int(t[1:])
         if t.startswith("event:"):
@@ -164,14 +209,16 @@ def _parse_point(text):
             return "blocks", int(t[6:])
         return "blocks", int(t, 0)
     except ValueError:
-        raise click.BadParameter(f"{text!r}: use a block count (123456), or #N / event:N for the Nth event") from None
+        raise click.BadParameter(f"{text!r}: use a block count (123456), #N / event:N for the Nth event, "
+                                 "or sys:N for the Nth system call (from 0)") from None
 
 
 @main.command()
 @click.argument("log", type=click.Path(dir_okay=False))
 @click.option("--to", "to", metavar="POINT",
               help="Stop at an execution point and print the registers: a block count (e.g. 120000) "
-                   "or #N / event:N to stop just before the Nth event.")
+                   "or #N / event:N to stop just before the Nth event, or sys:N to stop where the Nth system "
+                   "call of a Linux program (from 0, as `ftvm log show --kind syscall` numbers them) is pending.")
 @click.option("-q", "--quiet", is_flag=True, help="No ftvm messages on stderr unless something goes wrong.")
 @operating_errors
 @click.option("--disk", metavar="PATH", type=click.Path(dir_okay=False, exists=True), default=None,
@@ -236,8 +283,8 @@ def _opts(hb_interval_ms, fail_timeout_ms, max_lag_ms):
     return FtOptions(hb_interval_ms=hb_interval_ms, fail_timeout_ms=fail_timeout_ms, max_lag_ms=max_lag_ms)
 
 
-@main.command()
-@click.argument("guest", type=click.Path(dir_okay=False))
+@main.command(context_settings={"allow_interspersed_args": True})
+@click.argument("program", nargs=-1, type=click.UNPROCESSED, metavar="[--] PROGRAM [ARGS]...")
 @click.option("--log", "log_path", type=click.Path(dir_okay=False),
               help="When the run ends, write a replay log of the whole run (across failovers) here.")
 @click.option("--kill-primary-after", "kill_after", type=float, multiple=True, metavar="SECONDS",
@@ -249,12 +296,22 @@ def _opts(hb_interval_ms, fail_timeout_ms, max_lag_ms):
               help="Nodes to run. More than 2 starts the view service, which restores redundancy "
                    "after a failure by transferring state to an idle node.")
 @_device_options
+@_linux_options
 @_ft_options
 @operating_errors
-def run(guest, log_path, kill_after, progress, run_dir, nodes, hb_interval_ms, fail_timeout_ms, max_lag_ms,
-        listen, disk, disk_size, disk_reads):
-    """Run GUEST fault-tolerantly: a primary and a backup process joined by the logging
+def run(program, log_path, kill_after, progress, run_dir, nodes, hb_interval_ms, fail_timeout_ms, max_lag_ms,
+        listen, disk, disk_size, disk_reads, root, data, cwd, env, personality):
+    """Run PROGRAM fault-tolerantly: a primary and a backup process joined by the logging
     channel, and this process as the observer.
+
+    \b
+      ftvm run -- /usr/bin/python3 script.py
+      ftvm run --data ./state:/data --kill-primary-after 1.0 -- /bin/busybox md5sum /data/f
+      ftvm run guest_programs/build/lines.elf --nodes 3
+
+    PROGRAM is a Linux program (its arguments follow it, after `--`) or an ftvm-ABI guest.
+    A Linux program's data directory (--data) is shared storage: only the primary writes
+    it, under the Output Rule; the root (--root) must be identical on every node.
 
     The guest's console is on stdout, exactly once, whatever fails; stdin goes to the
     guest's input device through the primary. ftvm exits with the guest's exit status,
@@ -267,6 +324,17 @@ def run(guest, log_path, kill_after, progress, run_dir, nodes, hb_interval_ms, f
     only the primary writes it, under the Output Rule. A server guest runs until Ctrl-C.
     """
     from .ft.observer import run_local
+    import tempfile
+    g = _guest(program, personality, root, data, cwd, env)
+    guest = program[0]
+    if g.personality == "linux":
+        if listen or disk:
+            raise click.UsageError("--listen and --disk are devices of ftvm-ABI guests")
+        run_dir = run_dir or tempfile.mkdtemp(prefix="ftvm-run-")
+        os.makedirs(run_dir, exist_ok=True)
+        from .linux.spec import SPEC_SUFFIX
+        guest = os.path.join(os.path.abspath(run_dir), "guest" + SPEC_SUFFIX)
+        g.spec.save(guest)
     status = run_local(guest, log_path=log_path, kill_after=kill_after, progress=progress, run_dir=run_dir,
                        opts=_opts(hb_interval_ms, fail_timeout_ms, max_lag_ms), say=say, nodes=nodes,
                        devices=_devices(listen, disk, disk_size, disk_reads))

@@ -45,6 +45,16 @@ class Console:
         else:
             self.flush()
 
+    def append(self, data: bytes):
+        """Bytes written at a stop (a Linux guest's write to stdout or stderr): the
+        recorder hands them on at this very stop, so no extra stop is asked for."""
+        self._buf += data
+        self.total += len(data)
+        self.crc = zlib.crc32(data, self.crc)
+        if self.on_flush_wanted is None or len(self._buf) >= self.FLUSH_BYTES * 16:
+            if self.on_flush_wanted is None:
+                self.flush()
+
     def pending(self) -> bytes:
         return bytes(self._buf)
 

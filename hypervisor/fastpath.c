@@ -213,6 +213,31 @@ int ftvm_rdtscp_hook(void *uc_, void *user)
     return 1;
 }
 
+void ftvm_syscall_hook(void *uc_, void *user)
+{
+    ftvm_cpu *c = (ftvm_cpu *)user;
+    uint64_t rip = 0;
+    uc_reg_read((uc_engine *)uc_, UC_X86_REG_RIP, &rip);
+    c->sys_pending = 1;
+    c->sys_pc = rip;
+    ftvm_request(c, SYNC_HYPERCALL);
+}
+
+/* Guest time for a system call (record side): the host clock plus the offset, never
+ * backwards and never the same twice, shared with RDTSC. */
+uint64_t ftvm_vtime_next(ftvm_cpu *c)
+{
+    uint64_t v;
+    if (c->tsc_mode == FTVM_TSC_SYNTHETIC)
+        v = (uint64_t)((int64_t)(c->blocks * c->tsc_synth_ns_per_block) + c->tsc_offset_ns);
+    else
+        v = (uint64_t)((int64_t)ftvm_host_ns() + c->tsc_offset_ns);
+    if (v <= c->tsc_last)
+        v = c->tsc_last + 1;
+    c->tsc_last = v;
+    return v;
+}
+
 /* SIGINT/SIGTERM while the guest runs: Python's own handler would only run once
  * emu_start returns, which for a CPU-bound guest may be never. */
 static ftvm_cpu *signal_cpu;

@@ -53,6 +53,11 @@ typedef struct ftvm_cpu {
     uint64_t div_expected;      /* what the log said: blocks of the RDTSC ... */
     uint64_t div_expected_pc;   /* ... and its pc */
     uint64_t div_index;         /* index of the RDTSC in the run */
+
+    /* Linux personality: a `syscall` instruction ran (it ends its block); the hook
+     * asks for a stop at the end of the block, where the kernel runs the call. */
+    uint32_t sys_pending;
+    uint64_t sys_pc;            /* address of the syscall instruction */
 } ftvm_cpu;
 
 void ftvm_block_hook(void *uc, uint64_t address, uint32_t size, void *user);
@@ -64,6 +69,8 @@ void ftvm_poke(ftvm_cpu *cpu);
 void ftvm_request(ftvm_cpu *cpu, uint32_t sync_bits);
 int ftvm_rdtsc_hook(void *uc, void *user);
 int ftvm_rdtscp_hook(void *uc, void *user);
+void ftvm_syscall_hook(void *uc, void *user);
+uint64_t ftvm_vtime_next(ftvm_cpu *cpu);
 uint64_t ftvm_host_ns(void);
 /* Read / write one register of at most 64 bits, without the Python binding's cost. */
 uint64_t ftvm_reg_read(void *uc, int regid);

@@ -13,13 +13,12 @@ Output Rule). Plain recording releases it at once.
 """
 from __future__ import annotations
 
-import socket
 import time
 import zlib
 
 from logging_channel import records as R
 
-from . import __version__, abi
+from . import abi
 from .errors import EXIT_INTERRUPTED, GuestStuck
 from .machine import Config, Machine
 from .sources.interrupts import HostEvents
@@ -129,6 +128,10 @@ class Recorder:
         machine.rng.mode = "record"
         machine.rng.set_append(self._append)
         machine.mode = "record"
+        self.kernel = getattr(machine, "kernel", None)     # the Linux personality, if it is one
+        if self.kernel is not None:
+            self.kernel.mode = "record"
+            self.kernel.output_gate = self._output_gate
         if not script:
             machine.on_timer_change = host.set_timer
         else:
@@ -137,14 +140,21 @@ class Recorder:
     @classmethod
     def new(cls, elf_bytes, image, elf_name, sink, config: Config, console, out=None, stdin_fd=None,
             script=None, chaos=None, entropy=None, progress_records=False, poke_interval_s=None, host=None):
-        m = Machine(image, config, "record", console, entropy=entropy)
+        from .guest import AbiGuest
+        return cls.start(AbiGuest(elf_bytes, image, elf_name), sink, config, console, out=out, stdin_fd=stdin_fd,
+                         script=script, chaos=chaos, entropy=entropy, progress_records=progress_records,
+                         poke_interval_s=poke_interval_s, host=host)
+
+    @classmethod
+    def start(cls, guest, sink, config: Config, console, out=None, stdin_fd=None,
+              script=None, chaos=None, entropy=None, progress_records=False, poke_interval_s=None, host=None):
+        """Start ``guest`` (guest.AbiGuest or guest.LinuxGuest) afresh and record it."""
+        m = guest.machine(config, "record", console, entropy)
         if host is None:
             host = HostEvents(m.cpu, None if script else stdin_fd)
         else:
             host.bind(m.cpu)
-        sink.append(R.Header(elf=elf_bytes, elf_sha256=image.sha256, elf_name=elf_name, abi=abi.ABI_VERSION,
-                             config=dict(config.to_dict(), host=socket.gethostname()),
-                             created_unix=time.time(), ftvm_version=__version__))
+        sink.append(guest.header(config))
         rec = cls(m, sink, config, out or PlainOutput(console_write(console)), host, script, chaos,
                   progress_records)
         interval = poke_interval_s if poke_interval_s is not None else (
@@ -237,11 +247,21 @@ class Recorder:
                 self.disk.close()
 
     def _loop(self, m, cpu):
+        if self.kernel is not None and self.kernel.pending is not None:
+            # Gone live from a replay stopped at a system call: finish it first, doing its
+            # change again if the old primary may have made it (its Intent is logged).
+            if self.kernel.intent is not None:
+                self.kernel.redo(self.kernel.intent)
+            end = self._linux_syscall()
+            if end is not None:
+                return end
         while True:
             self._arm(m)
             fault = m.vcpu.run()
             self._logged_at_stop = False
             self._drain_tsc()
+            if self.kernel is not None and fault is None:
+                fault = self._linux_after_run()
             if fault is not None:
                 return self._end("fault", fault.status, f"guest fault: {fault.describe()}")
             if m.exit_status is not None:
@@ -257,6 +277,12 @@ class Recorder:
             if self.chaos:
                 self.chaos.at_stop(m)
             self._take_host_events()
+            if self.kernel is not None:
+                if self.kernel.pending is not None:
+                    end = self._linux_syscall()
+                    if end is not None:
+                        return end
+                halted = False
             delivered = self._maybe_deliver()
             while halted and not delivered:
                 self._flush_console()
@@ -282,6 +308,64 @@ class Recorder:
             self._flush_net()
             self._mark_progress()
             self.out.after_stop(self)
+
+    # --- the Linux personality ----------------------------------------------------------
+    def _linux_after_run(self):
+        """After the engine stops: pick up a system call; exit and exit_group end the
+        guest here (the END record says so). Returns a Fault for HLT."""
+        from .vcpu import Fault
+        k, m = self.kernel, self.m
+        k.take_hook()
+        status = k.exit_pending()
+        if status is not None:
+            m.exit_status = status
+        elif m.vcpu.halted and k.pending is None:
+            return Fault("hlt instruction (privileged in a Linux process)", None, m.vcpu.reg("rip") - 1, 139)
+        return None
+
+    def _linux_syscall(self):
+        """Run the pending system call; if it must wait (stdin, a sleep), wait as a
+        halted guest does, taking host events, and try again. Returns an End record if
+        the run ends while waiting."""
+        from .linux.kernel import Blocked
+        m, cpu, k = self.m, self.m.cpu, self.kernel
+        while True:
+            try:
+                rec = k.run_record()
+            except Blocked as b:
+                if b.forever:
+                    return self._end("stuck", GuestStuck.exit_status,
+                                     f"the guest waits forever in {k.describe_pending()} ({b.what}: a single "
+                                     "thread waits for itself)")
+                self._flush_console()
+                self._flush_net()
+                self._mark_progress()
+                self.guest_waits = True
+                self.out.after_stop(self)
+                self.guest_waits = False
+                timeout = 0.05
+                if b.until_ns is not None:
+                    timeout = min(timeout, max(0.0, (b.until_ns - m.vtime.now()) / 1e9))
+                if timeout > 0:
+                    self.host.wait(timeout)
+                if cpu.signal:
+                    return self._end("interrupted", EXIT_INTERRUPTED, f"recording stopped by signal {cpu.signal}")
+                self._take_host_events()
+                continue
+            self._event(rec)
+            return None
+
+    def _output_gate(self, values):
+        """Before a change to the data directory: the backup must have the log up to
+        this call, by the Output Rule. The Intent record marks the point and carries the
+        host values the call has used so far (for a redo after a failover)."""
+        self._flush_console()
+        k, m = self.kernel, self.m
+        self._append(R.Intent(m.blocks, k.pending[2], k.pending[0], list(values)))
+        self._logged_at_stop = True
+        wait = getattr(self.out, "file_output", None)
+        if wait is not None:
+            wait(self)
 
     def _mark_progress(self):
         """Let a backup know it may replay up to this stop (once per stop)."""

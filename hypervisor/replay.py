@@ -132,7 +132,8 @@ class StreamSource:
 
 class Replayer:
     def __init__(self, source, console, to_blocks=None, to_event=None, chaos: Chaos | None = None,
-                 header: R.Header | None = None, on_progress=None, should_stop=None, machine=None):
+                 header: R.Header | None = None, on_progress=None, should_stop=None, machine=None,
+                 to_syscall=None):
         if isinstance(source, (str, bytes)) or hasattr(source, "__fspath__"):
             source = FileSource(source)
         self.source = source
@@ -140,6 +141,7 @@ class Replayer:
         self.console = console
         self.to_blocks = to_blocks
         self.to_event = to_event
+        self.to_syscall = to_syscall      # stop where the Nth system call (from 0) is pending
         self.chaos = chaos
         self.on_progress = on_progress or (lambda replayer: None)
         self.should_stop = should_stop or (lambda: False)   # a backup told to stop
@@ -154,18 +156,30 @@ class Replayer:
                 raise LogTruncated(self.path, 0, len(R.FILE_MAGIC), "the log has no header record")
         if header.kind != R.HEADER:
             raise LogDamaged(self.path, 0, len(R.FILE_MAGIC), "the first record is not a header")
-        if header.abi not in abi.ABI_READABLE:
+        if header.abi not in abi.ABI_READABLE and header.config.get("personality") != "linux":
             raise LogDamaged(self.path, 0, len(R.FILE_MAGIC),
                              f"guest ABI version {header.abi}, this ftvm runs versions "
                              f"{abi.ABI_READABLE[0]}-{abi.ABI_VERSION}")
         self.header = header
         self.config = Config.from_dict(header.config)
+        if header.config.get("personality") == "linux":
+            from .guest import LinuxGuest
+            self.m = machine if machine is not None else LinuxGuest.from_header(header).machine(
+                self.config, "replay", console)
+            self._init_rest()
+            return
         image = elf_loader.parse(header.elf, f"{self.path} (embedded {header.elf_name})",
                                  mem_limit=max(self.config.mem_limit, abi.MEM_LIMIT_DEFAULT),
                                  stack_size=self.config.stack_size)
         if image.sha256 != header.elf_sha256:
             raise LogDamaged(self.path, 0, len(R.FILE_MAGIC), "the embedded guest ELF does not match its SHA-256")
         self.m = machine if machine is not None else Machine(image, self.config, "replay", console)
+        self._init_rest()
+
+    def _init_rest(self):
+        self.kernel = getattr(self.m, "kernel", None)
+        if self.kernel is not None:
+            self.kernel.mode = "replay"
         self._safe_blocks = self.m.blocks
         self.last_golive = None
         self.disk_path = None      # the shared disk image, for reads not carried in the log
@@ -262,10 +276,22 @@ class Replayer:
                 target = min(target, self.to_blocks)
             if self.chaos:
                 target = min(target, self.chaos.next_stop(m.blocks))
+            if self.kernel is not None and self.kernel.pending is not None:
+                raise Divergence(self._point(), f"the guest called {self.kernel.describe_pending()} here, but the "
+                                                f"log's next event is {R.KIND_NAMES.get(ev.kind, 'the end of the log')} "
+                                                f"at block {ev.blocks}")
             lib.ftvm_arm(cpu, target)
             fault = m.vcpu.run()
             if cpu.sync_req & SYNC_DIVERGED:
                 raise m.vtime.divergence(self._point())
+            if self.kernel is not None and fault is None:
+                self.kernel.take_hook()
+                if (self.to_syscall is not None and self.kernel.pending is not None
+                        and self.kernel.calls >= self.to_syscall):
+                    return self._stop_here(f"stopped before system call #{self.kernel.calls}")
+                status = self.kernel.exit_pending()
+                if status is not None:
+                    m.exit_status = status
             if cpu.signal:
                 m.console.flush()
                 return ReplayResult(EXIT_INTERRUPTED, None, f"replay stopped by signal {cpu.signal} at {self._point()}")
@@ -305,6 +331,18 @@ class Replayer:
                 raise Divergence(self._point(), f"the log says the guest ended here ({ev.detail}), but replay did not")
             self._check_pc(ev)
             return self._finish(ev, ev.status, ev.detail)
+        if ev.kind == R.INTENT:
+            if self.kernel is None or self.kernel.pending is None or self.kernel.pending[0] != ev.nr:
+                raise Divergence(self._point(), "the log has a data-directory change here, but the guest is not "
+                                                "in that system call")
+            self.kernel.intent = list(ev.values)
+            return None
+        if ev.kind == R.SYSCALL:
+            self.events += 1
+            if self.kernel is None:
+                raise Divergence(self._point(), "a system call record in the log of an ftvm-ABI guest")
+            self.kernel.run_replay(ev)
+            return None
         self._check_pc(ev)
         if ev.kind == R.INPUT:
             self.events += 1

@@ -26,13 +26,21 @@ class Devices:
 
 def record_guest(guest, log_path, *, stack_size, mem_limit, digest_interval_ms, digest_every_events, say,
                  stdin_fd=0, devices: Devices | None = None):
+    """Record ``guest`` (a guest.AbiGuest or LinuxGuest, or an ftvm-ABI ELF path)."""
     devices = devices or Devices()
-    data, image = elf_loader.load_file(guest, mem_limit=mem_limit, stack_size=stack_size)
+    if isinstance(guest, (str, os.PathLike)):
+        data, image = elf_loader.load_file(guest, mem_limit=mem_limit, stack_size=stack_size)
+        from .guest import AbiGuest
+        guest = AbiGuest(data, image, os.path.basename(guest))
+    if guest.personality == "linux" and (devices.listen or devices.disk):
+        from .errors import FtvmError
+        raise FtvmError("--listen and --disk are devices of ftvm-ABI guests; a Linux program uses "
+                        "--data (and, later, its own sockets)")
     config = Config(stack_size=stack_size, mem_limit=mem_limit, digest_interval_ms=digest_interval_ms,
                     digest_every_events=digest_every_events, disk_sectors=devices.disk_sectors,
                     disk_reads=devices.disk_reads)
     writer = LogWriter(log_path)
-    say(f"recording {guest} to {log_path}")
+    say(f"recording {guest.name} to {log_path}")
     front = None
     try:
         host = HostEvents(None, stdin_fd)
@@ -44,8 +52,7 @@ def record_guest(guest, log_path, *, stack_size, mem_limit, digest_interval_ms, 
             net_write = front.deliver
             say(f"listening on {front.address} (clients reach the guest's network device)")
         console = Console(fd_sink(1))
-        rec = Recorder.new(data, image, os.path.basename(guest), writer, config, console,
-                           out=PlainOutput(fd_sink(1), net_write), host=host)
+        rec = Recorder.start(guest, writer, config, console, out=PlainOutput(fd_sink(1), net_write), host=host)
         if devices.disk:
             rec.attach_disk(devices.disk)
             say(f"disk {devices.disk}: {devices.disk_sectors} sectors of 4096 bytes "
@@ -71,12 +78,24 @@ def _report_end(say, end, extra):
 def replay_log(log_path, point, say, disk=None):
     to_blocks = point[1] if point and point[0] == "blocks" else None
     to_event = point[1] if point and point[0] == "event" else None
-    rp = Replayer(log_path, Console(fd_sink(1)), to_blocks=to_blocks, to_event=to_event)
+    to_syscall = point[1] if point and point[0] == "syscall" else None
+    rp = Replayer(log_path, Console(fd_sink(1)), to_blocks=to_blocks, to_event=to_event, to_syscall=to_syscall)
+    if to_syscall is not None and rp.kernel is None:
+        from .logview import NotLinux
+        raise NotLinux(f"{log_path}: sys:{to_syscall} names a system call, and this is the log of an "
+                       "ftvm-ABI guest (it makes none); use a block count or #N")
     rp.disk_path = disk
     res = rp.run()
     if res.stopped_at is not None:
         print_registers(res.stopped_at, res.message)
+        if to_syscall is not None:
+            from .logview import pending_call_lines
+            for line in pending_call_lines(rp, log_path):
+                print(line)
         return 0
+    if to_syscall is not None and rp.kernel is not None:
+        say(f"no system call #{to_syscall}: the run made {rp.kernel.calls} before it ended "
+            f"(#0-#{rp.kernel.calls - 1}, then the exit call, if any, as #{rp.kernel.calls}); replayed to the end")
     if res.end is not None:
         say(f"{res.message} ({res.end.blocks} blocks, {rp.events} events; identical to the recording)")
     else:

@@ -57,11 +57,17 @@ def capture(m: Machine, header_frame: bytes, log_index: int, retained_from: int,
     Layout: MAGIC, u32 version, u64 length of the msgpack map that follows, the map,
     then the memory regions raw, in the order the map lists them."""
     v, c = m.vcpu, m.cpu
+    kernel = getattr(m, "kernel", None)
+    if kernel is not None:
+        from .linux import state as linux_state
+        regions = [[a, b - a] for a, b, _p, _n in kernel.mem.vmas]
+    else:
+        regions = [[start, size] for start, size, _ in v.regions]
     st = {
         "header": header_frame,
         "log_index": log_index,
         "context": _ctx_bytes(v.context()),
-        "regions": [[start, size] for start, size, _ in v.regions],
+        "regions": regions,
         "cpu": [int(c.blocks), int(c.tsc_last), int(c.tsc_count), int(c.tsc_offset_ns), int(c.tsc_aux)],
         "timer_us": m.timer_period_us,
         "irq": [m.irq.handler, m.irq.trampoline, _ctx_bytes(m.irq.saved), sorted(m.irq.pending), m.irq.delivered],
@@ -73,13 +79,22 @@ def capture(m: Machine, header_frame: bytes, log_index: int, retained_from: int,
                                bytes(m.netout.retained) + m.netout.pending()]},
         "extra": extra or {},
     }
+    if kernel is not None:
+        st["linux"] = linux_state.capture(kernel)
     meta = msgpack.packb(st, use_bin_type=True)
-    total = _HEAD.size + len(meta) + sum(size for _, size, _ in v.regions)
+    total = _HEAD.size + len(meta) + sum(size for _, size in regions)
     out = bytearray(total)
     _HEAD.pack_into(out, 0, MAGIC, VERSION, len(meta))
     off = _HEAD.size
     out[off:off + len(meta)] = meta
     off += len(meta)
+    if kernel is not None:
+        for start, size in regions:
+            for a in range(0, size, STEP):
+                n = min(STEP, size - a)
+                out[off + a:off + a + n] = v.uc.mem_read(start + a, n)
+            off += size
+        return out
     for (_, size, _), ram in zip(v.regions, v.ram):
         _copy(out, off, memoryview(ram), size)
         off += size
@@ -152,16 +167,30 @@ def restore(blob, console, mode="replay"):
         raise BadSnapshot(f"snapshot does not decode: {e}") from None
     from . import elf_loader
     config = Config.from_dict(header.config)
-    image = elf_loader.parse(header.elf, header.elf_name, mem_limit=max(config.mem_limit, 1 << 62),
-                             stack_size=config.stack_size)
-    m = Machine(image, config, mode, console)
-    v, c = m.vcpu, m.cpu
     off = _HEAD.size + meta_len
-    for (start, size), ram, (rstart, rsize, _) in zip(st["regions"], v.ram, v.regions):
-        if start != rstart or size != rsize or off + size > len(view):
-            raise BadSnapshot(f"snapshot memory region {start:#x} does not match the guest's layout")
-        _copy(ram, 0, view[off:off + size], size)
-        off += size
+    if header.config.get("personality") == "linux":
+        from .guest import LinuxGuest
+        from .linux import state as linux_state
+        m = LinuxGuest.from_header(header).machine(config, mode, console, start=False)
+        v, c = m.vcpu, m.cpu
+        spans = {}
+        for start, size in st["regions"]:
+            if off + size > len(view):
+                raise BadSnapshot(f"snapshot memory region {start:#x} is cut short")
+            spans[start] = (off, size)
+            off += size
+        m.kernel.mem.restore(st["linux"]["mem"], lambda a, b: bytes(view[spans[a][0]:spans[a][0] + (b - a)]))
+        linux_state.restore(m.kernel, st["linux"])
+    else:
+        image = elf_loader.parse(header.elf, header.elf_name, mem_limit=max(config.mem_limit, 1 << 62),
+                                 stack_size=config.stack_size)
+        m = Machine(image, config, mode, console)
+        v, c = m.vcpu, m.cpu
+        for (start, size), ram, (rstart, rsize, _) in zip(st["regions"], v.ram, v.regions):
+            if start != rstart or size != rsize or off + size > len(view):
+                raise BadSnapshot(f"snapshot memory region {start:#x} does not match the guest's layout")
+            _copy(ram, 0, view[off:off + size], size)
+            off += size
     v.restore_context(_ctx_from(v.uc, st["context"]))
     c.blocks, c.tsc_last, c.tsc_count, c.tsc_offset_ns, c.tsc_aux = st["cpu"]
     m.timer_period_us = st["timer_us"]

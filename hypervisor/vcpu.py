@@ -78,15 +78,7 @@ class VCPU:
     def __init__(self, image: Image, stack_size: int, ports, tsc_buf_pairs: int = 1 << 16):
         self.image = image
         self.stack_size = stack_size
-        self.ports = ports
-        self.cpu = ffi.new("ftvm_cpu *")
-        lib.ftvm_arm(self.cpu, _STOP_NEVER)
-        self._tsc_buf = ffi.new("uint64_t[]", 3 * tsc_buf_pairs)
-        self.cpu.tsc_buf = self._tsc_buf
-        self.cpu.tsc_cap = tsc_buf_pairs
-        self.cpu.tsc_high_water = tsc_buf_pairs - 2048
-        self.fault: Fault | None = None
-        self.halted = False
+        self._init_cpu(ports, tsc_buf_pairs)
         self.regions = [(start, size, flags) for start, size, flags in image.pages()]
         self.regions.append((abi.STACK_TOP - stack_size, stack_size, PF_R | PF_W))
         # Guest memory is ours (anonymous mappings handed to Unicorn with mem_map_ptr),
@@ -98,11 +90,25 @@ class VCPU:
         self.uc.reg_write(X86.UC_X86_REG_RIP, image.entry)
         self.uc.reg_write(X86.UC_X86_REG_RSP, abi.STACK_TOP - 8)
 
+    def _init_cpu(self, ports, tsc_buf_pairs):
+        self.ports = ports
+        self.cpu = ffi.new("ftvm_cpu *")
+        lib.ftvm_arm(self.cpu, _STOP_NEVER)
+        self._tsc_buf = ffi.new("uint64_t[]", 3 * tsc_buf_pairs)
+        self.cpu.tsc_buf = self._tsc_buf
+        self.cpu.tsc_cap = tsc_buf_pairs
+        self.cpu.tsc_high_water = tsc_buf_pairs - 2048
+        self.fault: Fault | None = None
+        self.halted = False
+
     # --- engine --------------------------------------------------------------------
     def _new_engine(self):
         uc = unicorn.Uc(UC.UC_ARCH_X86, UC.UC_MODE_64)
-        for (start, size, flags), ram in zip(self.regions, self.ram):
-            uc.mem_map_ptr(start, size, _uc_perms(flags), ctypes.addressof(ctypes.c_char.from_buffer(ram)))
+        # The CPU model whose CPUID says exactly what Unicorn executes: Sandy Bridge
+        # offers no RDRAND/RDSEED (they raise #UD, deterministically), no AVX, no BMI.
+        # The default (Haswell) offers RDRAND, which returns unlogged host randomness.
+        uc.ctl_set_cpu_model(X86.UC_CPU_X86_SANDYBRIDGE)
+        self._map_memory(uc)
         self._hooks = []
         # Hooks go in before the first emu_start (see NOTES: hooks added after code was
         # translated may not fire on it).
@@ -119,12 +125,19 @@ class VCPU:
         self._add_c_hook(uc, UC.UC_HOOK_INSN, "ftvm_rdtscp_hook", user, X86.UC_X86_INS_RDTSCP)
         uc.hook_add(UC.UC_HOOK_INSN, self._on_in, None, 1, 0, X86.UC_X86_INS_IN)
         uc.hook_add(UC.UC_HOOK_INSN, self._on_out, None, 1, 0, X86.UC_X86_INS_OUT)
-        uc.hook_add(UC.UC_HOOK_INSN, self._on_syscall, None, 1, 0, X86.UC_X86_INS_SYSCALL)
+        self._syscall_hook(uc, user)
         uc.hook_add(UC.UC_HOOK_MEM_UNMAPPED | UC.UC_HOOK_MEM_PROT, self._on_mem_fault)
         uc.hook_add(UC.UC_HOOK_INSN_INVALID, self._on_invalid)
         uc.hook_add(UC.UC_HOOK_INTR, self._on_intr)
         self._uch = ffi.cast("void *", uc._uch.value)
         return uc
+
+    def _map_memory(self, uc):
+        for (start, size, flags), ram in zip(self.regions, self.ram):
+            uc.mem_map_ptr(start, size, _uc_perms(flags), ctypes.addressof(ctypes.c_char.from_buffer(ram)))
+
+    def _syscall_hook(self, uc, user):
+        uc.hook_add(UC.UC_HOOK_INSN, self._on_syscall, None, 1, 0, X86.UC_X86_INS_SYSCALL)
 
     def _add_c_hook(self, uc, kind, name, user, insn=None):
         handle = ctypes.c_size_t()

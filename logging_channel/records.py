@@ -22,18 +22,18 @@ import msgpack
 
 from . import codec
 
-FORMAT_VERSION = 2                   # v2 added NET and DISK records (the devices of guest ABI v2)
-READABLE_VERSIONS = (1, 2)           # a v1 log is a v2 log without those records
+FORMAT_VERSION = 3                   # v3 added SYSCALL records (the Linux personality)
+READABLE_VERSIONS = (1, 2, 3)        # v2 added NET and DISK; a v1 log is a v2 log without them
 FILE_MAGIC = b"FTVMLOG\x00"
 FRAME = struct.Struct("<BBII")
 FRAME_HEAD = struct.Struct("<BBI")   # the part of the frame header the CRC covers
 BODY_MAX = 256 << 20                 # largest body a reader accepts (the ELF rides in HEADER)
 TSC_BATCH_MAX = 1 << 20              # most RDTSC entries one record may hold
 
-HEADER, INPUT, IRQ, TSC, RNG, DIGEST, END, PROGRESS, GOLIVE, VIEW, TRANSFER, NET, DISK = range(1, 14)
+HEADER, INPUT, IRQ, TSC, RNG, DIGEST, END, PROGRESS, GOLIVE, VIEW, TRANSFER, NET, DISK, SYSCALL, INTENT = range(1, 16)
 KIND_NAMES = {HEADER: "header", INPUT: "input", IRQ: "irq", TSC: "tsc", RNG: "rng",
               DIGEST: "digest", END: "end", PROGRESS: "progress", GOLIVE: "golive", VIEW: "view",
-              TRANSFER: "transfer", NET: "net", DISK: "disk"}
+              TRANSFER: "transfer", NET: "net", DISK: "disk", SYSCALL: "syscall", INTENT: "intent"}
 NAME_KINDS = {v: k for k, v in KIND_NAMES.items()}
 
 # Registers in a state digest, in this order (format version 1).
@@ -104,6 +104,36 @@ class Disk:
     data: bytes | None
     crc: int
     kind = DISK
+
+
+@dataclasses.dataclass(frozen=True)
+class Syscall:
+    """A Linux system call, completed at execution point ``blocks`` (the syscall
+    instruction at ``pc`` ends its block; the guest resumes at pc + 2). ``args`` are the
+    arguments the call uses, ``ret`` its result (RAX, unsigned), ``values`` what the host
+    answered, in the order the call asked (inputs, outputs' results, identities of root
+    files): replay takes them from here instead of asking the host."""
+    blocks: int
+    pc: int
+    nr: int
+    args: tuple
+    ret: int
+    values: list
+    strings: tuple = ()     # ((argument index, the path it named), ...), for display only
+    kind = SYSCALL
+
+
+@dataclasses.dataclass(frozen=True)
+class Intent:
+    """The system call pending at ``blocks`` is about to change the data directory (an
+    output), having asked the host for ``values`` so far. Written before the change, so
+    that a backup going live with the call still pending can do it again with the same
+    values (the same file offset), idempotently. Changes nothing in the guest."""
+    blocks: int
+    pc: int
+    nr: int
+    values: list
+    kind = INTENT
 
 
 @dataclasses.dataclass(frozen=True)
@@ -263,6 +293,10 @@ def _body(rec) -> object:
         return [rec.blocks, rec.pc, rec.data]
     if k == IRQ:
         return [rec.blocks, rec.pc, rec.vector]
+    if k == INTENT:
+        return [rec.blocks, rec.pc, rec.nr, rec.values]
+    if k == SYSCALL:
+        return [rec.blocks, rec.pc, rec.nr, list(rec.args), rec.ret, rec.values, [list(p) for p in rec.strings]]
     if k == NET:
         return [rec.blocks, rec.pc, rec.conn, rec.type, rec.data]
     if k == DISK:
@@ -336,6 +370,17 @@ def _from_body(kind, b):
         _need(len(b) == 3 and _is_uint(b[0]) and _is_uint(b[1]) and _is_uint(b[2], 8),
               "irq: expected [blocks, pc, vector]")
         return Irq(*b)
+    if kind == INTENT:
+        _need(len(b) == 4 and _is_uint(b[0]) and _is_uint(b[1]) and _is_uint(b[2], 16) and isinstance(b[3], list),
+              "intent: expected [blocks, pc, number, values]")
+        return Intent(*b)
+    if kind == SYSCALL:
+        _need(len(b) == 7 and _is_uint(b[0]) and _is_uint(b[1]) and _is_uint(b[2], 16) and isinstance(b[3], list)
+              and len(b[3]) <= 6 and all(_is_uint(a) for a in b[3]) and _is_uint(b[4]) and isinstance(b[5], list)
+              and isinstance(b[6], list) and all(isinstance(p, list) and len(p) == 2 and _is_uint(p[0], 3)
+                                                 and isinstance(p[1], str) for p in b[6]),
+              "syscall: expected [blocks, pc, number, args, result, values, strings]")
+        return Syscall(b[0], b[1], b[2], tuple(b[3]), b[4], b[5], tuple(tuple(p) for p in b[6]))
     if kind == NET:
         _need(len(b) == 5 and _is_uint(b[0]) and _is_uint(b[1]) and _is_uint(b[2], 32) and b[3] in (1, 2, 3, 4)
               and isinstance(b[4], bytes), "net: expected [blocks, pc, conn, type 1-4, bytes]")

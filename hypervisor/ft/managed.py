@@ -245,12 +245,12 @@ class ManagedNode(Node):
             self.managed_backup()
 
     def managed_start_primary(self):
-        from .. import elf_loader
-        from ..machine import Config
+
         from ..record import Recorder
         from ..sources.interrupts import HostEvents
         from .node import FtSink
-        data, image = elf_loader.load_file(self.guest)
+        from ..guest import open_guest
+        guest = open_guest(self.guest)
         self.arbiter.claim(self.view, self.name)
         self.sink = FtSink(self.writer)
         console = Console()
@@ -258,8 +258,8 @@ class ManagedNode(Node):
         with self.lock:
             self.host = HostEvents(None, None, external_input=True)
             self.protected = False
-        rec = Recorder.new(data, image, os.path.basename(self.guest), self.sink, self.machine_config(), console,
-                           out=self, progress_records=True, poke_interval_s=0.02, host=self.host)
+        rec = Recorder.start(guest, self.sink, self.machine_config(), console,
+                             out=self, progress_records=True, poke_interval_s=0.02, host=self.host)
         self.machine = rec.m
         rec.m.netout.retain = True
         self.attach_devices(rec)

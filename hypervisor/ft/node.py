@@ -20,7 +20,6 @@ from logging_channel import records as R
 from logging_channel.logfile import LogWriter
 from shared_disk.arbiter import Arbiter
 
-from .. import elf_loader
 from ..console import Console
 from ..errors import FtvmError
 from ..machine import Config
@@ -131,6 +130,7 @@ class Node:
         self.net_received = 0           # network events taken from the front end (their index)
         self.observer_net_confirmed = 0
         self.unconfirmed_net = []       # released network output the front end has not confirmed
+        self.file_released = set()      # data-directory changes the Output Rule let go
         self.disk_worker = None
         self.backup_disk_reads = 0      # disk read completions the backup has replayed
         self.net_marks = collections.deque()   # (log records, network events in the guest by then)
@@ -424,6 +424,10 @@ class Node:
                 if self.disk_worker is not None:
                     self.disk_worker.release(h.offset)
                 continue
+            if h.stream == "file":
+                self.file_released.add(h.offset)
+                self.cond.notify_all()
+                continue
             if h.stream == "net":
                 self.unconfirmed_net.append((h.offset, h.data))
                 self.send_observer(M.NETOUT, h.offset, h.data)
@@ -497,6 +501,30 @@ class Node:
         with self.lock:
             self.gate.hold(cover, req_id, b"", at=now_ns(), stream="disk")
             self._release()
+
+    def file_output(self, rec):
+        """A Linux guest changes its data directory: that is output. Hold the call until
+        the backup has the log that covers it (rule 2), then let it go ahead; a node that
+        is no longer a primary in its lease changes nothing (it halts)."""
+        token = object()
+        with self.lock:
+            self.gate.hold(rec.sink.records, token, b"", at=now_ns(), stream="file")
+            self._release()
+        while True:
+            self._after_stop(rec)
+            with self.lock:
+                if token in self.file_released:
+                    self.file_released.discard(token)
+                    break
+                if self.halted:
+                    raise Halted(self.halted)
+                if self.stop_requested:
+                    raise Stopped()
+                self.cond.wait(0.002)
+        if not self._may_write_disk():
+            with self.lock:
+                self._halt("no longer a primary in its lease: the data directory is not written")
+            raise Halted(self.halted)
 
     def exit(self, total, status, detail, cover):
         with self.lock:
@@ -642,14 +670,15 @@ class Node:
         return 0
 
     def _run_primary(self):
-        data, image = elf_loader.load_file(self.guest)
+        from ..guest import open_guest
+        guest = open_guest(self.guest)
         config = self.machine_config()
         self.sink = FtSink(self.writer)
         console = Console()
         with self.lock:
             self.host = HostEvents(None, None, external_input=True)
-        rec = Recorder.new(data, image, os.path.basename(self.guest), self.sink, config, console, out=self,
-                           progress_records=True, poke_interval_s=0.02, host=self.host)
+        rec = Recorder.start(guest, self.sink, config, console, out=self,
+                             progress_records=True, poke_interval_s=0.02, host=self.host)
         self.machine = rec.m
         self.attach_devices(rec)
         self.hello("primary" if self.view == 1 else f"started afresh in view {self.view}")

@@ -433,8 +433,8 @@ def run_local(guest, log_path=None, kill_after=(), progress=False, run_dir=None,
     nodes > 2: the view service and that many nodes)."""
     import tempfile
 
-    from .. import elf_loader
-    elf_loader.load_file(guest)        # a bad ELF is refused here, before any process starts
+    from ..guest import open_guest
+    open_guest(guest)                  # a bad ELF is refused here, before any process starts
     opts = opts or FtOptions()
     run_dir = run_dir or tempfile.mkdtemp(prefix="ftvm-run-")
     os.makedirs(run_dir, exist_ok=True)
