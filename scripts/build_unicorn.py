@@ -153,6 +153,7 @@ def main():
     if info.get("key") == key and info.get("inline") and lib and sha256(lib) == info.get("lib_sha256"):
         return 0        # this virtualenv has it
     info = {"key": key, "version": UNICORN_VERSION, "patch": str(PATCH.relative_to(ROOT))}
+    t0 = time.monotonic()   # what the build adds to a fresh machine's setup: downloads to install
     try:
         info["stock_lib"] = str(stock_lib(log))
     except Exception as e:  # only `ftvm bench` needs it (plain Unicorn timings)
@@ -165,19 +166,23 @@ def main():
         say(f"using the stock wheel and the C block hook ({HOOK_SLOWDOWN}): the patched build failed "
             f"({reason}); remove {out} to try again")
         return 0
-    t0 = time.monotonic()
     try:
         whl = wheel_in(out)
-        if whl is None:
+        built = whl is None
+        if built:
             say(f"building libunicorn {UNICORN_VERSION} (x86 only) with {PATCH.name}; log in {log}")
             whl = build_wheel(key, out, log)
+        pip("install", "-q", "--no-deps", "--force-reinstall", whl, log=log)
+        if built:
             build_s = time.monotonic() - t0
             (out / "build.json").write_text(json.dumps({"build_s": round(build_s, 1)}))
-            say(f"built in {build_s:.0f} s")
-        pip("install", "-q", "--no-deps", "--force-reinstall", whl, log=log)
+            say(f"built and installed in {build_s:.0f} s")
         lib = installed_lib()
-        info.update(inline=True, wheel=str(whl), lib_sha256=sha256(lib),
-                    build_s=json.loads((out / "build.json").read_text())["build_s"])
+        try:
+            build_s = json.loads((out / "build.json").read_text())["build_s"]
+        except (OSError, ValueError, KeyError):
+            build_s = None
+        info.update(inline=True, wheel=str(whl), lib_sha256=sha256(lib), build_s=build_s)
     except Exception as e:  # any failure: stay on the stock wheel, say so once
         reason = str(e) or type(e).__name__
         out.mkdir(parents=True, exist_ok=True)

@@ -68,7 +68,7 @@ def test_seeded_random_primary_kills(guests, tmp_path):
     p, probe_dir, _ = ft_run(tmp_path / "probe")
     assert p.returncode == 0
     exit_s = json.loads((probe_dir / "observer.json").read_text())["exit_s"]   # the observer's clock, as kills
-    last = max(0.6, 0.3 + 0.85 * (exit_s - 0.3))
+    last = max(0.6, 0.3 + 0.7 * (exit_s - 0.3))
     points = sorted(rnd.uniform(0.3, last) for _ in range(50))
     failovers = 0
     for i, t in enumerate(points):
