@@ -43,10 +43,12 @@ def say(msg):
 
 def run(cmd, cwd=None, log=None):
     """Run a build step; its output goes to the log, and its tail into the error."""
+    t = time.monotonic()
     with open(log, "ab") as f:
         f.write(f"$ {' '.join(map(str, cmd))}\n".encode())
         f.flush()
         p = subprocess.run(list(map(str, cmd)), cwd=cwd, stdout=f, stderr=subprocess.STDOUT)
+        f.write(f"# {time.monotonic() - t:.1f} s, exit status {p.returncode}\n".encode())
     if p.returncode != 0:
         tail = pathlib.Path(log).read_text(errors="replace").strip().splitlines()[-3:]
         raise RuntimeError(f"`{' '.join(map(str, cmd[:3]))} ...` failed: {' | '.join(tail)} (log: {log})")
@@ -63,7 +65,9 @@ def download(kind, log):
     pattern = f"unicorn-{UNICORN_VERSION}.tar.gz" if kind == "source" else f"unicorn-{UNICORN_VERSION}-*.whl"
     found = sorted(dl.glob(pattern))
     if not found:
-        only = ["--no-binary", ":all:"] if kind == "source" else ["--only-binary", ":all:"]
+        # --no-binary for unicorn only: its build requirements (setuptools, ...) come as
+        # wheels (":all:" would build each of them from source, about a minute).
+        only = ["--no-binary", "unicorn"] if kind == "source" else ["--only-binary", ":all:"]
         pip("download", "-q", "--no-deps", *only, "-d", dl, f"unicorn=={UNICORN_VERSION}", log=log)
         found = sorted(dl.glob(pattern))
     if not found:
