@@ -492,20 +492,25 @@ def status(run_dir, as_json):
 
 @main.command()
 @click.option("--runs", type=click.IntRange(1), default=3, show_default=True,
-              help="Runs of each measurement; the best is reported.")
+              help="Runs of each measurement (interleaved; medians are reported).")
 @click.option("--guest-dir", type=click.Path(file_okay=False), default=None,
               help="Where the built guests are (default: guest_programs/build in the checkout).")
 @click.option("--only", type=click.Choice(["record", "ft", "views", "kv"]), default=None,
               help="Only the record/replay figures, the fault-tolerance figures, or the view-service ones.")
 @click.option("--json", "as_json", is_flag=True, help="JSON instead of a table.")
+@click.option("--counter", type=click.Choice(["inline", "hook"]), default=None,
+              help="Block counter to measure (default: inline when built; same as FTVM_COUNTER).")
 @operating_errors
-def bench(runs, guest_dir, only, as_json):
+def bench(runs, guest_dir, only, as_json, counter):
     """Measure recording, replay and fault tolerance against plain Unicorn, side by side.
 
     Record/replay: plain/record speed on the CPU-bound and the RDTSC-heavy guest,
     replay speed, bytes per RDTSC, peak memory. Fault tolerance: plain/`ftvm run`
     speed, what the Output Rule adds per output, failover outage, logging bandwidth.
+    Plain is the stock Unicorn wheel; runs alternate and ratios are medians.
     """
+    if counter is not None:
+        os.environ["FTVM_COUNTER"] = counter     # this process and the nodes it starts
     from .bench import run_bench
     run_bench(runs, guest_dir, as_json, say, only)
 
