@@ -218,6 +218,10 @@ void ftvm_syscall_hook(void *uc_, void *user)
     ftvm_cpu *c = (ftvm_cpu *)user;
     uint64_t rip = 0;
     uc_reg_read((uc_engine *)uc_, UC_X86_REG_RIP, &rip);
+    static const int regs[7] = {UC_X86_REG_RAX, UC_X86_REG_RDI, UC_X86_REG_RSI, UC_X86_REG_RDX,
+                                UC_X86_REG_R10, UC_X86_REG_R8, UC_X86_REG_R9};
+    for (int i = 0; i < 7; i++)
+        uc_reg_read((uc_engine *)uc_, regs[i], &c->sys_regs[i]);
     c->sys_pending = 1;
     c->sys_pc = rip;
     ftvm_request(c, SYNC_HYPERCALL);

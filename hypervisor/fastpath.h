@@ -58,6 +58,7 @@ typedef struct ftvm_cpu {
      * asks for a stop at the end of the block, where the kernel runs the call. */
     uint32_t sys_pending;
     uint64_t sys_pc;            /* address of the syscall instruction */
+    uint64_t sys_regs[7];       /* rax (the number), rdi, rsi, rdx, r10, r8, r9 */
 } ftvm_cpu;
 
 void ftvm_block_hook(void *uc, uint64_t address, uint32_t size, void *user);

@@ -271,6 +271,7 @@ class Recorder:
             if cpu.signal and self.kernel is None:
                 return self._end("interrupted", EXIT_INTERRUPTED, f"recording stopped by signal {cpu.signal}")
             halted = m.vcpu.halted
+            arrived = cpu.async_req
             cpu.async_req = 0
             cpu.sync_req = 0
             cpu.irq_wait = 0
@@ -278,17 +279,26 @@ class Recorder:
                 m.finish_iret()
             if self.chaos:
                 self.chaos.at_stop(m)
-            self._take_host_events()
             if self.kernel is not None:
+                # Host arrivals poke the CPU (async_req): a stop without one has none.
+                if arrived or self.script:
+                    self._take_host_events()
                 end = self._linux_stop()
                 if end is not None:
                     return end
-                halted = False
+                self._maybe_digest()
+                self._flush_console()
+                self._flush_net()
+                self._mark_progress()
+                self.out.after_stop(self)
+                continue
+            self._take_host_events()
             delivered = self._maybe_deliver()
             while halted and not delivered:
                 self._flush_console()
                 self._flush_net()
                 self._mark_progress()
+                self._flush_log()
                 self.guest_waits = True
                 self.out.after_stop(self)
                 self.guest_waits = False
@@ -435,6 +445,7 @@ class Recorder:
             self._flush_console()
             self._flush_net()
             self._mark_progress()
+            self._flush_log()
             self.guest_waits = True
             self.out.after_stop(self)
             self.guest_waits = False
@@ -497,6 +508,12 @@ class Recorder:
         if batch is not None:
             self.sink.append(batch)
 
+    def _flush_log(self):
+        """Buffered log frames to the OS: before output leaves and before a wait."""
+        flush = getattr(self.sink, "flush", None)
+        if flush is not None:
+            flush()
+
     def _flush_console(self):
         """Hand console output on, covered by everything logged so far. A Progress
         record marks this point, so a backup can replay up to the output."""
@@ -504,6 +521,7 @@ class Recorder:
         if not data:
             return
         self._mark_progress()
+        self._flush_log()
         self.out.output(self._console_offset, data, self.sink.records)
         self._console_offset += len(data)
 
@@ -512,6 +530,7 @@ class Recorder:
         if not data:
             return
         self._mark_progress()
+        self._flush_log()
         self.out.net_output(self._net_offset, data, self.sink.records)
         self._net_offset += len(data)
 
@@ -633,6 +652,7 @@ class Recorder:
         self._flush_net()
         end = R.End(reason, status, detail, self.m.digest(), time.monotonic_ns() - self._t0)
         self._append(end)
+        self._flush_log()
         self.out.exit(self._console_offset, status, detail, self.sink.records)
         self.out.after_stop(self)
         return end
