@@ -262,6 +262,15 @@ def run_bench(runs, guest_dir, as_json, say, only=None):
     gdir = pathlib.Path(guest_dir) if guest_dir else ROOT / "guest_programs" / "build"
     rows = []
     results = {}
+    if only == "linux":
+        from .bench_linux import linux_rows, run_linux_bench
+        with tempfile.TemporaryDirectory(prefix="ftvm-bench-", dir=str(ROOT)) as tmp:
+            results["linux"] = run_linux_bench(runs, tmp, say)
+        if as_json:
+            print(json.dumps({k: v for k, v in results["linux"].items()}, indent=2))
+        else:
+            _table(linux_rows(results["linux"]), "ftvm bench: Linux programs (whole-process wall times, medians)")
+        return results
     if only in ("views", "kv"):
         from .bench_kv import kv_rows, run_kv_bench
         run, rows, title = {"views": (lambda tmp: run_views_bench(runs, gdir, tmp, say), _views_rows,
