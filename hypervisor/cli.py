@@ -426,12 +426,33 @@ def viewservice(listen, ping_interval_ms, dead_pings, state_file):
 
 
 @main.command()
-@click.argument("which", type=click.Choice(["primary", "backup"]))
+@click.argument("which", type=click.Choice(["primary", "backup", "guest"]))
 @click.option("--run-dir", required=True, type=click.Path(file_okay=False, exists=True))
+@click.option("--signal", "signame", type=click.Choice(["TERM"]), default="TERM", show_default=True,
+              help="With `guest`: the signal the guest program receives (the run's stop request reaches the "
+                   "primary, which delivers SIGTERM).")
 @operating_errors
-def kill(which, run_dir):
-    """SIGKILL the node that is now primary (or backup) of the run in RUN_DIR."""
+def kill(which, run_dir, signame):
+    """SIGKILL the node that is now primary (or backup) of the run in RUN_DIR; or, with
+    `guest`, send the guest program a signal (a Linux program's handler runs, as for
+    Ctrl-C: redis-server shuts down cleanly; a program without one is stopped and
+    the log closed)."""
+    import json as _json
     import signal as _signal
+
+    if which == "guest":
+        try:
+            with open(os.path.join(run_dir, "run.json")) as f:
+                pid = _json.load(f)["observer_pid"]
+        except (OSError, ValueError, KeyError):
+            raise FtvmError(f"{run_dir}: no run.json naming the run's observer (is this an `ftvm run` directory?)")
+        # The observer passes the stop to the primary, which delivers SIGTERM to the guest.
+        try:
+            os.kill(pid, _signal.SIGTERM)
+        except ProcessLookupError:
+            raise FtvmError(f"the run in {run_dir} is over (observer pid {pid} is gone)") from None
+        say(f"sent SIGTERM to the guest of the run in {run_dir}")
+        return
 
     from .ft.observer import read_status
     live = [s for s in read_status(run_dir) if s["alive"]]
