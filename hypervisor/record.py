@@ -264,6 +264,8 @@ class Recorder:
             self._drain_tsc()
             if self.kernel is not None and fault is None:
                 fault = self._linux_after_run()
+            if fault is not None and self.kernel is not None and self._linux_fault_to_handler(fault):
+                continue
             if fault is not None:
                 return self._end("fault", fault.status, f"guest fault: {fault.describe()}")
             if m.exit_status is not None:
@@ -385,6 +387,18 @@ class Recorder:
                 return self._end("interrupted", EXIT_INTERRUPTED, f"recording stopped by signal {signo}")
             return self._linux_signal(signo)
         return None
+
+    def _linux_fault_to_handler(self, fault):
+        """A synchronous fault goes to the guest's handler if it installed one (SIGSEGV,
+        SIGILL, SIGFPE, SIGTRAP), at the faulting instruction. Returns True if it did."""
+        from .linux import signals as S
+        signo = S.FAULT_SIGNALS.get(fault.status)
+        k, m = self.kernel, self.m
+        if signo is None or S.disposition(k, signo) != "handle" or k.threads.cur.sigmask & (1 << (signo - 1)):
+            return False
+        self._event(R.Signal(m.blocks, m.vcpu.reg("rip"), k.threads.cur.tid, signo, 0))
+        apply_signal(k, signo)
+        return True
 
     def _linux_signal(self, signo, vtime=0):
         from .linux import signals as S
