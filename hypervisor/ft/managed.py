@@ -328,6 +328,7 @@ class ManagedNode(Node):
             confirmed = self.observer_confirmed
         m = self.machine
         t0 = now_ns()
+        self.sink.flush()          # the writer buffers frames: the file must hold all k records
         with open(self.log_path, "rb") as f:
             prefix = f.read()
         whole = snapshot.capture(m, prefix_header(prefix), k, confirmed, m.console.unconfirmed_since(confirmed),
