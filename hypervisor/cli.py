@@ -288,7 +288,8 @@ def _opts(hb_interval_ms, fail_timeout_ms, max_lag_ms):
 @click.option("--log", "log_path", type=click.Path(dir_okay=False),
               help="When the run ends, write a replay log of the whole run (across failovers) here.")
 @click.option("--kill-primary-after", "kill_after", type=float, multiple=True, metavar="SECONDS",
-              help="SIGKILL whichever node is primary this many seconds after start (repeatable).")
+              help="SIGKILL whichever node is primary this many seconds after the first primary "
+                   "started the guest (repeatable).")
 @click.option("--progress", is_flag=True, help="Show a live status table on stderr.")
 @click.option("--run-dir", type=click.Path(file_okay=False),
               help="Directory for the nodes' logs, status and the shared disk (default: a new temporary one).")

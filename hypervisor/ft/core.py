@@ -142,9 +142,11 @@ class FailureDetector:
     estimate, as PeerWatch does), with two allowances for a loaded machine, where a
     process may not run for a few hundred milliseconds:
 
-    - time this process itself did not run does not count against the peer: our timer
-      ticks every ``tick_ns``; a tick that comes late means we were descheduled (or
-      frozen), and the lateness is credited to the peer;
+    - after this process itself did not run (our timer ticks every ``tick_ns``; a tick
+      that comes late means we were descheduled or frozen), no verdict for
+      ``RESUME_TICKS`` ticks: what the peer sent meanwhile may still be on its way in
+      (our own network thread starved with us). Silence is still counted in full, so a
+      node frozen while its peer was replaced learns it soon after it runs again;
     - the timeout adapts upward to the peer's observed silences: it is the base timeout
       or ``GAP_FACTOR`` times the longest gap between two of the peer's messages among
       the last ``GAPS``, whichever is longer, capped at ``CAP_FACTOR`` times the base.
@@ -156,29 +158,29 @@ class FailureDetector:
     GAPS = 64
     GAP_FACTOR = 3
     CAP_FACTOR = 8
+    RESUME_TICKS = 3
 
     def __init__(self, timeout_ns: int, tick_ns: int):
         self.base_ns = timeout_ns
         self.tick_ns = tick_ns
         self.last_ns = None         # the peer's latest send time, on our clock
-        self.credit_ns = 0          # our own stalls since then
         self.gaps = collections.deque(maxlen=self.GAPS)
         self.last_tick_ns = None
+        self.defer_until = None     # no verdict before this (we just ran again after a stall)
+        self.stalled_at = None      # when we last ran again after a stall
 
     def heard(self, now: int, peer_sent: int | None = None, skew_ns: int | None = 0):
         t = now if peer_sent is None or skew_ns is None else min(now, peer_sent - skew_ns)
         if self.last_ns is None or t > self.last_ns:
-            if self.last_ns is not None:
-                self.gaps.append(t - self.last_ns)
+            if self.last_ns is not None and (self.stalled_at is None or self.last_ns >= self.stalled_at):
+                self.gaps.append(t - self.last_ns)  # a silence of the peer's, not one of ours
             self.last_ns = t
-            self.credit_ns = 0
 
     def tick(self, now: int):
         """Our timer fired at ``now``."""
-        if self.last_tick_ns is not None:
-            late = now - self.last_tick_ns - 2 * self.tick_ns
-            if late > 0 and self.last_ns is not None:
-                self.credit_ns += late
+        if self.last_tick_ns is not None and now - self.last_tick_ns > 2 * self.tick_ns:
+            self.defer_until = now + self.RESUME_TICKS * self.tick_ns
+            self.stalled_at = now
         self.last_tick_ns = now
 
     def timeout_ns(self) -> int:
@@ -186,9 +188,11 @@ class FailureDetector:
         return min(self.base_ns * self.CAP_FACTOR, max(self.base_ns, self.GAP_FACTOR * longest))
 
     def silent_ns(self, now: int):
-        return None if self.last_ns is None else max(0, now - self.last_ns - self.credit_ns)
+        return None if self.last_ns is None else max(0, now - self.last_ns)
 
     def dead(self, now: int, started_ns: int, startup_grace_ns: int) -> bool:
+        if self.defer_until is not None and now < self.defer_until:
+            return False
         if self.last_ns is None:
             return now - started_ns >= startup_grace_ns
         return self.silent_ns(now) >= self.timeout_ns()

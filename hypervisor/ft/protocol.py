@@ -241,8 +241,11 @@ class Connect:
 @dataclasses.dataclass(frozen=True)
 class GoLive:
     """Backup that won the claim: it is primary of ``view`` now; the shell takes over
-    recording and then steps ``Recording``."""
+    recording and then steps ``Recording``. Guest time carries on from the old
+    primary's clock offset corrected by the host clock offset (core.go_live_offset)."""
     view: int
+    skew_ns: int | None = 0         # None: no round trip gave an estimate yet (taken as 0)
+    primary_offset_ns: int = 0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -375,10 +378,14 @@ class NodeCore:
     def become_primary(self, view: int, peer: str | None, now: int, out: list, detail: str = ""):
         was = self.role
         self.role, self.view, self.peer = PRIMARY, view, peer
+        self.recording = False          # until the shell has the guest recording again
+        self.hello_detail = detail or f"went live in view {view}"
         self.protected = peer is not None and not self.managed
         self.failover = False
         self.claiming = None
+        skew = self.skew
         self._reset_peer(now)
+        self.skew = skew                # the old primary's clock offset stays on record (status)
         if was == BACKUP:
             self.failovers += 1
             self.logged = self.sent = self.acked = self.received
@@ -537,7 +544,7 @@ class NodeCore:
                 self._primary_lost(now, out)
         if self.role == PRIMARY:
             self._release(now, out)
-            if now - self.hello_at > HELLO_EVERY_NS:
+            if self.recording and now - self.hello_at > HELLO_EVERY_NS:
                 self._hello(now, out)
             if (self.console.pieces or self.netout.pieces or self.exit_msg) and now - self.resent_at > RESEND_EVERY_NS:
                 # The observer has not confirmed: send again (it drops duplicates).
@@ -609,8 +616,9 @@ class NodeCore:
             if not ev.won:
                 self._halt(f"lost the test-and-set for view {ev.view}: the primary carries on", out)
                 return
+            skew_ns, offset_ns = self.skew.estimate_ns, self.primary_tsc_offset
             self.become_primary(ev.view, None, now, out)
-            out.append(GoLive(ev.view))
+            out.append(GoLive(ev.view, skew_ns, offset_ns))
 
     def _recording(self, ev: Recording, now: int, out: list):
         self.recording = True

@@ -154,7 +154,7 @@ class SimNode:
             # Replay what came (instant here), then claim the view.
             sim.later(sim.rng.randint(0, 5 * MS), self, "claim", e.view)
         elif isinstance(e, P.GoLive):
-            self.go_live(e.view)
+            self.go_live(e)
         elif isinstance(e, P.Halt):
             if sim.trace:
                 sim.say(f"{self.name}: halt: {e.why}")
@@ -171,15 +171,19 @@ class SimNode:
             raise AssertionError(e)
 
     # --- the stand-in guest --------------------------------------------------------------------------
-    def go_live(self, view):
+    def go_live(self, e):
         c = self.core
         sim = self.sim
+        view = e.view
         if c.managed and view == 1 and not self.log:
             self.start_guest("primary")
             return
         # Guest time carries on from the old primary's offset, never backwards.
         last = self.log[-1] if self.log else 0
-        offset, _excess = core.go_live_offset(c.primary_tsc_offset, c.skew.offset_ns, self.clock(), last)
+        offset, _excess = core.go_live_offset(e.primary_offset_ns, e.skew_ns or 0, self.clock(), last)
+        if self.log and e.skew_ns is not None and self.clock() + offset - last > 2 * sim.timing.fail_timeout_ns * core.FailureDetector.CAP_FACTOR:
+            raise Violation(f"{self.name} went live with guest time {(self.clock() + offset - last) / MS:.0f} ms "
+                            f"past the last record: the host clock offset was not applied")
         self.tsc_offset = offset
         # The replayed console, and the re-send of what the observer has not confirmed.
         text = sim.console_of(self.log)
