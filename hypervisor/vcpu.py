@@ -190,7 +190,17 @@ class VCPU:
 
     # --- hooks (Python) --------------------------------------------------------------
     def _on_in(self, uc, port, size, user):
-        return self.ports.port_in(port, size) & ((1 << (8 * size)) - 1)
+        try:
+            return self.ports.port_in(port, size) & ((1 << (8 * size)) - 1)
+        except BaseException as e:
+            # The binding's guard would keep the exception but hand ctypes None for the
+            # value read, and ctypes prints "Exception ignored on converting result of
+            # ctypes callback" before emu_start re-raises it. Keep it the same way,
+            # stop, and give the IN a value.
+            if uc._hook_exception is None:
+                uc._hook_exception = e
+            uc.emu_stop()
+            return 0
 
     def _on_out(self, uc, port, size, value, user):
         self.ports.port_out(port, size, value)

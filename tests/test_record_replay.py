@@ -68,3 +68,32 @@ def test_echo_with_no_input_ends_cleanly(guests, tmp_path):
     rec = run_ftvm("record", guests / "echo.elf", "-o", tmp_path / "e.ftlog", input=b"")
     assert rec.returncode == 0
     assert b"echo: 0 lines, 0 bytes" in rec.stdout
+
+
+def test_divergence_at_a_random_read_is_one_clear_error(guests, tmp_path):
+    """A log whose random-number value sits at another block count than the guest's read:
+    replay stops with the divergence error, and no Python traceback from the IN hook
+    ("Exception ignored on converting result of ctypes callback") comes first."""
+    import dataclasses
+
+    from logging_channel import records as R
+    from logging_channel.logfile import LogWriter
+    from conftest import log_records
+
+    log = tmp_path / "r.ftlog"
+    rec = run_ftvm("record", guests / "random.elf", "-o", log)
+    assert rec.returncode == 0, rec.stderr
+    bad = tmp_path / "bad.ftlog"
+    w = LogWriter(bad)
+    moved = False
+    for r in log_records(log):
+        if isinstance(r, R.Rng) and not moved:
+            r = dataclasses.replace(r, blocks=r.blocks + 7)
+            moved = True
+        w.append(r)
+    w.close()
+    assert moved
+    rep = run_ftvm("replay", bad)
+    assert rep.returncode != 0
+    assert "random-number read" in rep.stderr, rep.stderr
+    assert "Exception ignored" not in rep.stderr and "Traceback" not in rep.stderr, rep.stderr

@@ -147,9 +147,12 @@ class FailureDetector:
       ``RESUME_TICKS`` ticks: what the peer sent meanwhile may still be on its way in
       (our own network thread starved with us). Silence is still counted in full, so a
       node frozen while its peer was replaced learns it soon after it runs again;
-    - the timeout adapts upward to the peer's observed silences: it is the base timeout
-      or ``GAP_FACTOR`` times the longest gap between two of the peer's messages among
-      the last ``GAPS``, whichever is longer, capped at ``CAP_FACTOR`` times the base.
+    - the timeout adapts upward to the peer's observed silences and to this machine's
+      load: it is the longest of the base timeout, ``GAP_FACTOR`` times the longest gap
+      between two of the peer's messages among the last ``GAPS``, and the base plus
+      ``GAP_FACTOR`` times how late our own timer came recently (a process that is not
+      scheduled on time here predicts a peer that is not scheduled on time either,
+      when both share the machine); capped at ``CAP_FACTOR`` times the base.
 
     Both only lengthen the time to declare death, never shorten it below the base: the
     primary's lease (half the base timeout, judged on its own clock) stays safe.
@@ -167,6 +170,7 @@ class FailureDetector:
         self.gaps = collections.deque(maxlen=self.GAPS)
         self.last_tick_ns = None
         self.defer_until = None     # no verdict before this (we just ran again after a stall)
+        self.lateness = collections.deque(maxlen=self.GAPS)   # how late our recent ticks came
         self.stalled_at = None      # when we last ran again after a stall
 
     def heard(self, now: int, peer_sent: int | None = None, skew_ns: int | None = 0):
@@ -178,14 +182,18 @@ class FailureDetector:
 
     def tick(self, now: int):
         """Our timer fired at ``now``."""
-        if self.last_tick_ns is not None and now - self.last_tick_ns > 2 * self.tick_ns:
-            self.defer_until = now + self.RESUME_TICKS * self.tick_ns
-            self.stalled_at = now
+        if self.last_tick_ns is not None:
+            self.lateness.append(max(0, now - self.last_tick_ns - self.tick_ns))
+            if now - self.last_tick_ns > 2 * self.tick_ns:
+                self.defer_until = now + self.RESUME_TICKS * self.tick_ns
+                self.stalled_at = now
         self.last_tick_ns = now
 
     def timeout_ns(self) -> int:
         longest = max(self.gaps) if self.gaps else 0
-        return min(self.base_ns * self.CAP_FACTOR, max(self.base_ns, self.GAP_FACTOR * longest))
+        late = max(self.lateness) if self.lateness else 0
+        return min(self.base_ns * self.CAP_FACTOR,
+                   max(self.base_ns, self.GAP_FACTOR * longest, self.base_ns + self.GAP_FACTOR * late))
 
     def silent_ns(self, now: int):
         return None if self.last_ns is None else max(0, now - self.last_ns)

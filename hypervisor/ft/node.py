@@ -212,7 +212,7 @@ class Node:
             if frames:
                 m = self.machine
                 data = M.encode(M.LOG, self.id, e.view, e.first,
-                                [b"".join(frames), len(frames), int(m.cpu.blocks), int(m.cpu.tsc_offset_ns)])
+                                [b"".join(frames), len(frames), int(m.cpu.blocks), int(m.cpu.tsc_offset_ns), e.at])
                 if threading.get_native_id() == self.main_tid:
                     self.ep.send_direct(e.to, data)     # the emulation thread: skip the hop
                 else:
@@ -220,7 +220,7 @@ class Node:
         elif isinstance(e, P.SendAck):
             blocks = self.machine.cpu.blocks if self.machine is not None else 0
             self.ep.send(e.to, M.encode(M.ACK, self.id, e.view, e.received,
-                                        [int(blocks), e.received, self._disk_reads_replayed()]))
+                                        [int(blocks), e.received, self._disk_reads_replayed(), e.echo]))
         elif isinstance(e, P.AppendLog):
             self.writer.append_frames(b"".join(e.frames), len(e.frames))
             self.stream.push(list(e.frames))
@@ -319,7 +319,7 @@ class Node:
     def _split_frames(payload):
         """A LOG message's frames, checked (framing and CRCs only: cheap; the replay
         thread decodes the bodies), as a list; None if any is damaged."""
-        blob, count, primary_blocks, tsc_offset = payload
+        blob = payload[0]
         frames, off = [], 0
         try:
             while off < len(blob):
@@ -329,7 +329,7 @@ class Node:
                 off += size
         except R.FrameError:
             return None
-        return [frames, count, primary_blocks, tsc_offset]
+        return [frames, *payload[1:]]
 
     # --- I/O thread: timers ------------------------------------------------------------
     def _on_tick(self):
@@ -559,9 +559,20 @@ class Node:
             self.ep.close()
         return 0
 
+    def _wait_for_backup(self):
+        """Readiness, not hope: a protected primary starts the guest once its backup has
+        been heard from (or after the startup grace, when the core gives up on it), so
+        its first outputs do not wait for the backup process to start."""
+        deadline = time.monotonic() + self.opts.startup_grace_ms / 1000
+        with self.lock:
+            while (self.core.protected and self.core.watch.last_ns is None and not self.stop_requested
+                   and time.monotonic() < deadline):
+                self.cond.wait(0.005)
+
     def _run_primary(self):
         from ..guest import open_guest
         guest = open_guest(self.guest)
+        self._wait_for_backup()
         config = self.machine_config()
         self.sink = FtSink(self.writer)
         console = Console()

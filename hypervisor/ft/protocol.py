@@ -143,19 +143,23 @@ class Send:
 @dataclasses.dataclass(frozen=True)
 class SendLog:
     """Send records [first, upto) of the log to ``to`` (with the primary's blocks and
-    clock offset, which the shell knows)."""
+    clock offset, which the shell knows, and ``at``, this node's clock, which the
+    acknowledgement echoes to renew the lease)."""
     to: str
     view: int
     first: int
     upto: int
+    at: int = 0
 
 
 @dataclasses.dataclass(frozen=True)
 class SendAck:
-    """Acknowledge ``received`` records (the shell adds how far it has replayed)."""
+    """Acknowledge ``received`` records (the shell adds how far it has replayed);
+    ``echo`` is the primary's clock from the latest log message."""
     to: str
     view: int
     received: int
+    echo: int = 0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -292,6 +296,7 @@ class NodeCore:
         self.net_safe = 0               # network events the backup has in its log
         # backup
         self.received = 0
+        self.log_clock = 0              # the primary's clock in its latest log message
         self.failover = False
         self.primary_tsc_offset = 0
         # observer link
@@ -335,7 +340,7 @@ class NodeCore:
         elif isinstance(ev, TransferDone):
             self.received = ev.k
             self.transfer_done = True
-            out.append(SendAck(self.peer, self.view, self.received))
+            out.append(SendAck(self.peer, self.view, self.received, self.log_clock))
             self._check_ready()
         else:
             raise AssertionError(f"unknown event {ev!r}")
@@ -456,7 +461,7 @@ class NodeCore:
                 self.acked = self.transfer_k
                 self.sync_point = self.logged
                 if self.logged > self.transfer_k:
-                    out.append(SendLog(self.peer, self.view, self.transfer_k, self.logged))
+                    out.append(SendLog(self.peer, self.view, self.transfer_k, self.logged, now))
                 self.sent = self.logged
                 self.log_sent_at = now
                 self.last_ack_progress = now
@@ -474,11 +479,17 @@ class NodeCore:
             self.backup_blocks, self.backup_records = m.payload[:2]
             if len(m.payload) > 2:
                 self.backup_disk_reads = m.payload[2]
+            if len(m.payload) > 3 and 0 < m.payload[3] <= now:
+                # The backup echoes the clock of our latest log message it has: like a
+                # heartbeat's echo, that renews the lease, at every acknowledgement.
+                self.lease_from = max(self.lease_from, m.payload[3])
             self._release(now, out)
             out.append(Wake())
         elif m.type == LOG and self.role == BACKUP and not self.failover:
             self.watch.heard(now)
-            frames, _count, primary_blocks, tsc_offset = m.payload
+            frames, _count, primary_blocks, tsc_offset = m.payload[:4]
+            if len(m.payload) > 4:
+                self.log_clock = max(self.log_clock, m.payload[4])
             self.primary_tsc_offset = tsc_offset
             self.primary_blocks = primary_blocks
             if m.seq > self.received:
@@ -489,7 +500,7 @@ class NodeCore:
                 first = self.received
                 self.received += len(new)
                 # Acknowledge first: the Output Rule waits on this, not on our disk.
-                out.append(SendAck(self.peer, self.view, self.received))
+                out.append(SendAck(self.peer, self.view, self.received, self.log_clock))
                 out.append(AppendLog(first, new))
                 self._check_ready()
         else:
@@ -534,7 +545,7 @@ class NodeCore:
                 hb.append(self.sync_point)
             out.append(Send(self.peer, HEARTBEAT, self.view, now, hb))
             if self.role == BACKUP and not self.failover:
-                out.append(SendAck(self.peer, self.view, self.received))
+                out.append(SendAck(self.peer, self.view, self.received, self.log_clock))
         if self.role == PRIMARY and self.protected:
             self._retransmit(now, out)
             if self.claiming is None and self.watch.dead(now, self.watch_started, self.t.startup_grace_ns):
@@ -569,7 +580,7 @@ class NodeCore:
         if self.transferring or self.acked >= self.logged:
             return
         if now - self.last_ack_progress > self.t.retransmit_ns:
-            out.append(SendLog(self.peer, self.view, self.acked, self.logged))
+            out.append(SendLog(self.peer, self.view, self.acked, self.logged, now))
             self.sent = self.logged
             self.log_sent_at = now
             self.last_ack_progress = now
@@ -657,7 +668,7 @@ class NodeCore:
                 # of these very records).
                 waiting = bool(self.gate.held) or self.must_wait(now)
                 if core.send_log_now(ev.unsent_bytes, waiting, ev.guest_waits, now - self.log_sent_at):
-                    out.append(SendLog(self.peer, self.view, self.sent, self.logged))
+                    out.append(SendLog(self.peer, self.view, self.sent, self.logged, now))
                     self.sent = self.logged
                     self.log_sent_at = now
                 else:

@@ -135,9 +135,9 @@ class SimNode:
             frames = self.log[e.first:e.upto]
             if frames:
                 sim.send(self.name, e.to, P.Recv(LOG, self.name, e.view, e.first,
-                                                 [frames, len(frames), len(self.log), self.tsc_offset]))
+                                                 [frames, len(frames), len(self.log), self.tsc_offset, e.at]))
         elif isinstance(e, P.SendAck):
-            sim.send(self.name, e.to, P.Recv(ACK, self.name, e.view, e.received, [self.replayed, e.received, 0]))
+            sim.send(self.name, e.to, P.Recv(ACK, self.name, e.view, e.received, [self.replayed, e.received, 0, e.echo]))
         elif isinstance(e, P.AppendLog):
             assert e.first == len(self.log), (e.first, len(self.log))
             self.log.extend(e.frames)
