@@ -11,7 +11,7 @@ import dataclasses
 import mmap
 import zlib
 
-from . import abi
+from . import abi, sparse_ram
 from .elf_loader import PF_R, PF_W, PF_X, Image
 from .uc import UC, X86, ffi, lib, unicorn
 
@@ -242,7 +242,7 @@ class VCPU:
 
     def mem_crcs(self):
         """CRC32 of each mapped region, in address order: [(start, crc)]."""
-        return [(start, zlib.crc32(ram)) for (start, _, _), ram in zip(self.regions, self.ram)]
+        return [(start, sparse_ram.crc32(ram)) for (start, _, _), ram in zip(self.regions, self.ram)]
 
     def read(self, addr, size):
         return bytes(self.uc.mem_read(addr, size))

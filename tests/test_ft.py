@@ -95,14 +95,15 @@ def test_seeded_random_primary_kills_campaign(guests, tmp_path):
 def test_kill_the_backup(guests, tmp_path):
     run_dir = tmp_path / "run"
     log = tmp_path / "whole.ftlog"
-    proc = subprocess.Popen([str(FTVM), "run", str(GUESTS / "lines.elf"), "--run-dir", str(run_dir), "--log", str(log)],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL)
-    time.sleep(0.8)
+    proc = subprocess.Popen([str(FTVM), "run", str(GUESTS / "lines_long.elf"), "--run-dir", str(run_dir),
+                             "--log", str(log)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL)
+    # Event-driven: kill once the primary is releasing output (not after a fixed sleep).
+    assert wait_for(lambda: status(run_dir, "A").get("released_bytes", 0) > 1000, timeout=30)
     k = run_ftvm("kill", "backup", "--run-dir", run_dir)
     assert k.returncode == 0, k.stderr
     out, err = proc.communicate(timeout=60)
     assert proc.returncode == 0, err
-    check_lines(out)
+    check_lines(out, 6000)
     assert b"UNPROTECTED" in (run_dir / "A.stderr").read_bytes()
     assert "carries on as primary of view 2" in err.decode()
     check_replay(log, out)
@@ -324,3 +325,39 @@ def test_backup_replays_behind_the_primary_and_not_after_going_live(guests, tmp_
     finally:
         if proc.poll() is None:
             proc.kill()
+
+
+def test_forged_messages_are_refused(guests, tmp_path):
+    """Someone on the network, without the run's key, forges a HELLO ("node B is primary
+    of view 3") to the observer and an ACK with a huge sequence number to the primary,
+    under B's sender id: both are refused (no tag), the output is intact and the run
+    is neither stalled nor redirected."""
+    import zmq
+
+    from hypervisor.ft.node import node_id
+    from logging_channel import messages as M
+    run_dir = tmp_path / "run"
+    log = tmp_path / "whole.ftlog"
+    proc = subprocess.Popen([str(FTVM), "run", str(GUESTS / "lines_long.elf"), "--run-dir", str(run_dir),
+                             "--log", str(log)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            stdin=subprocess.DEVNULL)
+    assert wait_for(lambda: (run_dir / "A.status.json").exists() and (run_dir / "B.status.json").exists())
+    run = json.loads((run_dir / "run.json").read_text())
+    assert (run_dir / "channel.key").stat().st_mode & 0o077 == 0, "the key is readable by its owner only"
+    ctx = zmq.Context()
+    forged = [(run["observer"], M.encode(M.HELLO, node_id("B"), 3, 0, ["B", "primary", 1, "forged"])),
+              (run["nodes"]["A"], M.encode(M.ACK, node_id("B"), 1, 1 << 40, [1 << 40, 1 << 40]))]
+    for addr, data in forged:
+        push = ctx.socket(zmq.PUSH)
+        push.setsockopt(zmq.LINGER, 1000)
+        push.connect(addr)
+        for _ in range(20):
+            push.send(data)
+        push.close()
+    ctx.term()
+    out, err = proc.communicate(timeout=90)
+    assert proc.returncode == 0, err
+    check_lines(out, 6000)
+    assert "failover" not in err.decode(), err
+    assert status(run_dir, "A")["garbage"] >= 20
+    check_replay(log, out)

@@ -1,4 +1,6 @@
 """record == replay, byte for byte, for every guest program, through the real CLI."""
+import subprocess
+
 import pytest
 
 from conftest import run_ftvm
@@ -97,3 +99,22 @@ def test_divergence_at_a_random_read_is_one_clear_error(guests, tmp_path):
     assert rep.returncode != 0
     assert "random-number read" in rep.stderr, rep.stderr
     assert "Exception ignored" not in rep.stderr and "Traceback" not in rep.stderr, rep.stderr
+
+
+def test_untouched_guest_memory_costs_no_host_memory(guests, tmp_path):
+    """zeromem.elf has about 1 GiB of zero-initialised data and touches one page of it:
+    recording it must not back the rest with host memory (it took 1.1 GB: the state
+    digest read every page)."""
+    import sys
+    log = tmp_path / "z.ftlog"
+    probe = ("import resource, subprocess, sys; "
+             "p = subprocess.run(sys.argv[1:], capture_output=True); "
+             "print(p.returncode, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)")
+    from conftest import FTVM
+    out = subprocess.run([sys.executable, "-c", probe, str(FTVM), "record", str(guests / "zeromem.elf"), "-o", str(log)],
+                         capture_output=True, text=True, timeout=120)
+    status, rss_kib = map(int, out.stdout.split())
+    assert status == 0, out.stderr
+    assert rss_kib < 300 * 1024, f"recording used {rss_kib // 1024} MiB"
+    rep = run_ftvm("replay", "-q", log)
+    assert rep.returncode == 0 and rep.stdout == b"zeromem: 1\n", rep.stderr

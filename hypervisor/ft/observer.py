@@ -373,6 +373,11 @@ def run_local(guest, log_path=None, kill_after=(), progress=False, run_dir=None,
     opts = opts or FtOptions()
     run_dir = run_dir or tempfile.mkdtemp(prefix="ftvm-run-")
     os.makedirs(run_dir, exist_ok=True)
+    from .transport import KEY_ENV, ChannelKey
+    if not os.environ.get(KEY_ENV):
+        # A key per run: the nodes inherit it, and only this run's processes can send
+        # on its channel.
+        os.environ[KEY_ENV] = ChannelKey.make(os.path.join(run_dir, "channel.key"))
     shared = os.path.join(run_dir, "shared")
     obs_addr = f"tcp://{host}:{free_tcp_port(host)}"
     dev_args, listen_net = [], None
