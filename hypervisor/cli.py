@@ -180,7 +180,8 @@ def record(program, log_path, stack_size, mem_limit, digest_interval_ms, digest_
     from .abi import STACK_SIZE_MIN
     if stack_size < STACK_SIZE_MIN:
         raise click.BadParameter(f"at least {STACK_SIZE_MIN >> 20}M", param_hint="--stack-size")
-    guest = _guest(program, personality, root, data, cwd, env, mem_limit=mem_limit, stack_size=stack_size)
+    guest = _guest(program, personality, root, data, cwd, env, mem_limit=mem_limit, stack_size=stack_size,
+                   listen=listen)
     if log_path is None:
         log_path = os.path.splitext(os.path.basename(program[0]))[0] + ".ftlog"
     status = record_guest(guest, log_path, stack_size=stack_size, mem_limit=mem_limit,
@@ -326,11 +327,11 @@ def run(program, log_path, kill_after, progress, run_dir, nodes, hb_interval_ms,
     """
     from .ft.observer import run_local
     import tempfile
-    g = _guest(program, personality, root, data, cwd, env)
+    g = _guest(program, personality, root, data, cwd, env, listen=listen)
     guest = program[0]
     if g.personality == "linux":
-        if listen or disk:
-            raise click.UsageError("--listen and --disk are devices of ftvm-ABI guests")
+        if disk:
+            raise click.UsageError("--disk is a device of ftvm-ABI guests; a Linux program has --data")
         run_dir = run_dir or tempfile.mkdtemp(prefix="ftvm-run-")
         os.makedirs(run_dir, exist_ok=True)
         from .linux.spec import SPEC_SUFFIX
@@ -440,12 +441,33 @@ def viewservice(listen, ping_interval_ms, dead_pings, state_file):
 
 
 @main.command()
-@click.argument("which", type=click.Choice(["primary", "backup"]))
+@click.argument("which", type=click.Choice(["primary", "backup", "guest"]))
 @click.option("--run-dir", required=True, type=click.Path(file_okay=False, exists=True))
+@click.option("--signal", "signame", type=click.Choice(["TERM"]), default="TERM", show_default=True,
+              help="With `guest`: the signal the guest program receives (the run's stop request reaches the "
+                   "primary, which delivers SIGTERM).")
 @operating_errors
-def kill(which, run_dir):
-    """SIGKILL the node that is now primary (or backup) of the run in RUN_DIR."""
+def kill(which, run_dir, signame):
+    """SIGKILL the node that is now primary (or backup) of the run in RUN_DIR; or, with
+    `guest`, send the guest program a signal (a Linux program's handler runs, as for
+    Ctrl-C: redis-server shuts down cleanly; a program without one is stopped and
+    the log closed)."""
+    import json as _json
     import signal as _signal
+
+    if which == "guest":
+        try:
+            with open(os.path.join(run_dir, "run.json")) as f:
+                pid = _json.load(f)["observer_pid"]
+        except (OSError, ValueError, KeyError):
+            raise FtvmError(f"{run_dir}: no run.json naming the run's observer (is this an `ftvm run` directory?)")
+        # The observer passes the stop to the primary, which delivers SIGTERM to the guest.
+        try:
+            os.kill(pid, _signal.SIGTERM)
+        except ProcessLookupError:
+            raise FtvmError(f"the run in {run_dir} is over (observer pid {pid} is gone)") from None
+        say(f"sent SIGTERM to the guest of the run in {run_dir}")
+        return
 
     from .ft.observer import read_status
     live = [s for s in read_status(run_dir) if s["alive"]]
@@ -506,20 +528,25 @@ def status(run_dir, as_json):
 
 @main.command()
 @click.option("--runs", type=click.IntRange(1), default=3, show_default=True,
-              help="Runs of each measurement; the best is reported.")
+              help="Runs of each measurement (interleaved; medians are reported).")
 @click.option("--guest-dir", type=click.Path(file_okay=False), default=None,
               help="Where the built guests are (default: guest_programs/build in the checkout).")
-@click.option("--only", type=click.Choice(["record", "ft", "views", "kv"]), default=None,
+@click.option("--only", type=click.Choice(["record", "ft", "views", "kv", "linux", "redis"]), default=None,
               help="Only the record/replay figures, the fault-tolerance figures, or the view-service ones.")
 @click.option("--json", "as_json", is_flag=True, help="JSON instead of a table.")
+@click.option("--counter", type=click.Choice(["inline", "hook"]), default=None,
+              help="Block counter to measure (default: inline when built; same as FTVM_COUNTER).")
 @operating_errors
-def bench(runs, guest_dir, only, as_json):
+def bench(runs, guest_dir, only, as_json, counter):
     """Measure recording, replay and fault tolerance against plain Unicorn, side by side.
 
     Record/replay: plain/record speed on the CPU-bound and the RDTSC-heavy guest,
     replay speed, bytes per RDTSC, peak memory. Fault tolerance: plain/`ftvm run`
     speed, what the Output Rule adds per output, failover outage, logging bandwidth.
+    Plain is the stock Unicorn wheel; runs alternate and ratios are medians.
     """
+    if counter is not None:
+        os.environ["FTVM_COUNTER"] = counter     # this process and the nodes it starts
     from .bench import run_bench
     run_bench(runs, guest_dir, as_json, say, only)
 
