@@ -289,7 +289,8 @@ def _opts(hb_interval_ms, fail_timeout_ms, max_lag_ms):
 @click.option("--log", "log_path", type=click.Path(dir_okay=False),
               help="When the run ends, write a replay log of the whole run (across failovers) here.")
 @click.option("--kill-primary-after", "kill_after", type=float, multiple=True, metavar="SECONDS",
-              help="SIGKILL whichever node is primary this many seconds after start (repeatable).")
+              help="SIGKILL whichever node is primary this many seconds after the first primary "
+                   "started the guest (repeatable).")
 @click.option("--progress", is_flag=True, help="Show a live status table on stderr.")
 @click.option("--run-dir", type=click.Path(file_okay=False),
               help="Directory for the nodes' logs, status and the shared disk (default: a new temporary one).")
@@ -342,6 +343,13 @@ def run(program, log_path, kill_after, progress, run_dir, nodes, hb_interval_ms,
     sys.exit(status)
 
 
+def _use_key(key_file):
+    """The channel key for this process's endpoint (transport.ChannelKey reads it)."""
+    if key_file:
+        from .ft.transport import KEY_ENV
+        os.environ[KEY_ENV] = os.path.abspath(key_file)
+
+
 @main.command()
 @click.option("--name", required=True, help="This node's name (A, B, ...).")
 @click.option("--role", type=click.Choice(["primary", "backup"]), help="Fixed role (a pair without view service).")
@@ -360,13 +368,17 @@ def run(program, log_path, kill_after, progress, run_dir, nodes, hb_interval_ms,
 @click.option("--disk-reads", type=click.Choice(["log", "shared"]), default="log", show_default=True,
               help="Whether read data travels in the log or the backup reads the shared image.")
 @click.option("--net", is_flag=True, help="The observer runs a network front end (`ftvm observe --listen-net`).")
+@click.option("--key-file", type=click.Path(dir_okay=False, exists=True), default=None,
+              help="The run's channel key (same file on every node and the observer): messages without "
+                   "its tag are refused.")
 @_ft_options
 @operating_errors
 def node(name, role, viewservice, listen, peer, peer_name, observer, shared_dir, run_dir, log_path, guest,
-         disk, disk_reads, net, hb_interval_ms, fail_timeout_ms, max_lag_ms):
+         disk, disk_reads, net, key_file, hb_interval_ms, fail_timeout_ms, max_lag_ms):
     """Run one node (used by `ftvm run`; start nodes by hand to put them on different
     machines). Either a fixed --role with its --peer, or --viewservice."""
     from .ft.node import Node
+    _use_key(key_file)
     os.makedirs(run_dir, exist_ok=True)
     if viewservice:
         from .ft.managed import ManagedNode
@@ -394,10 +406,13 @@ def node(name, role, viewservice, listen, peer, peer_name, observer, shared_dir,
 @click.option("--progress", is_flag=True)
 @click.option("--listen-net", metavar="HOST:PORT", default=None,
               help="Also be the network front end here (start the nodes with --net).")
+@click.option("--key-file", type=click.Path(dir_okay=False, exists=True), default=None,
+              help="The run's channel key (the nodes' --key-file).")
 @operating_errors
-def observe(listen, nodes, run_dir, progress, listen_net):
+def observe(listen, nodes, run_dir, progress, listen_net, key_file):
     """Attach to nodes started by hand (`ftvm node`): print the console, forward stdin."""
     from .ft.observer import Observer
+    _use_key(key_file)
     addrs = {}
     for spec in nodes:
         if "=" not in spec:

@@ -11,7 +11,7 @@ import dataclasses
 import mmap
 import zlib
 
-from . import abi, counter
+from . import abi, counter, sparse_ram
 from .elf_loader import PF_R, PF_W, PF_X, Image
 from .uc import UC, X86, ffi, lib, unicorn
 
@@ -197,7 +197,17 @@ class VCPU:
 
     # --- hooks (Python) --------------------------------------------------------------
     def _on_in(self, uc, port, size, user):
-        return self.ports.port_in(port, size) & ((1 << (8 * size)) - 1)
+        try:
+            return self.ports.port_in(port, size) & ((1 << (8 * size)) - 1)
+        except BaseException as e:
+            # The binding's guard would keep the exception but hand ctypes None for the
+            # value read, and ctypes prints "Exception ignored on converting result of
+            # ctypes callback" before emu_start re-raises it. Keep it the same way,
+            # stop, and give the IN a value.
+            if uc._hook_exception is None:
+                uc._hook_exception = e
+            uc.emu_stop()
+            return 0
 
     def _on_out(self, uc, port, size, value, user):
         self.ports.port_out(port, size, value)
@@ -239,7 +249,7 @@ class VCPU:
 
     def mem_crcs(self):
         """CRC32 of each mapped region, in address order: [(start, crc)]."""
-        return [(start, zlib.crc32(ram)) for (start, _, _), ram in zip(self.regions, self.ram)]
+        return [(start, sparse_ram.crc32(ram)) for (start, _, _), ram in zip(self.regions, self.ram)]
 
     def read(self, addr, size):
         return bytes(self.uc.mem_read(addr, size))

@@ -180,8 +180,9 @@ def read_header(path) -> R.Header:
 
 
 def scan(path):
-    """Check every frame's framing and CRC without decoding bodies: a quick pass that
-    lets replay refuse a damaged log before running anything.
+    """Check every frame's framing and CRC, and decode every body (a record with a valid
+    CRC can still be malformed: written by a buggy or hostile writer): a pass that lets
+    replay refuse a damaged log before running anything, so before any output.
 
     Returns (records, complete, cut) where ``cut`` is the LogTruncated a replay will
     meet at the end (None when the log ends cleanly after whole records). Raises
@@ -205,6 +206,10 @@ def scan(path):
         except R.FrameError as e:
             if e.truncated:
                 return index, False, LogTruncated(path, index, off, e.reason)
+            raise LogDamaged(path, index, off, e.reason) from None
+        try:
+            R.decode(data, off)
+        except R.FrameError as e:
             raise LogDamaged(path, index, off, e.reason) from None
         _, kind, length, _ = R.FRAME.unpack_from(data, off)
         complete = kind == R.END

@@ -11,9 +11,9 @@ is refused with a reason; receivers count and drop such messages, never crash.
 
 | type | direction | seq | payload |
 |---|---|---|---|
-| LOG | primary -> backup | index of the first record | [frames (bin), count, primary blocks, tsc_offset_ns] |
-| ACK | backup -> primary | records received (next index wanted) | [replayed blocks, records received(, disk reads replayed)] |
-| HEARTBEAT | both ways | sender's clock (ns) | [echo of the peer's last clock seen, ns held since, sender role] |
+| LOG | primary -> backup | index of the first record | [frames (bin), count, primary blocks, tsc_offset_ns(, sender's clock)] |
+| ACK | backup -> primary | records received (next index wanted) | [replayed blocks, records received(, disk reads replayed(, echo of the clock in the latest LOG))] |
+| HEARTBEAT | both ways | sender's clock (ns) | [echo of the peer's last clock seen, ns held since, sender role(, primary: records a new backup must have before it may be promoted)] |
 | OUTPUT | node -> observer | console byte offset | bytes |
 | EXIT | node -> observer | console bytes in all | [status, detail] |
 | HELLO | node -> observer | input offset wanted | [node name, role, pid, detail(, network events wanted, network events the backup has)] |
@@ -96,12 +96,13 @@ def _ints(xs, n):
 
 def _shape_ok(t, p):
     if t == LOG:
-        return (isinstance(p, list) and len(p) == 4 and isinstance(p[0], bytes) and type(p[1]) is int
-                and type(p[2]) is int and type(p[3]) is int)
+        return (isinstance(p, list) and len(p) in (4, 5) and isinstance(p[0], bytes)
+                and all(type(x) is int for x in p[1:]))
     if t == ACK:
-        return _ints(p, 2) or _ints(p, 3)
+        return _ints(p, 2) or _ints(p, 3) or _ints(p, 4)
     if t == HEARTBEAT:
-        return isinstance(p, list) and len(p) == 3 and type(p[0]) is int and type(p[1]) is int and isinstance(p[2], str)
+        return (isinstance(p, list) and len(p) in (3, 4) and type(p[0]) is int and type(p[1]) is int
+                and isinstance(p[2], str) and all(type(x) is int for x in p[3:]))
     if t == OUTPUT:
         return isinstance(p, bytes)
     if t == EXIT:

@@ -148,3 +148,30 @@ def test_log_show_stops_at_damage(echo_log, tmp_path):
     assert r.returncode == 3
     assert len(r.stdout.splitlines()) == index
     assert f"record {index} at byte {off}" in r.stderr
+
+
+def _with_body(data, index, body: bytes):
+    """The log with record ``index``'s body replaced by ``body``, under a valid CRC."""
+    for i, off, kind, length in frames(data):
+        if i == index:
+            version = data[off]
+            head = R.FRAME_HEAD.pack(version, kind, len(body))
+            frame = head + struct.pack("<I", zlib.crc32(body, zlib.crc32(head))) + body
+            return data[:off] + frame + data[off + R.FRAME.size + length:]
+    raise AssertionError(index)
+
+
+@pytest.mark.parametrize("where", ["end", "middle"])
+def test_malformed_body_with_a_valid_crc_is_refused_before_any_output(echo_log, tmp_path, where):
+    """A record whose CRC is right but whose body is not a record (a buggy or hostile
+    writer): refused before the guest prints anything (docs/log-format.md)."""
+    import msgpack
+    data, _ = echo_log
+    fr = frames(data)
+    index = fr[-1][0] if where == "end" else next(i for i, _, kind, _ in fr[len(fr) // 2:] if kind != R.END)
+    bad = _with_body(data, index, msgpack.packb(["not", "a", "record"]))
+    p = replay_bytes(tmp_path, bad)
+    assert p.returncode != 0
+    assert p.stdout == b"", "refused before any output"
+    assert f"record {index}" in p.stderr or f"#{index}" in p.stderr or str(index) in p.stderr, p.stderr
+    assert "Traceback" not in p.stderr

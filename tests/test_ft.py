@@ -22,10 +22,10 @@ LINES = 2000
 LONG, LONG_LINES = "lines_long.elf", 6000
 
 
-def check_lines(out: bytes, lines_n=LINES):
+def check_lines(out: bytes, n=LINES):
     lines = out.decode().splitlines()
     nums = [int(line.split()[1]) for line in lines]
-    assert nums == list(range(1, lines_n + 1)), f"{len(nums)} lines; first bad at " + str(
+    assert nums == list(range(1, n + 1)), f"{len(nums)} lines; first bad at " + str(
         next((i for i, n in enumerate(nums) if n != i + 1), None))
 
 
@@ -62,52 +62,58 @@ def test_ft_run_without_failures(guests, tmp_path, guest, stdin, expect):
     check_replay(log, p.stdout)
 
 
-def test_seeded_random_primary_kills(guests, tmp_path):
-    """SIGKILL the primary at 50 seeded points spread over the run. The run's length is
-    taken from a probe run (it depends on the engine: the inline block counter runs
-    this guest in about half the time the block hook does)."""
+def _seeded_kills(tmp_path, count, need):
+    """SIGKILL the primary at ``count`` seeded points spread over the run, counted from
+    when the primary started the guest (so load that slows the start shifts nothing)."""
     seed = int(os.environ.get("FTVM_TEST_SEED", "20261122"))
     rnd = random.Random(seed)
-    p, probe_dir, _ = ft_run(tmp_path / "probe")
-    assert p.returncode == 0
-    exit_s = json.loads((probe_dir / "observer.json").read_text())["exit_s"]   # the observer's clock, as kills
-    last = max(0.6, 0.3 + 0.7 * (exit_s - 0.3))
-    points = sorted(rnd.uniform(0.3, last) for _ in range(50))
+    points = sorted(rnd.uniform(0.05, 1.0) for _ in range(count))
     failovers = 0
     for i, t in enumerate(points):
         d = tmp_path / f"k{i}"
         d.mkdir()
         repro = (f"reproduce: FTVM_TEST_SEED={seed} (kill point #{i} = {t:.3f} s): "
-                 f"ftvm run {GUESTS / 'lines.elf'} --kill-primary-after {t:.3f} --log x.ftlog")
-        p, run_dir, log = ft_run(d, kills=[t])
+                 f"ftvm run {GUESTS / LONG} --kill-primary-after {t:.3f} --log x.ftlog")
+        p, run_dir, log = ft_run(d, LONG, kills=[t])
         assert p.returncode == 0, f"{repro}\n{p.stderr}"
         try:
-            check_lines(p.stdout)
+            check_lines(p.stdout, LONG_LINES)
             check_replay(log, p.stdout)
         except AssertionError as e:
             raise AssertionError(f"{repro}\n{e}\n{p.stderr}") from None
         failovers += "failover: node B" in p.stderr
-    assert failovers >= 40, f"only {failovers} of 50 kills landed while the guest ran"
+    assert failovers >= need, f"only {failovers} of {count} kills landed while the guest ran"
+
+
+def test_seeded_random_primary_kills(guests, tmp_path):
+    """A handful of kills in the default run; the 50-kill campaign is below (--run-slow)."""
+    _seeded_kills(tmp_path, 4, need=3)
+
+
+@pytest.mark.slow
+def test_seeded_random_primary_kills_campaign(guests, tmp_path):
+    _seeded_kills(tmp_path, 50, need=40)
 
 
 def test_kill_the_backup(guests, tmp_path):
     run_dir = tmp_path / "run"
     log = tmp_path / "whole.ftlog"
-    proc = subprocess.Popen([str(FTVM), "run", str(GUESTS / LONG), "--run-dir", str(run_dir), "--log", str(log)],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL)
-    time.sleep(0.8)
+    proc = subprocess.Popen([str(FTVM), "run", str(GUESTS / LONG), "--run-dir", str(run_dir),
+                             "--log", str(log)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL)
+    # Event-driven: kill once the primary is releasing output (not after a fixed sleep).
+    assert wait_for(lambda: status(run_dir, "A").get("released_bytes", 0) > 1000, timeout=30)
     k = run_ftvm("kill", "backup", "--run-dir", run_dir)
     assert k.returncode == 0, k.stderr
     out, err = proc.communicate(timeout=60)
     assert proc.returncode == 0, err
-    check_lines(out, LONG_LINES)
+    check_lines(out, 6000)
     assert b"UNPROTECTED" in (run_dir / "A.stderr").read_bytes()
     assert "carries on as primary of view 2" in err.decode()
     check_replay(log, out)
 
 
 def test_kill_both_is_a_clear_error_with_logs_intact(guests, tmp_path):
-    p, run_dir, log = ft_run(tmp_path, LONG, kills=[0.6, 1.2])
+    p, run_dir, log = ft_run(tmp_path, LONG, kills=[0.3, 1.0])
     assert p.returncode == 8, p.stderr
     assert "every node is dead" in p.stderr and "Traceback" not in p.stderr
     for name in ("A", "B"):
@@ -152,9 +158,10 @@ def status(run_dir, name):
 
 
 def test_frozen_primary_never_releases_after_resume(guests, tmp_path):
+    # lines_long: the run goes on after the old primary resumes, so it must learn it is stale.
     run_dir = tmp_path / "run"
     log = tmp_path / "whole.ftlog"
-    proc = subprocess.Popen([str(FTVM), "run", str(GUESTS / "lines.elf"), "--run-dir", str(run_dir), "--log", str(log)],
+    proc = subprocess.Popen([str(FTVM), "run", str(GUESTS / "lines_long.elf"), "--run-dir", str(run_dir), "--log", str(log)],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL)
     assert wait_for(lambda: status(run_dir, "A").get("released_bytes", 0) > 1000)
     pid_a = status(run_dir, "A")["pid"]
@@ -166,7 +173,7 @@ def test_frozen_primary_never_releases_after_resume(guests, tmp_path):
     os.kill(pid_a, signal.SIGCONT)
     out, err = proc.communicate(timeout=60)
     assert proc.returncode == 0, err
-    check_lines(out)
+    check_lines(out, 6000)
     a_err = (run_dir / "A.stderr").read_text()
     assert "halting" in a_err and "stale" in a_err, a_err
     st = status(run_dir, "A")
@@ -198,7 +205,9 @@ def test_garbage_sent_to_the_channel_port(guests, tmp_path):
     proc = subprocess.Popen([str(FTVM), "run", str(GUESTS / "lines.elf"), "--run-dir", str(run_dir), "--log", str(log)],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL)
     assert wait_for(lambda: (run_dir / "run.json").exists())
-    time.sleep(0.3)
+    # Readiness, not a sleep: a node writes its status once its inbox is bound and its
+    # timer runs.
+    assert wait_for(lambda: (run_dir / "A.status.json").exists() and (run_dir / "B.status.json").exists())
     nodes = json.loads((run_dir / "run.json").read_text())["nodes"]
     ctx = zmq.Context()
     for name, addr in nodes.items():
@@ -224,7 +233,7 @@ def test_guest_time_never_runs_backwards_across_a_failover(guests, tmp_path, ske
     """The backup's host clock is off by several seconds: the offset is estimated from
     heartbeats and guest time neither jumps by it nor runs backwards."""
     skew = skew_s * 1_000_000_000
-    p, run_dir, log = ft_run(tmp_path, "tsc_heavy.elf", kills=[0.6],
+    p, run_dir, log = ft_run(tmp_path, "tsc_heavy.elf", kills=[0.3],
                              env={"FTVM_TEST_CLOCK_SKEW_NS_B": str(skew)})
     assert p.returncode == 0, p.stderr
     assert "failover: node B" in p.stderr
@@ -319,3 +328,39 @@ def test_backup_replays_behind_the_primary_and_not_after_going_live(guests, tmp_
     finally:
         if proc.poll() is None:
             proc.kill()
+
+
+def test_forged_messages_are_refused(guests, tmp_path):
+    """Someone on the network, without the run's key, forges a HELLO ("node B is primary
+    of view 3") to the observer and an ACK with a huge sequence number to the primary,
+    under B's sender id: both are refused (no tag), the output is intact and the run
+    is neither stalled nor redirected."""
+    import zmq
+
+    from hypervisor.ft.node import node_id
+    from logging_channel import messages as M
+    run_dir = tmp_path / "run"
+    log = tmp_path / "whole.ftlog"
+    proc = subprocess.Popen([str(FTVM), "run", str(GUESTS / "lines_long.elf"), "--run-dir", str(run_dir),
+                             "--log", str(log)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            stdin=subprocess.DEVNULL)
+    assert wait_for(lambda: (run_dir / "A.status.json").exists() and (run_dir / "B.status.json").exists())
+    run = json.loads((run_dir / "run.json").read_text())
+    assert (run_dir / "channel.key").stat().st_mode & 0o077 == 0, "the key is readable by its owner only"
+    ctx = zmq.Context()
+    forged = [(run["observer"], M.encode(M.HELLO, node_id("B"), 3, 0, ["B", "primary", 1, "forged"])),
+              (run["nodes"]["A"], M.encode(M.ACK, node_id("B"), 1, 1 << 40, [1 << 40, 1 << 40]))]
+    for addr, data in forged:
+        push = ctx.socket(zmq.PUSH)
+        push.setsockopt(zmq.LINGER, 1000)
+        push.connect(addr)
+        for _ in range(20):
+            push.send(data)
+        push.close()
+    ctx.term()
+    out, err = proc.communicate(timeout=90)
+    assert proc.returncode == 0, err
+    check_lines(out, 6000)
+    assert "failover" not in err.decode(), err
+    assert status(run_dir, "A")["garbage"] >= 20
+    check_replay(log, out)

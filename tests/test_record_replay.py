@@ -1,4 +1,6 @@
 """record == replay, byte for byte, for every guest program, through the real CLI."""
+import subprocess
+
 import pytest
 
 from conftest import run_ftvm
@@ -68,3 +70,51 @@ def test_echo_with_no_input_ends_cleanly(guests, tmp_path):
     rec = run_ftvm("record", guests / "echo.elf", "-o", tmp_path / "e.ftlog", input=b"")
     assert rec.returncode == 0
     assert b"echo: 0 lines, 0 bytes" in rec.stdout
+
+
+def test_divergence_at_a_random_read_is_one_clear_error(guests, tmp_path):
+    """A log whose random-number value sits at another block count than the guest's read:
+    replay stops with the divergence error, and no Python traceback from the IN hook
+    ("Exception ignored on converting result of ctypes callback") comes first."""
+    import dataclasses
+
+    from logging_channel import records as R
+    from logging_channel.logfile import LogWriter
+    from conftest import log_records
+
+    log = tmp_path / "r.ftlog"
+    rec = run_ftvm("record", guests / "random.elf", "-o", log)
+    assert rec.returncode == 0, rec.stderr
+    bad = tmp_path / "bad.ftlog"
+    w = LogWriter(bad)
+    moved = False
+    for r in log_records(log):
+        if isinstance(r, R.Rng) and not moved:
+            r = dataclasses.replace(r, blocks=r.blocks + 7)
+            moved = True
+        w.append(r)
+    w.close()
+    assert moved
+    rep = run_ftvm("replay", bad)
+    assert rep.returncode != 0
+    assert "random-number read" in rep.stderr, rep.stderr
+    assert "Exception ignored" not in rep.stderr and "Traceback" not in rep.stderr, rep.stderr
+
+
+def test_untouched_guest_memory_costs_no_host_memory(guests, tmp_path):
+    """zeromem.elf has about 1 GiB of zero-initialised data and touches one page of it:
+    recording it must not back the rest with host memory (it took 1.1 GB: the state
+    digest read every page)."""
+    import sys
+    log = tmp_path / "z.ftlog"
+    probe = ("import resource, subprocess, sys; "
+             "p = subprocess.run(sys.argv[1:], capture_output=True); "
+             "print(p.returncode, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)")
+    from conftest import FTVM
+    out = subprocess.run([sys.executable, "-c", probe, str(FTVM), "record", str(guests / "zeromem.elf"), "-o", str(log)],
+                         capture_output=True, text=True, timeout=120)
+    status, rss_kib = map(int, out.stdout.split())
+    assert status == 0, out.stderr
+    assert rss_kib < 300 * 1024, f"recording used {rss_kib // 1024} MiB"
+    rep = run_ftvm("replay", "-q", log)
+    assert rep.returncode == 0 and rep.stdout == b"zeromem: 1\n", rep.stderr

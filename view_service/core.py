@@ -4,7 +4,8 @@ time is an argument, nothing here does I/O.
 A view is (number, primary, backup). Nodes ping every PingInterval with the number of
 the view they know (0 after a restart). Rules:
 
-1. A node is dead after ``dead_pings`` missed ping intervals, alive again after one ping.
+1. A node is dead after ``dead_pings`` missed ping intervals (a backup still in its
+   state transfer: ``TRANSFER_GRACE`` times that), alive again after one ping.
 2. The service moves to a new view only once the primary of the current view has
    acknowledged it (pinged with its number), even if that primary seems dead. A primary
    that dies before acknowledging leaves the service stuck: that is the price of never
@@ -88,8 +89,18 @@ class ViewService:
         return sorted(n for n in self.last_ping if n not in (v.primary, v.backup) and self.alive(n, now))
 
     # --- decisions --------------------------------------------------------------------
+    TRANSFER_GRACE = 4
+
     def _dead(self, name, now):
-        return now - self.last_ping.get(name, -(1 << 62)) >= self.dead_pings * self.ping_interval_ns
+        """Rule 1, with one allowance: the backup of the current view that has not yet
+        reported itself up to date is receiving and restoring a state transfer, which
+        under load can starve its pings; it gets TRANSFER_GRACE times as long. Nothing
+        depends on it meanwhile (it cannot be promoted), so waiting costs only a slower
+        replacement if it did die."""
+        limit = self.dead_pings * self.ping_interval_ns
+        if name == self.view.backup and not self.ready.get(name):
+            limit *= self.TRANSFER_GRACE
+        return now - self.last_ping.get(name, -(1 << 62)) >= limit
 
     def _change(self, primary, backup, now, force=False, why="", failed=None) -> bool:
         if not (self.acked or force):

@@ -135,6 +135,77 @@ class PeerWatch:
         return now - self.last_ns >= self.timeout_ns
 
 
+class FailureDetector:
+    """When a peer counts as dead: the failure-detection rule, decided here once.
+
+    A peer is judged by when it *sent* (mapped onto our clock through the skew
+    estimate, as PeerWatch does), with two allowances for a loaded machine, where a
+    process may not run for a few hundred milliseconds:
+
+    - after this process itself did not run (our timer ticks every ``tick_ns``; a tick
+      that comes late means we were descheduled or frozen), no verdict for
+      ``RESUME_TICKS`` ticks: what the peer sent meanwhile may still be on its way in
+      (our own network thread starved with us). Silence is still counted in full, so a
+      node frozen while its peer was replaced learns it soon after it runs again;
+    - the timeout adapts upward to the peer's observed silences and to this machine's
+      load: it is the longest of the base timeout, ``GAP_FACTOR`` times the longest gap
+      between two of the peer's messages among the last ``GAPS``, and the base plus
+      ``GAP_FACTOR`` times how late our own timer came recently (a process that is not
+      scheduled on time here predicts a peer that is not scheduled on time either,
+      when both share the machine); capped at ``CAP_FACTOR`` times the base.
+
+    Both only lengthen the time to declare death, never shorten it below the base: the
+    primary's lease (half the base timeout, judged on its own clock) stays safe.
+    """
+
+    GAPS = 64
+    GAP_FACTOR = 3
+    CAP_FACTOR = 8
+    RESUME_TICKS = 3
+
+    def __init__(self, timeout_ns: int, tick_ns: int):
+        self.base_ns = timeout_ns
+        self.tick_ns = tick_ns
+        self.last_ns = None         # the peer's latest send time, on our clock
+        self.gaps = collections.deque(maxlen=self.GAPS)
+        self.last_tick_ns = None
+        self.defer_until = None     # no verdict before this (we just ran again after a stall)
+        self.lateness = collections.deque(maxlen=self.GAPS)   # how late our recent ticks came
+        self.stalled_at = None      # when we last ran again after a stall
+
+    def heard(self, now: int, peer_sent: int | None = None, skew_ns: int | None = 0):
+        t = now if peer_sent is None or skew_ns is None else min(now, peer_sent - skew_ns)
+        if self.last_ns is None or t > self.last_ns:
+            if self.last_ns is not None and (self.stalled_at is None or self.last_ns >= self.stalled_at):
+                self.gaps.append(t - self.last_ns)  # a silence of the peer's, not one of ours
+            self.last_ns = t
+
+    def tick(self, now: int):
+        """Our timer fired at ``now``."""
+        if self.last_tick_ns is not None:
+            self.lateness.append(max(0, now - self.last_tick_ns - self.tick_ns))
+            if now - self.last_tick_ns > 2 * self.tick_ns:
+                self.defer_until = now + self.RESUME_TICKS * self.tick_ns
+                self.stalled_at = now
+        self.last_tick_ns = now
+
+    def timeout_ns(self) -> int:
+        longest = max(self.gaps) if self.gaps else 0
+        late = max(self.lateness) if self.lateness else 0
+        return min(self.base_ns * self.CAP_FACTOR,
+                   max(self.base_ns, self.GAP_FACTOR * longest, self.base_ns + self.GAP_FACTOR * late))
+
+    def silent_ns(self, now: int):
+        return None if self.last_ns is None else max(0, now - self.last_ns)
+
+    def dead(self, now: int, started_ns: int, startup_grace_ns: int) -> bool:
+        if self.defer_until is not None and now < self.defer_until:
+            return False
+        if self.last_ns is None:
+            return now - started_ns >= startup_grace_ns
+        return self.silent_ns(now) >= self.timeout_ns()
+
+
 class LagTracker:
     """How far the backup trails, as time: how long ago the primary was where the
     backup is now. The primary samples (time, blocks) at its stops."""

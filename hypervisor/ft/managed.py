@@ -33,8 +33,8 @@ from view_service.server import ViewClient
 from .. import snapshot
 from ..console import Console
 from ..replay import Replayer
-from . import core
-from .node import Halted, Node, Stopped, node_id, now_ns
+from . import protocol as P
+from .node import Halted, Node, Stopped, now_ns
 
 EXIT_REJOIN = 10
 
@@ -45,16 +45,12 @@ class ManagedNode(Node):
         super().__init__(name, "idle", listen, None, observer, shared_dir, run_dir, log_path, guest=guest,
                          view=0, opts=opts, peer_name="", **devices)
         self.managed = True
-        self.peer_name = None
+        self.core.managed = True
         self.vs_addr = viewservice
         self.ping_interval_s = ping_interval_ms / 1000
-        self.vs_lease_ns = ping_interval_ms * dead_pings * 1_000_000 // 2
-        self.vs_ok_ns = 0               # last time the view service answered
-        self.vs_view = (0, None, None, {})
-        self.acked_view = 0             # the view number this node has acted on
-        self.ready = False
-        self.transfer_pending = False
-        self.transfer_k = None          # log index of the snapshot being transferred
+        # Without a backup, release only this soon after a view-service answer: the
+        # service declares a node dead after ping_interval * dead_pings.
+        self.core.t.vs_lease_ns = ping_interval_ms * dead_pings * 1_000_000 // 2
         self.snap_asm = None
         self.snap_k = None
         self.snap_blob = None
@@ -62,119 +58,48 @@ class ManagedNode(Node):
         self.transfer_gen = 0
         self.transfer_whole = None
         self.logged_view = 0
-        self.transfer_sent_ns = 0
         self.transfer_started_ns = 0
         self.transfer_ms = []           # how long each transfer took until the backup had it
         self.protected_unix = []        # when each transfer completed (redundancy restored)
-        self.rejoin = False
         self.my_addr = self.ep.address
         threading.Thread(target=self._pinger, name="ftvm-vs-ping", daemon=True).start()
+
+    ready = property(lambda self: self.core.ready)
+    vs_view = property(lambda self: self.core.vs_view)
 
     # --- view service ---------------------------------------------------------------------
     def _pinger(self):
         client = ViewClient(self.vs_addr, timeout_ms=int(self.ping_interval_s * 4000))
         while not self.stop_requested and not self.rejoin:
             with self.lock:
-                ping_num, ready = self.acked_view, self.ready
+                ping_num, ready = self.core.acked_view, self.core.ready
+            asked_at = now_ns()
             rep = client.ping(self.name, ping_num, ready, self.my_addr)
             if rep is not None:
                 with self.lock:
-                    self.vs_ok_ns = now_ns()
-                    if rep[0] != self.vs_view[0] or rep[1:3] != self.vs_view[1:3]:
-                        self.vs_view = (rep[0], rep[1], rep[2], rep[3])
-                        self._on_view()
-                    else:
-                        self.vs_view = (rep[0], rep[1], rep[2], rep[3])
-                    self.cond.notify_all()
+                    self.addrs.update(rep[3] or {})
+                    self.step(P.ViewReply(rep[0], rep[1], rep[2], asked_at))
             time.sleep(self.ping_interval_s)
         client.close()
 
-    def _on_view(self):
-        num, primary, backup, addrs = self.vs_view
-        me = self.name
-        if self.role == "primary":
-            if primary != me:
-                self._stale(f"the view service made {primary} primary of view {num}")
-                return
-            self.view = num
-            if backup != self.peer_name:
-                self.protected = False
-                self.transferring = False
-                self.peer_name = backup
-                self.watch = core.PeerWatch(self.opts.fail_timeout_ms * 1_000_000)
-                if backup is not None:
-                    self.ep.connect(backup, addrs[backup])
-                    self.transfer_pending = True
-                    self.say(f"view {num}: {backup} is the new backup; state transfer starts")
-            self.acked_view = num
-        elif self.role == "backup":
-            if primary == me:
-                self.view_target = num
-                self.failover = True
-                self.failover_from = self.watch.last_ns or now_ns()
-                self.stream.end()
-                if self.machine is not None:
-                    from ..uc import lib
-                    lib.ftvm_poke(self.machine.cpu)
-            elif backup != me:
-                self._stale(f"view {num} no longer has this node as backup")
-                return
-            else:
-                self.view = num
-            self.acked_view = num
-        elif self.role == "idle":
-            if primary == me and num == 1:
-                self.role = "primary"
-                self.view = num
-                self.start_fresh = True
-            elif backup == me:
-                self.role = "backup"
-                self.view = num
-                self.peer_name = primary
-                self.protected = True
-                self.watch = core.PeerWatch(self.opts.fail_timeout_ms * 1_000_000)
-                self.ep.connect(primary, addrs[primary])
-                self.say(f"view {num}: backup of {primary}; waiting for the state transfer")
-            self.acked_view = num
-        self.cond.notify_all()
-
-    def _stale(self, why):
-        self.say(f"stale: {why}; releasing nothing more, rejoining as idle")
-        self.gate.held.clear()
-        self.rejoin = True
-        self.halted = why
-        self.cond.notify_all()
-        if self.machine is not None:
-            from ..uc import lib
-            lib.ftvm_poke(self.machine.cpu)
-
     # --- I/O thread additions -------------------------------------------------------------
     def _on_message(self, msg):
-        if (msg.type == M.HEARTBEAT and self.role == "primary" and self.transferring
-                and msg.sender == node_id(self.peer_name or "") and msg.view == self.view):
+        if msg.type == M.SNAP:
             with self.lock:
-                if self.watch.last_ns is None:
-                    self.watch.heard(now_ns())
-        if (msg.type == M.ACK and self.role == "primary" and self.transferring
-                and msg.sender == node_id(self.peer_name or "") and msg.view == self.view
-                and msg.seq >= self.transfer_k):
-            with self.lock:
-                self.transferring = False
-                self.protected = True
-                self.watch = core.PeerWatch(self.opts.fail_timeout_ms * 1_000_000)
-                self.watch.heard(now_ns())
+                c = self.core
+                sender = self.members().get(msg.sender)
+                if c.role == "backup" and sender == c.peer and msg.view == c.view:
+                    self._receive_snap(msg)
+                else:
+                    c.stale += 1
+            return
+        with self.lock:
+            was_transferring = self.core.transferring
+            super()._on_message(msg)
+            if was_transferring and not self.core.transferring and self.core.protected:
                 took = (now_ns() - self.transfer_started_ns) / 1e6
                 self.transfer_ms.append(took)
                 self.protected_unix.append(time.time())
-                self.say(f"backup {self.peer_name} has the state after {took:.0f} ms: protected again")
-        if msg.type == M.SNAP:
-            with self.lock:
-                if self.role == "backup" and msg.sender == node_id(self.peer_name or "") and msg.view == self.view:
-                    self._receive_snap(msg)
-                else:
-                    self.stale += 1
-            return
-        return super()._on_message(msg)
 
     def _receive_snap(self, msg):
         count, crc, data, k = msg.payload
@@ -192,28 +117,11 @@ class ManagedNode(Node):
             self.snap_blob = self.snap_asm.blob()
             self.cond.notify_all()
 
-    def _release(self):
-        # Without a backup, release only under a fresh view-service lease.
-        if self.managed and self.role == "primary" and not self.protected:
-            if now_ns() - self.vs_ok_ns >= self.vs_lease_ns:
-                return
-        super()._release()
-
-    def _backup_lost(self, now):
-        """The backup went silent. The view service decides who replaces it; meanwhile
-        run unprotected, releasing output only under the service's lease."""
-        if self.protected:
-            self.say(f"backup {self.peer_name} is silent: unprotected until the view service acts")
-        self.protected = False
-
-    def _primary_lost(self, now):
-        pass                            # the view service decides failovers here
-
     def _status(self, now):
         st = super()._status(now)
-        st.update(managed=True, vs_view=list(self.vs_view[:3]), ready=self.ready,
+        st.update(managed=True, vs_view=list(self.core.vs_view[:3]), ready=self.core.ready,
                   transfer=list(self.snap_progress), transfer_ms=self.transfer_ms,
-                  protected_unix=self.protected_unix, transferring=self.transferring)
+                  protected_unix=self.protected_unix, transferring=self.core.transferring)
         return st
 
     # --- main thread ----------------------------------------------------------------------
@@ -232,8 +140,6 @@ class ManagedNode(Node):
         self._run_managed()
 
     def _run_managed(self):
-        self.start_fresh = False
-        self.view_target = None
         with self.lock:
             while not (self.start_fresh or self.role == "backup" or self.stop_requested or self.rejoin):
                 self.cond.wait(0.05)
@@ -257,13 +163,13 @@ class ManagedNode(Node):
         console.retain = True
         with self.lock:
             self.host = HostEvents(None, None, external_input=True)
-            self.protected = False
         rec = Recorder.start(guest, self.sink, self.machine_config(), console,
                              out=self, progress_records=True, poke_interval_s=0.02, host=self.host)
         self.machine = rec.m
         rec.m.netout.retain = True
         self.attach_devices(rec)
-        self.hello("primary")
+        with self.lock:
+            self.step(P.Recording(0, 0, "primary"))
         self._record(rec)
 
     def managed_backup(self):
@@ -281,10 +187,8 @@ class ManagedNode(Node):
         prefix = extra["log_prefix"]
         with self.lock:
             self.writer.append_frames(prefix[len(R.FILE_MAGIC):], k)
-            self.received = k
             self.machine = m
-            self.ready = True
-            self.send_peer(M.ACK, self.received, [int(m.cpu.blocks), self.received, int(m.disk.reads_completed)])
+            self.step(P.TransferDone(k))
         self.say(f"state transfer done: {len(blob) >> 10} KiB, continuing at record {k}, block {m.blocks}")
         self.confirmed_to_console()
         m.netout.retain = True
@@ -305,9 +209,7 @@ class ManagedNode(Node):
     # --- state transfer, on the primary's emulation thread -----------------------------
     def _after_stop(self, rec):
         with self.lock:
-            num, primary, backup, _ = self.vs_view
-            if self.role == "primary" and primary == self.name and backup != self.peer_name:
-                self._on_view()         # e.g. just went live in a view that already names a backup
+            num, primary, backup = self.core.vs_view
             if self.role == "primary" and primary == self.name and num != self.logged_view:
                 self.logged_view = num
                 m = self.machine
@@ -321,8 +223,8 @@ class ManagedNode(Node):
         # I/O and ping threads are not held up by copying a large memory.
         with self.lock:
             self.transfer_pending = False
-            backup = self.peer_name
-            if backup is None:
+            backup = self.core.peer
+            if backup is None or self.role != "primary":
                 return
             k = self.sink.records
             confirmed = self.observer_confirmed
@@ -334,14 +236,12 @@ class ManagedNode(Node):
         whole = snapshot.capture(m, prefix_header(prefix), k, confirmed, m.console.unconfirmed_since(confirmed),
                                  extra={"log_prefix": prefix})
         with self.lock:
-            if self.peer_name != backup:
+            if self.core.peer != backup or self.role != "primary":
                 return                  # the view moved on meanwhile
             s = self.sink
             s.frames, s.base, s.sent, s.bytes = [], k, k, 0
             self.transfer_started_ns = t0
-            self.transferring = True
-            self.transfer_k = k
-            self.acked = 0
+            self.step(P.TransferStarted(k))
             self.transfer_whole = whole
             self.sink.append(R.Transfer(m.blocks, m.vcpu.reg("rip"), self.view, backup, len(whole)))
             gen = self.transfer_gen = self.transfer_gen + 1
@@ -355,16 +255,16 @@ class ManagedNode(Node):
         connection is up), send the chunks, and send them again if the backup has not
         taken the snapshot a while after the last one went."""
         deadline = time.monotonic() + 2
-        while time.monotonic() < deadline and self.watch.last_ns is None:
+        while time.monotonic() < deadline and self.core.watch.last_ns is None:
             time.sleep(0.005)
         view = memoryview(whole)
         size = snapshot.CHUNK
         n = max(1, (len(view) + size - 1) // size)
         while True:
             with self.lock:
-                if gen != self.transfer_gen or not self.transferring or self.role != "primary":
+                if gen != self.transfer_gen or not self.core.transferring or self.role != "primary":
                     return
-                k, peer, viewnum = self.transfer_k, self.peer_name, self.view
+                k, peer, viewnum = self.core.transfer_k, self.core.peer, self.view
             for i in range(n):
                 data = bytes(view[i * size:(i + 1) * size])
                 msg = M.encode(M.SNAP, self.id, viewnum, i, [n, zlib.crc32(data), data, k])
@@ -375,7 +275,7 @@ class ManagedNode(Node):
             while time.monotonic() - t < 1.0 + len(view) / 200e6:
                 time.sleep(0.01)
                 with self.lock:
-                    if gen != self.transfer_gen or not self.transferring:
+                    if gen != self.transfer_gen or not self.core.transferring:
                         self.transfer_whole = None
                         return
 

@@ -28,6 +28,7 @@ from ..replay import Replayer, StreamSource
 from ..sources.interrupts import HostEvents
 from ..uc import lib
 from . import core
+from . import protocol as P
 from .transport import Endpoint
 
 BACKUP_NICE = 10                    # a backup's replaying thread, as root (Node.replay_priority)
@@ -58,6 +59,13 @@ class FtOptions:
     gate_bytes: int = 1 << 20       # console output held at most
     unacked_bytes: int = 64 << 20   # log not yet acknowledged, at most
     retransmit_ms: int = 50         # resend unacknowledged log after this long
+
+    def timing(self):
+        ms = 1_000_000
+        return P.Timing(hb_interval_ns=self.hb_interval_ms * ms, fail_timeout_ns=self.fail_timeout_ms * ms,
+                        startup_grace_ns=self.startup_grace_ms * ms, max_lag_ns=self.max_lag_ms * ms,
+                        gate_bytes=self.gate_bytes, unacked_bytes=self.unacked_bytes,
+                        retransmit_ns=self.retransmit_ms * ms)
 
     def to_args(self):
         return ["--hb-interval-ms", str(self.hb_interval_ms), "--fail-timeout-ms", str(self.fail_timeout_ms),
@@ -120,9 +128,10 @@ class Node:
     def __init__(self, name, role, listen, peer, observer, shared_dir, run_dir, log_path,
                  guest=None, view=1, opts: FtOptions | None = None, peer_name=None, disk=None, disk_reads="log",
                  net=False):
-        self.name, self.role, self.view = name, role, view
+        self.name = name
         self.id = node_id(name)
-        self.peer_name = peer_name or ("B" if name == "A" else "A")
+        self._peer_name = peer_name or ("B" if name == "A" else "A")
+        peer_name = self._peer_name
         self.opts = opts or FtOptions()
         self.run_dir = run_dir
         self.log_path = log_path
@@ -130,339 +139,240 @@ class Node:
         self.disk_path = disk           # the disk image on shared storage (None: no disk)
         self.disk_reads = disk_reads
         self.net = net                  # the observer runs a network front end
-        self.net_received = 0           # network events taken from the front end (their index)
-        self.observer_net_confirmed = 0
-        self.unconfirmed_net = []       # released network output the front end has not confirmed
-        self.file_released = set()      # data-directory changes the Output Rule let go
-        self.disk_worker = None
-        self.backup_disk_reads = 0      # disk read completions the backup has replayed
-        self.net_marks = collections.deque()   # (log records, network events in the guest by then)
-        self.net_safe = 0               # network events the backup has in its log (the front end may forget them)
+        self.transfer_pending = False
+        self.start_fresh = False
         self.arbiter = Arbiter(shared_dir)
         self.lock = threading.RLock()
         self.cond = threading.Condition(self.lock)
         self.started = now_ns()
-        self.watch = core.PeerWatch(self.opts.fail_timeout_ms * 1_000_000)
-        self.skew = core.ClockSkew()
-        self.lag = core.LagTracker()
-        self.gate = core.OutputGate(self.opts.gate_bytes)
-        self.protected = peer is not None
-        self.peer_clock = (0, 0)        # (peer's clock in its last heartbeat, our time then)
-        self.lease_from = 0             # our clock when we last sent something the backup has seen
-        self.acked = 0
-        self.backup_blocks = 0
-        self.backup_records = 0
-        self.last_ack_progress = now_ns()
-        self.observer_confirmed = 0
-        self.input_received = 0
+        # Every protocol decision is the core's (protocol.py); this class is its shell.
+        self.core = P.NodeCore(name, role, view, peer_name if peer else None, self.opts.timing(),
+                               now=self.started, pid=os.getpid(), net=net)
+        self.file_released = set()      # data-directory changes the Output Rule let go
+        self.disk_worker = None
         self.host = None                # HostEvents of the recording guest
         self.sink = None
         self.machine = None
-        self.failovers = 0
-        self.stale = 0                  # messages refused: wrong view or sender (fencing)
-        self.gaps = 0                   # log messages that skipped ahead (one was lost)
-        self.halted = None
-        self.failover = False
-        self.primary_tsc_offset = 0
-        self.primary_blocks = 0
-        self.received = 0               # backup: records received from the primary
         self.stream = StreamSource()
         self.writer = LogWriter(log_path)
-        self.done = False
         self.managed = False            # roles come from the view service (managed.py)
-        self.transferring = False       # a state transfer to a new backup is under way
-        self.stop_requested = False
-        self.observer_seen_ns = None    # the observer confirms every 50 ms while it lives
         self.status_at = 0
-        self.events = []
-        self.ep = Endpoint(listen, self._on_message, self._on_tick, tick_s=self.opts.hb_interval_ms / 1000)
-        if peer:
-            self.ep.connect(self.peer_name, peer)
-        self.ep.connect("observer", observer, immediate=False)
-        self.unconfirmed = []           # released output the observer has not confirmed
-        self.exit_msg = None
         self.last_release_unix = None
         self._rate_mark = (0, 0)
         self.after_stop_ns = 0          # time the emulation thread spent handing over at stops
         self.paced_ns = 0               # time the primary waited for the backup (flow control)
         self.rule_ns = []               # what the Output Rule added to each output (held -> released)
-        self.resent_at = 0
-        self.log_sent_at = 0            # when the emulation thread last sent log to the backup
-        self.hello_at = 0
-        self.hello_detail = ""
+        self.failover_from = self.started
+        self.view_target = None
+        self.rejoin = False
+        self._stop_rec = None           # the recorder at a stop (for StopSoon)
         self.main_tid = None            # the thread that records or replays the guest
+        self.ep = Endpoint(listen, self._on_message, self._on_tick, tick_s=self.opts.hb_interval_ms / 1000)
+        self.addrs = {"observer": observer}
+        if peer:
+            self.addrs[peer_name] = peer
+            self.ep.connect(peer_name, peer)
+        self.ep.connect("observer", observer, immediate=False)
+
+    # --- the core's state, read-only here ----------------------------------------------------
+    role = property(lambda self: self.core.role)
+    view = property(lambda self: self.core.view)
+    protected = property(lambda self: self.core.protected)
+    halted = property(lambda self: self.core.halted)
+    stop_requested = property(lambda self: self.core.stop_requested)
+    failover = property(lambda self: self.core.failover)
+    acked = property(lambda self: self.core.acked)
+    received = property(lambda self: self.core.received)
+    gate = property(lambda self: self.core.gate)
+    transferring = property(lambda self: self.core.transferring)
+    observer_confirmed = property(lambda self: self.core.console.confirmed)
+    observer_net_confirmed = property(lambda self: self.core.netout.confirmed)
+
+    @property
+    def peer_name(self):
+        return self.core.peer if hasattr(self, "core") else self._peer_name
+
+    @peer_name.setter
+    def peer_name(self, value):
+        self._peer_name = value
+
+    # --- performing the core's effects ----------------------------------------------------------
+    def step(self, ev, now=None):
+        """Hand one event to the core and perform what it decides, in order. Under the lock."""
+        effects = self.core.step(ev, now_ns() if now is None else now)
+        for e in effects:
+            self._perform(e)
+
+    def _perform(self, e):
+        if isinstance(e, P.Send):
+            self.ep.send(e.to, M.encode(e.type, self.id, e.view, e.seq, e.payload))
+        elif isinstance(e, P.SendLog):
+            s = self.sink
+            if s is None:
+                return
+            frames = s.frames_from(e.first)[:max(0, e.upto - e.first)]
+            s.sent = max(s.sent, e.upto)
+            if frames:
+                m = self.machine
+                data = M.encode(M.LOG, self.id, e.view, e.first,
+                                [b"".join(frames), len(frames), int(m.cpu.blocks), int(m.cpu.tsc_offset_ns), e.at])
+                if threading.get_native_id() == self.main_tid:
+                    self.ep.send_direct(e.to, data)     # the emulation thread: skip the hop
+                else:
+                    self.ep.send(e.to, data)
+        elif isinstance(e, P.SendAck):
+            blocks = self.machine.cpu.blocks if self.machine is not None else 0
+            self.ep.send(e.to, M.encode(M.ACK, self.id, e.view, e.received,
+                                        [int(blocks), e.received, self._disk_reads_replayed(), e.echo]))
+        elif isinstance(e, P.AppendLog):
+            self.writer.append_frames(b"".join(e.frames), len(e.frames))
+            self.stream.push(list(e.frames))
+        elif isinstance(e, P.Trim):
+            if self.sink is not None:
+                self.sink.acked(e.acked)
+                self.sink.sent = max(self.sink.sent, min(e.acked, self.sink.records))
+        elif isinstance(e, P.Released):
+            if self.core.protected and len(self.rule_ns) < 1_000_000:
+                self.rule_ns.append(e.waited_ns)
+            self.last_release_unix = time.time()
+        elif isinstance(e, P.Deliver):
+            if e.held.stream == "disk":
+                if self.disk_worker is not None:
+                    self.disk_worker.release(e.held.offset)
+            else:
+                self.file_released.add(e.held.offset)
+                self.cond.notify_all()
+        elif isinstance(e, P.PushInput):
+            if self.host is not None:
+                self.host.push_input(e.data)
+        elif isinstance(e, P.PushNet):
+            if self.host is not None:
+                self.host.push_net([tuple(x) for x in e.events])
+        elif isinstance(e, P.Claim):
+            won = self.arbiter.claim(e.view, self.name)
+            self.step(P.Claimed(e.view, won))
+        elif isinstance(e, P.Failover):
+            self.replay_priority(behind=False)      # catching up is on the failover's path
+            self.failover_from = e.since_ns
+            self.view_target = e.view
+            self.stream.end()
+            self._poke()
+        elif isinstance(e, P.Halt):
+            if e.rejoin:
+                self.say(f"stale: {e.why}; releasing nothing more, rejoining as idle")
+                self.rejoin = True
+            self._poke()
+        elif isinstance(e, P.StopRun):
+            if "observer said" not in e.why:
+                self.say(f"{e.why}: stopping")
+            self._poke()
+        elif isinstance(e, P.StopSoon):
+            if self._stop_rec is not None:
+                self._stop_rec.stop_soon()       # the log waits for the next stop, which comes soon
+        elif isinstance(e, P.Connect):
+            addr = self.addrs.get(e.name)
+            if addr is not None:
+                self.ep.connect(e.name, addr)
+        elif isinstance(e, P.StartTransfer):
+            self.transfer_pending = True
+        elif isinstance(e, P.GoLive):
+            self.start_fresh = not self.core.failover and self.machine is None
+        elif isinstance(e, P.Say):
+            self.say(e.text)
+        elif isinstance(e, P.Wake):
+            self.cond.notify_all()
+        else:
+            raise AssertionError(f"effect {e!r} not performed")
+
+    def _poke(self):
+        self.cond.notify_all()
+        if self.machine is not None:
+            lib.ftvm_poke(self.machine.cpu)
 
     # --- small helpers --------------------------------------------------------------
     def say(self, msg):
         print(f"ftvm[{self.name}]: {msg}", file=sys.stderr, flush=True)
 
-    def send_peer(self, type_, seq, payload=None):
-        self.ep.send(self.peer_name, M.encode(type_, self.id, self.view, seq, payload))
-
-    def send_observer(self, type_, seq, payload=None):
-        self.ep.send("observer", M.encode(type_, self.id, self.view, seq, payload))
-
-    def hello(self, detail=None):
-        if detail is not None:
-            self.hello_detail = detail
-        self.hello_at = now_ns()
-        self.send_observer(M.HELLO, self.input_received, [self.name, self.role, os.getpid(), self.hello_detail,
-                                                          self.net_received, self.net_safe])
+    def members(self):
+        """Sender ids this node takes messages from, by name: the observer and the nodes
+        it knows. Anything else is refused before the core sees it."""
+        names = {n for n in self.addrs if n != "observer"}
+        if self.core.peer:
+            names.add(self.core.peer)
+        ids = {node_id(n): n for n in names}
+        ids[0] = P.OBSERVER
+        return ids
 
     # --- I/O thread: messages ---------------------------------------------------------
     def _on_message(self, msg):
         with self.lock:
-            t = msg.type
-            if t in (M.INPUT, M.CONFIRM, M.STOP, M.NETIN):
-                return self._from_observer(msg)
-            if self.peer_name is None or msg.sender != node_id(self.peer_name):
-                self.stale += 1
+            sender = self.members().get(msg.sender)
+            if sender is None:
+                self.core.stale += 1
                 return
-            if msg.view != self.view:
-                self.stale += 1      # fencing: only the peer of our view counts
-                return
-            now = now_ns()
-            if t == M.HEARTBEAT:
-                echo, held, _role = msg.payload
-                # The peer has heard from us as of our clock `echo`: that renews our lease.
-                if 0 < echo <= now:
-                    self.lease_from = max(self.lease_from, echo)
-                self.skew.sample(now, msg.seq, echo, held)
-                self.watch.heard(now, msg.seq, self.skew.estimate_ns)
-                self.peer_clock = (msg.seq, now)
-            elif t == M.ACK and self.role == "primary":
-                self.watch.heard(now)
-                if msg.seq > self.acked:
-                    self.acked = msg.seq
-                    while self.net_marks and self.net_marks[0][0] <= msg.seq:
-                        self.net_safe = max(self.net_safe, self.net_marks.popleft()[1])
-                    self.last_ack_progress = now
-                    if self.sink is not None:
-                        self.sink.acked(msg.seq)
-                self.backup_blocks, self.backup_records = msg.payload[:2]
-                if len(msg.payload) > 2:
-                    self.backup_disk_reads = msg.payload[2]
-                self._release()
-                self.cond.notify_all()
-            elif t == M.LOG and self.role == "backup" and not self.failover:
-                self.watch.heard(now)
-                self._receive_log(msg)
-            else:
-                self.stale += 1
+            payload = msg.payload
+            if msg.type == M.LOG:
+                payload = self._split_frames(payload)
+                if payload is None:
+                    self.core.stale += 1
+                    return
+            self.step(P.Recv(msg.type, sender, msg.view, msg.seq, payload))
 
-    def _from_observer(self, msg):
-        self.observer_seen_ns = now_ns()
-        if msg.type == M.STOP:
-            self.stop_requested = True
-            self.cond.notify_all()
-            if self.machine is not None:
-                lib.ftvm_poke(self.machine.cpu)
-            return
-        if msg.type == M.CONFIRM:
-            self.observer_confirmed = max(self.observer_confirmed, msg.seq)
-            while self.unconfirmed and self.unconfirmed[0][0] + len(self.unconfirmed[0][1]) <= self.observer_confirmed:
-                self.unconfirmed.pop(0)
-            if msg.payload is not None:
-                self.observer_net_confirmed = max(self.observer_net_confirmed, msg.payload)
-                u = self.unconfirmed_net
-                while u and u[0][0] + len(u[0][1]) <= self.observer_net_confirmed:
-                    u.pop(0)
-            return
-        if msg.type == M.NETIN:
-            # Network events: only the primary takes them (rule 4), each exactly once.
-            if self.role != "primary" or self.host is None:
-                self.stale += 1
-                return
-            first, events = msg.seq, msg.payload
-            if first > self.net_received or first + len(events) <= self.net_received:
-                return           # a gap the front end will fill again, or a duplicate
-            fresh = events[self.net_received - first:]
-            self.net_received += len(fresh)
-            self.host.push_net([tuple(e) for e in fresh])
-            return
-        # INPUT: only the primary takes client input (rule 4).
-        if self.role != "primary" or self.host is None:
-            self.stale += 1
-            return
-        off, data = msg.seq, msg.payload
-        if data is None:
-            if off == self.input_received:
-                self.host.push_input(None)
-            return
-        if off + len(data) <= self.input_received or off > self.input_received:
-            return                   # a duplicate, or a gap the observer will fill again
-        fresh = data[self.input_received - off:]
-        self.input_received += len(fresh)
-        self.host.push_input(fresh)
-
-    def _receive_log(self, msg):
-        frames_blob, count, primary_blocks, tsc_offset = msg.payload
-        self.primary_tsc_offset = tsc_offset
-        self.primary_blocks = primary_blocks
-        if msg.seq > self.received:
-            self.gaps += 1           # an earlier message was lost: wait for the retransmission
-            return
-        # Check framing and CRCs only (cheap); the replay thread decodes the bodies.
-        frames, off, index = [], 0, msg.seq
+    @staticmethod
+    def _split_frames(payload):
+        """A LOG message's frames, checked (framing and CRCs only: cheap; the replay
+        thread decodes the bodies), as a list; None if any is damaged."""
+        blob = payload[0]
+        frames, off = [], 0
         try:
-            while off < len(frames_blob):
-                R.check_frame(frames_blob, off)
-                size = R.FRAME.size + R.FRAME.unpack_from(frames_blob, off)[2]
-                if index >= self.received:
-                    frames.append(frames_blob[off:off + size])
+            while off < len(blob):
+                R.check_frame(blob, off)
+                size = R.FRAME.size + R.FRAME.unpack_from(blob, off)[2]
+                frames.append(blob[off:off + size])
                 off += size
-                index += 1
         except R.FrameError:
-            self.stale += 1
-            return
-        if frames:
-            self.received += len(frames)
-            # Acknowledge first: the Output Rule waits on this, not on our disk.
-            blocks = self.machine.cpu.blocks if self.machine is not None else 0
-            self.send_peer(M.ACK, self.received, [int(blocks), self.received, self._disk_reads_replayed()])
-            self.writer.append_frames(b"".join(frames), len(frames))
-            self.stream.push(frames)
+            return None
+        return [frames, *payload[1:]]
 
     # --- I/O thread: timers ------------------------------------------------------------
     def _on_tick(self):
         with self.lock:
             now = now_ns()
-            if self.peer_name and self.protected and self.role in ("primary", "backup"):
-                echo_clock, echo_at = self.peer_clock
-                self.send_peer(M.HEARTBEAT, now, [echo_clock, now - echo_at if echo_at else 0, self.role])
-                if self.role == "backup":
-                    blocks = self.machine.cpu.blocks if self.machine is not None else 0
-                    self.send_peer(M.ACK, self.received, [int(blocks), self.received, self._disk_reads_replayed()])
-            if self.role == "primary" and self.protected:
-                self._retransmit(now)
-                if self.watch.dead(now, self.started, self.opts.startup_grace_ms * 1_000_000):
-                    self._backup_lost(now)
-            elif self.role == "backup" and not self.failover:
-                if self.watch.dead(now, self.started, self.opts.startup_grace_ms * 1_000_000):
-                    self._primary_lost(now)
-            if self.role == "primary":
-                self._release()
-                if now - self.hello_at > 200_000_000:
-                    self.hello()
-                if (self.unconfirmed or self.exit_msg or self.unconfirmed_net) and now - self.resent_at > 300_000_000:
-                    # The observer has not confirmed: send again (it drops duplicates).
-                    self.resent_at = now
-                    for off, data in self.unconfirmed:
-                        self.send_observer(M.OUTPUT, off, data)
-                    for off, data in self.unconfirmed_net:
-                        self.send_observer(M.NETOUT, off, data)
-                    if self.exit_msg:
-                        self.send_observer(M.EXIT, *self.exit_msg)
-            seen = self.observer_seen_ns
-            if not self.stop_requested and (now - seen > OBSERVER_GONE_NS if seen is not None
-                                            else now - self.started > 6 * OBSERVER_GONE_NS):
-                self.say(f"no word from the observer for {(now - (seen or self.started)) // 10**9} s: stopping")
-                self.stop_requested = True
-                self.cond.notify_all()
-                if self.machine is not None:
-                    lib.ftvm_poke(self.machine.cpu)
+            self.step(P.Tick(), now)
             if now - self.status_at > 200_000_000:
                 self.status_at = now
                 self._write_status(now)
 
-    def _primary_lost(self, now):
-        """The primary went silent: stop taking its log and take over."""
-        self.replay_priority(behind=False)      # catching up is on the failover's path
-        self.failover = True
-        self.failover_from = self.watch.last_ns or self.started
-        self.stream.end()
-        if self.machine is not None:
-            lib.ftvm_poke(self.machine.cpu)
-
-    def _retransmit(self, now):
-        s = self.sink
-        if s is None or self.acked >= s.sent:
-            return
-        if now - self.last_ack_progress > self.opts.retransmit_ms * 1_000_000:
-            frames = s.frames_from(self.acked)
-            if frames:
-                self.send_peer(M.LOG, self.acked, [b"".join(frames), len(frames), int(self.primary_blocks),
-                                                   int(self.machine.cpu.tsc_offset_ns)])
-            self.last_ack_progress = now
-
-    def _backup_lost(self, now):
-        """The backup went silent: race for the next view. Winning means carrying on
-        unprotected; losing means the backup went live and this node is stale."""
-        won = self.arbiter.claim(self.view + 1, self.name)
-        if core.on_lost_contact("primary", won) == "halt":
-            self._halt(f"lost the test-and-set for view {self.view + 1} to node "
-                       f"{self.arbiter.owner(self.view + 1)}: this primary is stale")
-            return
-        self.view += 1
-        self.protected = False
-        self.failovers += 1
-        self.say(f"backup {self.peer_name} is gone (silent {self.watch.silent_ns(now) // 1_000_000} ms): "
-                 f"running UNPROTECTED as primary of view {self.view}")
-        self.hello(f"backup lost; unprotected in view {self.view}")
-        self._release()
-        self.cond.notify_all()
-
-    def _halt(self, why):
-        self.halted = why
-        self.role = "halted"
-        self.gate.held.clear()
-        self.cond.notify_all()
-        if self.machine is not None:
-            lib.ftvm_poke(self.machine.cpu)
-
-    def _release(self):
-        """Send to the observer whatever the Output Rule lets out now."""
-        if self.role != "primary":
-            return
-        now = now_ns()
-        # The lease: the backup echoed a heartbeat we sent less than half the failure
-        # timeout ago, so it cannot have declared us dead yet. Judged on our own clock
-        # only, so a frozen and resumed primary (or queued messages) cannot fool it.
-        fresh = now - self.lease_from < self.opts.fail_timeout_ms * 1_000_000 // 2
-        protected = self.protected
-        for h in self.gate.release(self.acked, protected, fresh):
-            if protected and h.at and len(self.rule_ns) < 1_000_000:
-                self.rule_ns.append(now - h.at)
-            if h.stream == "disk":
-                if self.disk_worker is not None:
-                    self.disk_worker.release(h.offset)
-                continue
-            if h.stream == "file":
-                self.file_released.add(h.offset)
-                self.cond.notify_all()
-                continue
-            if h.stream == "net":
-                self.unconfirmed_net.append((h.offset, h.data))
-                self.send_observer(M.NETOUT, h.offset, h.data)
-            elif h.data is None:
-                self.exit_msg = (h.offset, [h.status, h.detail])
-                self.send_observer(M.EXIT, *self.exit_msg)
-            else:
-                self.unconfirmed.append((h.offset, h.data))
-                self.send_observer(M.OUTPUT, h.offset, h.data)
-            self.resent_at = now_ns()
-            self.last_release_unix = time.time()
+    def hello(self, detail=None):
+        """Announce this node to the observer (the core re-announces every 200 ms)."""
+        if detail is not None:
+            self.core.hello_detail = detail
+        self.core._hello(now_ns(), out := [])
+        for e in out:
+            self._perform(e)
 
     def _status(self, now):
         """This node's status, as `ftvm status` and --progress show it."""
         prev_t, prev_b = self._rate_mark
         rate = (self.writer.bytes - prev_b) / max(1e-9, (now - prev_t) / 1e9) if prev_t else 0.0
         self._rate_mark = (now, self.writer.bytes)
-        lag_ms = self.lag.lag_ns(now, self.backup_blocks) / 1e6 if self.role == "primary" and self.protected else None
+        c = self.core
+        lag_ms = c.lag.lag_ns(now, c.backup_blocks) / 1e6 if c.role == "primary" and c.protected else None
         ms = self.machine
         return {
-            "name": self.name, "pid": os.getpid(), "role": self.role, "view": self.view,
-            "protected": self.protected, "lag_ms": lag_ms, "halted": self.halted,
-            "log": self.log_path, "log_records": self.sink.records if self.sink else self.received,
-            "log_bytes": self.writer.bytes, "log_rate_kbps": rate * 8 / 1000, "acked": self.acked,
-            "held_bytes": self.gate.held_bytes, "released_bytes": self.gate.released_bytes,
+            "name": self.name, "pid": os.getpid(), "role": c.role, "view": c.view,
+            "protected": c.protected, "lag_ms": lag_ms, "halted": c.halted,
+            "log": self.log_path, "log_records": self.sink.records if self.sink else c.received,
+            "log_bytes": self.writer.bytes, "log_rate_kbps": rate * 8 / 1000, "acked": c.acked,
+            "held_bytes": c.gate.held_bytes, "released_bytes": c.gate.released_bytes,
             "last_release_unix": self.last_release_unix, "output_rule_us": self._rule_stats(),
-            "failovers": self.failovers, "clock_offset_us": self.skew.offset_ns / 1000,
-            "rtt_us": None if self.skew.rtt_ns is None else self.skew.rtt_ns / 1000,
-            "rtt_p50_us": (core.percentile(sorted(r for r, _ in self.skew.samples), 50) or 0) / 1000,
-            "garbage": self.ep.garbage, "stale": self.stale, "gaps": self.gaps,
+            "failovers": c.failovers, "clock_offset_us": c.skew.offset_ns / 1000,
+            "rtt_us": None if c.skew.rtt_ns is None else c.skew.rtt_ns / 1000,
+            "rtt_p50_us": (core.percentile(sorted(r for r, _ in c.skew.samples), 50) or 0) / 1000,
+            "garbage": self.ep.garbage, "stale": c.stale, "gaps": c.gaps,
+            "fail_timeout_ms": c.watch.timeout_ns() / 1e6,
             "io_failure": repr(self.ep.failure) if self.ep.failure else None,
-            "observer_seen_s_ago": None if self.observer_seen_ns is None else (now - self.observer_seen_ns) / 1e9,
+            "observer_seen_s_ago": None if c.observer_seen is None else (now - c.observer_seen) / 1e9,
             "paced_ms": self.paced_ns / 1e6, "after_stop_ms": self.after_stop_ns / 1e6,
             "net_events": int(ms.net.events) if ms is not None else 0,
             "net_out_bytes": int(ms.netout.total) if ms is not None else 0,
@@ -491,19 +401,16 @@ class Node:
     # --- main thread: the primary's output protocol (Recorder.out) -------------------
     def output(self, offset, data, cover):
         with self.lock:
-            self.gate.hold(cover, offset, data, at=now_ns())
-            self._release()
+            self.step(P.Hold("console", offset, data, cover))
 
     def net_output(self, offset, data, cover):
         with self.lock:
-            self.gate.hold(cover, offset, data, at=now_ns(), stream="net")
-            self._release()
+            self.step(P.Hold("net", offset, data, cover))
 
     def disk_write(self, req_id, cover):
         """A disk write is output too: the host writes only under the Output Rule."""
         with self.lock:
-            self.gate.hold(cover, req_id, b"", at=now_ns(), stream="disk")
-            self._release()
+            self.step(P.Hold("disk", req_id, b"", cover))
 
     def file_output(self, rec):
         """A Linux guest changes its data directory: that is output. Hold the call until
@@ -511,8 +418,7 @@ class Node:
         is no longer a primary in its lease changes nothing (it halts)."""
         token = object()
         with self.lock:
-            self.gate.hold(rec.sink.records, token, b"", at=now_ns(), stream="file")
-            self._release()
+            self.step(P.Hold("file", token, b"", rec.sink.records))
         while True:
             self._after_stop(rec)
             with self.lock:
@@ -526,13 +432,15 @@ class Node:
                 self.cond.wait(0.002)
         if not self._may_write_disk():
             with self.lock:
-                self._halt("no longer a primary in its lease: the data directory is not written")
+                out = []
+                self.core._halt("no longer a primary in its lease: the data directory is not written", out)
+                for e in out:
+                    self._perform(e)
             raise Halted(self.halted)
 
     def exit(self, total, status, detail, cover):
         with self.lock:
-            self.gate.hold_exit(cover, total, status, detail, at=now_ns())
-            self._release()
+            self.step(P.Hold("exit", total, None, cover, status, detail))
 
     def after_stop(self, rec):
         t_in = now_ns()
@@ -559,41 +467,21 @@ class Node:
                 return
             m = self.machine
             now = now_ns()
-            self.primary_blocks = int(m.cpu.blocks)
-            self.lag.primary_at(now, self.primary_blocks)
             if self.slew is not None:
                 m.cpu.tsc_offset_ns -= self.slew.absorb(now)
             s = self.sink
-            ev = m.net.events
-            if ev > self.net_safe and (not self.net_marks or self.net_marks[-1][1] < ev):
-                if self.protected or self.transferring:
-                    self.net_marks.append((s.records, ev))
-                elif not self.managed:
-                    self.net_safe = ev      # no backup to wait for
-            if self.protected and s.records > s.sent and not self.transferring and not core.send_log_now(
-                    s.unsent_bytes(), bool(self.gate.held), rec.guest_waits, now - self.log_sent_at):
-                rec.stop_soon()          # the log waits for the next stop, which comes soon
-            elif self.protected and s.records > s.sent:
-                self.log_sent_at = now
-                frames = s.frames_from(s.sent, max_bytes=1 << 62)
-                self.ep.send_direct(self.peer_name, M.encode(
-                    M.LOG, self.id, self.view, s.sent,
-                    [b"".join(frames), len(frames), self.primary_blocks, int(m.cpu.tsc_offset_ns)]))
-                s.sent = s.records
-            elif not self.protected and not self.transferring:
-                s.acked(s.records)
-                s.sent = s.records
+            self._stop_rec = rec
+            try:
+                self.step(P.AtStop(s.records, int(m.cpu.blocks), unsent_bytes=s.unsent_bytes(), unacked_bytes=s.bytes,
+                                   guest_waits=bool(rec.guest_waits), net_events=int(m.net.events)), now)
+            finally:
+                self._stop_rec = None
             self.confirmed_to_console()
-            self._release()
-            # Flow control: the backup may trail by at most max_lag_ms of guest progress,
-            # and held output and unacknowledged log are bounded.
-            limit = self.opts.max_lag_ms * 1_000_000
+            # Flow control (the core decides): the backup may trail by at most
+            # max_lag_ms of guest progress; held output and unacknowledged log are bounded.
             t_pace = now_ns()
-            while self.protected and not self.halted and not self.stop_requested and (
-                    self.lag.lag_ns(now_ns(), self.backup_blocks) > limit or self.gate.full()
-                    or s.bytes > self.opts.unacked_bytes):
+            while self.core.must_wait(now_ns()):
                 self.cond.wait(0.001)
-                self.lag.primary_at(now_ns(), self.primary_blocks)
             self.paced_ns += now_ns() - t_pace
             if self.halted:
                 raise Halted(self.halted)
@@ -627,21 +515,20 @@ class Node:
 
     def _disk_reads_replayed(self):
         m = self.machine
-        return int(m.disk.reads_completed) if m is not None else 0
+        return int(m.disk.reads_completed) if m is not None and m.disk is not None else 0
 
     def _wait_reads_replayed(self, reads_done):
         """Shared-disk reads: before the host writes, the backup must have read (at replay)
         every block the primary read so far, or it would read the newer data."""
         with self.lock:
             while (self.protected and self.role == "primary" and not self.halted and not self.stop_requested
-                   and self.backup_disk_reads < reads_done):
+                   and self.core.backup_disk_reads < reads_done):
                 self.cond.wait(0.002)
 
     def _may_write_disk(self):
         """Checked just before each disk write: only a primary still in its lease writes."""
-        if self.role != "primary" or self.halted:
-            return False
-        return not self.protected or now_ns() - self.lease_from < self.opts.fail_timeout_ms * 1_000_000 // 2
+        with self.lock:
+            return self.core.may_write_disk(now_ns())
 
     # --- main thread: roles -----------------------------------------------------------
     def run(self):
@@ -653,6 +540,9 @@ class Node:
         _SKEW_NS = int(os.environ.get(f"FTVM_TEST_CLOCK_SKEW_NS_{self.name}", "0"))
         lib.ftvm_set_clock_skew(_SKEW_NS)
         self.started = now_ns()
+        with self.lock:
+            c = self.core
+            c.started = c.watch_started = c.last_ack_progress = self.started
         self.ep.start()
         self.slew = None
         try:
@@ -672,9 +562,20 @@ class Node:
             self.ep.close()
         return 0
 
+    def _wait_for_backup(self):
+        """Readiness, not hope: a protected primary starts the guest once its backup has
+        been heard from (or after the startup grace, when the core gives up on it), so
+        its first outputs do not wait for the backup process to start."""
+        deadline = time.monotonic() + self.opts.startup_grace_ms / 1000
+        with self.lock:
+            while (self.core.protected and self.core.watch.last_ns is None and not self.stop_requested
+                   and time.monotonic() < deadline):
+                self.cond.wait(0.005)
+
     def _run_primary(self):
         from ..guest import open_guest
         guest = open_guest(self.guest)
+        self._wait_for_backup()
         config = self.machine_config()
         self.sink = FtSink(self.writer)
         console = Console()
@@ -684,7 +585,8 @@ class Node:
                              progress_records=True, poke_interval_s=0.02, host=self.host)
         self.machine = rec.m
         self.attach_devices(rec)
-        self.hello("primary" if self.view == 1 else f"started afresh in view {self.view}")
+        with self.lock:
+            self.step(P.Recording(0, 0, "primary" if self.view == 1 else f"started afresh in view {self.view}"))
         self._record(rec)
 
     def _record(self, rec):
@@ -701,6 +603,14 @@ class Node:
             if self.halted:
                 raise Halted(self.halted)
 
+    def _claim(self, view):
+        """The shared-disk test-and-set for ``view``, told to the core."""
+        won = self.arbiter.claim(view, self.name)
+        with self.lock:
+            self.step(P.Claimed(view, won))
+            if self.halted:
+                raise Halted(f"{self.halted} (node {self.arbiter.owner(view)} holds view {view})")
+
     def _run_backup(self):
         self.hello("backup")
         header = None
@@ -713,15 +623,8 @@ class Node:
                     raise FtvmError("the primary died before it sent any log, and this backup has no "
                                     "--guest to start from; nothing to take over")
                 # Nothing was logged, so nothing was released: start the guest afresh.
-                won = self.arbiter.claim(self.view + 1, self.name)
-                if core.on_lost_contact("backup", won) == "halt":
-                    raise Halted(f"lost the test-and-set for view {self.view + 1}: the primary carries on")
-                with self.lock:
-                    self.view += 1
-                    self.role = "primary"
-                    self.protected = False
-                    self.failovers += 1
-                self.say(f"primary {self.peer_name} died before its log started: starting the guest "
+                self._claim(self.view_target or self.view + 1)
+                self.say(f"primary {self.peer_name or 'A'} died before its log started: starting the guest "
                          f"as primary of view {self.view}")
                 self._run_primary()
                 return
@@ -754,8 +657,10 @@ class Node:
         stream.take()
         stream.retain = self.managed
         stream.retained, stream.retained_from = bytearray(data if self.managed else b""), confirmed
+        sender = self.core.console if name == "console" else self.core.netout
+        sender.reset(confirmed)
         if data:
-            self.gate.hold(0, confirmed, data, stream=name)
+            self.step(P.Hold(name, confirmed, data, 0))
 
     def replay_priority(self, behind: bool):
         """A backup's replay is off the Output Rule's path: the primary waits for the
@@ -775,40 +680,34 @@ class Node:
     def _go_live(self, rp, result, target_view=None):
         self.replay_priority(behind=False)
         m = rp.m
-        target = target_view or self.view + 1
-        won = self.arbiter.claim(target, self.name)
-        if core.on_lost_contact("backup", won) == "halt":
-            raise Halted(f"lost the test-and-set for view {target} to node "
-                         f"{self.arbiter.owner(target)}: the primary carries on")
+        peer = self.peer_name
+        with self.lock:       # what the old primary told us, before the core forgets its peer
+            skew_ns, primary_offset_ns = self.core.skew.offset_ns, self.core.primary_tsc_offset
+        self._claim(target_view or self.view_target or self.view + 1)
         with self.lock:
             outage_ms = (now_ns() - self.failover_from) // 1_000_000
-            self.view = target
-            self.role = "primary"
-            self.protected = False
-            self.failovers += 1
             self.sink = FtSink(self.writer)
-            self.input_received = m.input.total
-            self.net_received = m.net.events
         if m.vtime.pending() or m.rng.pending():
             self.say(f"warning: {m.vtime.pending()} RDTSC and {m.rng.pending()} random values of the "
                      f"old primary were never reached; they are dropped")
         rip = m.vcpu.reg("rip")
-        self.say(f"primary {self.peer_name} is gone: going live as primary of view {self.view} at block "
+        self.say(f"primary {peer} is gone: going live as primary of view {self.view} at block "
                  f"{m.blocks} after a {outage_ms} ms outage")
         console = m.console
         resend_from = self.observer_confirmed
         if result.end is not None:
             # The guest had already ended: send what the observer lacks, and the exit.
             with self.lock:
-                self.hello(f"went live in view {self.view} after {outage_ms} ms; guest already ended")
+                self.core.console.reset(resend_from)
                 data = console.unconfirmed_since(resend_from)
                 if data:
-                    self.gate.hold(0, resend_from, data)
-                self.gate.hold_exit(0, console.total, result.end.status, result.end.detail)
-                self._release()
+                    self.step(P.Hold("console", resend_from, data, 0))
+                self.step(P.Hold("exit", console.total, None, 0, result.end.status, result.end.detail))
+                self.step(P.Recording(m.input.total, m.net.events,
+                                      f"went live in view {self.view} after {outage_ms} ms; guest already ended"))
             self._wait_for_the_end()
             return
-        offset, excess = core.go_live_offset(self.primary_tsc_offset, self.skew.offset_ns,
+        offset, excess = core.go_live_offset(primary_offset_ns, skew_ns,
                                              int(lib.ftvm_host_ns()), int(m.cpu.tsc_last))
         self.slew = core.Slew(excess, now_ns())
         host = HostEvents(m.cpu, None, external_input=True, eof_taken=m.input.eof)
@@ -816,7 +715,7 @@ class Node:
             self.host = host
             self._resend_unconfirmed(console, resend_from, "console")
             self._resend_unconfirmed(m.netout, self.observer_net_confirmed, "net")
-            self.hello(f"went live in view {self.view} after {outage_ms} ms")
+            self.step(P.Recording(m.input.total, m.net.events, f"went live in view {self.view} after {outage_ms} ms"))
         golive = R.GoLive(m.blocks, rip, self.view, self.name, outage_ms)
         rec = Recorder.take_over(m, self.sink, rp.config, self, host, offset, golive)
         rec._console_offset = console.total

@@ -18,6 +18,7 @@ from logging_channel import messages as M
 
 from ..console import fd_sink
 from ..errors import FtvmError
+from . import protocol as P
 from .node import FtOptions, node_id
 from .transport import Endpoint, free_tcp_port
 
@@ -48,27 +49,17 @@ class Observer:
         self.say = say or (lambda m: print(f"ftvm: {m}", file=sys.stderr, flush=True))
         self.write = fd_sink(out_fd)
         self.lock = threading.Condition()
-        self.view = 0
-        self.primary = None
-        self.delivered = 0
-        self.exit = None                          # (status, total, detail, node)
-        self.stale = 0
-        self.duplicates = 0
-        self.conflicts = 0
-        self.seen = bytearray()                   # everything delivered, to check re-sends against
-        self.input = bytearray()
-        self.input_eof = False
+        # Every decision is the core's (protocol.ObserverCore): exactly-once delivery by
+        # offset, the fence by view, confirmations, input and network events re-sent.
+        self.core = P.ObserverCore(self.nodes, front=bool(listen_net))
         self.failovers = []
         self.t0 = time.monotonic()
         self.last_output_t = None
+        self.first_output_t = None                # --kill-primary-after counts from here
         self.first_hello_t = None
         self.hellos = []                          # (t, node, role, view, sender) of each new kind of HELLO
         self.exit_t = None
         self.kills = []                           # [{"t": s, "node": name, "next_output_s": s or None}]
-        self.net_in = []                          # network events from index net_base on, kept until replicated
-        self.net_base = 0
-        self.net_delivered = 0
-        self.net_confirm_sent = 0
         self.front = None
         if listen_net:
             from ..frontend import FrontEnd
@@ -83,142 +74,81 @@ class Observer:
         if stdin_fd is not None:
             threading.Thread(target=self._read_stdin, args=(stdin_fd,), name="ftvm-obs-stdin", daemon=True).start()
 
+    # core state, read-only here
+    view = property(lambda self: self.core.view)
+    primary = property(lambda self: self.core.primary)
+    delivered = property(lambda self: self.core.delivered)
+    exit = property(lambda self: self.core.exit)
+    stale = property(lambda self: self.core.stale)
+    duplicates = property(lambda self: self.core.duplicates)
+    conflicts = property(lambda self: self.core.conflicts)
+    net_delivered = property(lambda self: self.core.netout.received)
+
     # --- I/O thread ---------------------------------------------------------------------
     def _on_message(self, msg):
         name = self.ids.get(msg.sender)
         with self.lock:
             if name is None:
-                self.stale += 1
+                self.core.stale += 1
                 return
             if msg.type == M.HELLO:
-                node, role, pid, detail = msg.payload[:4]
+                node, role = msg.payload[:2]
                 if len(self.hellos) < 200 and (node, role, msg.view) not in {(h[1], h[2], h[3]) for h in self.hellos}:
                     self.hellos.append((round(time.monotonic() - self.t0, 3), node, role, msg.view, name))
-                if self.first_hello_t is None:
+                if self.first_hello_t is None and role == "primary":
                     self.first_hello_t = time.monotonic()
-                if role == "primary" and msg.view >= self.view:
-                    if self.view > 0 and (node != self.primary or msg.view > self.view):
-                        outage = ""
-                        if node != self.primary and self.last_output_t is not None:
-                            outage = f", {int((time.monotonic() - self.last_output_t) * 1000)} ms since the last output"
-                        if node == self.primary:
-                            if "unprotected" in detail:
-                                self.say(f"node {node} carries on as primary of view {msg.view} ({detail})")
-                        else:
-                            self.say(f"failover: node {node} is primary of view {msg.view} ({detail}{outage})")
-                        if node != self.primary:
-                            self.failovers.append((time.monotonic() - self.t0, node, msg.view, detail))
-                    self.view, self.primary = msg.view, node
-                    self._send_input_from(msg.seq)
-                    if len(msg.payload) > 5 and msg.payload[5] > self.net_base:
-                        # The primary says its backup has the events before this index:
-                        # no future primary can need them again.
-                        drop = min(msg.payload[5], self.net_base + len(self.net_in)) - self.net_base
-                        del self.net_in[:drop]
-                        self.net_base += drop
-                    if len(msg.payload) > 4:
-                        self._send_net_from(msg.payload[4])
-                self.lock.notify_all()
-                return
-            if msg.type == M.OUTPUT:
-                self._check_conflict(name, msg)
-            if msg.view < self.view:
-                self.stale += 1           # a stale primary: never let it through
-                return
-            if msg.type == M.OUTPUT:
-                end = msg.seq + len(msg.payload)
-                if end <= self.delivered or msg.seq > self.delivered:
-                    self.duplicates += end <= self.delivered
-                    return
-                self.write(msg.payload[self.delivered - msg.seq:])
-                self.seen += msg.payload[self.delivered - msg.seq:]
-                self.delivered = end
-                self.last_output_t = time.monotonic()
-                for k in self.kills:
-                    if k["next_output_s"] is None and msg.view > k["view"]:
-                        k["next_output_s"] = self.last_output_t - self.t0
-                self._confirm()
-            elif msg.type == M.NETOUT:
+            self._perform(self.core.step(P.Recv(msg.type, name, msg.view, msg.seq, msg.payload), 0))
+
+    def _perform(self, effects, direct=False):
+        for e in effects:
+            if isinstance(e, P.Send):
+                data = M.encode(e.type, 0, e.view, e.seq, e.payload)
+                (self.ep.send_direct if direct else self.ep.send)(e.to, data)
+            elif isinstance(e, P.Write):
+                self.write(e.data)
+                self._output_arrived()
+            elif isinstance(e, P.NetWrite):
                 if self.front is not None:
-                    before = self.net_delivered
-                    self.net_delivered = self.front.deliver(msg.seq, msg.payload)
-                    if self.net_delivered > before:
-                        self.last_output_t = time.monotonic()
-                        for k in self.kills:
-                            if k["next_output_s"] is None and msg.view > k["view"]:
-                                k["next_output_s"] = self.last_output_t - self.t0
-                        if self.net_delivered - self.net_confirm_sent >= NET_CONFIRM_BYTES:
-                            self._confirm()
-                    else:
-                        self.duplicates += 1
-                        self._confirm()     # a re-send: tell the sender at once
-            elif msg.type == M.EXIT:
-                status, detail = msg.payload
-                if self.exit is None:
-                    self.exit = (status, msg.seq, detail, name)
+                    self.front.deliver(e.offset, e.data)
+                    self._output_arrived()
+            elif isinstance(e, P.Ended):
+                if self.exit_t is None:
                     self.exit_t = time.monotonic()
-                self._confirm()
-            if self.exit is not None:
                 self.lock.notify_all()   # the main thread waits for the exit and the output before it
+            elif isinstance(e, P.Announced):
+                outage = ""
+                if e.new_primary and self.last_output_t is not None:
+                    outage = f", {int((time.monotonic() - self.last_output_t) * 1000)} ms since the last output"
+                if not e.new_primary:
+                    if "unprotected" in e.detail:
+                        self.say(f"node {e.node} carries on as primary of view {e.view} ({e.detail})")
+                else:
+                    self.say(f"failover: node {e.node} is primary of view {e.view} ({e.detail}{outage})")
+                    self.failovers.append((time.monotonic() - self.t0, e.node, e.view, e.detail))
+                self.lock.notify_all()
+            elif isinstance(e, P.Say):
+                self.say(e.text)
+            else:
+                raise AssertionError(f"effect {e!r} not performed")
 
-    def _check_conflict(self, name, msg):
-        """Two nodes must never release different output under the same sequence
-        numbers (split brain would). Compare with what was delivered."""
-        lo, hi = msg.seq, min(msg.seq + len(msg.payload), self.delivered)
-        if lo < hi and self.seen[lo:hi] != msg.payload[:hi - lo]:
-            self.conflicts += 1
-            self.say(f"CONFLICT: node {name} (view {msg.view}) released bytes {lo}..{hi} that differ "
-                     f"from what was delivered")
-
-    def _confirm(self):
-        self.net_confirm_sent = self.net_delivered
-        data = M.encode(M.CONFIRM, 0, self.view, self.delivered, self.net_delivered if self.front else None)
-        for n in self.nodes:
-            self.ep.send(n, data)
-
-    def _send_input_from(self, offset):
-        if self.primary is None:
-            return
-        off = max(0, offset)
-        chunk = 1 << 16
-        while off < len(self.input):
-            data = bytes(self.input[off:off + chunk])
-            self.ep.send(self.primary, M.encode(M.INPUT, 0, self.view, off, data))
-            off += len(data)
-        if self.input_eof:
-            self.ep.send(self.primary, M.encode(M.INPUT, 0, self.view, len(self.input), None))
+    def _output_arrived(self):
+        self.last_output_t = time.monotonic()
+        if self.first_output_t is None:
+            self.first_output_t = self.last_output_t
+            self.lock.notify_all()
+        for k in self.kills:
+            if k["next_output_s"] is None and self.core.view > k["view"]:
+                k["next_output_s"] = self.last_output_t - self.t0
 
     def _on_net_events(self, events):
         """From the front end's thread: new connections, bytes, closes, resets."""
         with self.lock:
-            first = self.net_base + len(self.net_in)
-            self.net_in.extend([c, t, d] for c, t, d in events)
-            if self.primary is not None:
-                # Straight from this thread's own socket: no hop through the I/O thread.
-                self.ep.send_direct(self.primary, M.encode(M.NETIN, 0, self.view, first,
-                                                           [[c, t, d] for c, t, d in events]))
-
-    def _send_net_from(self, index):
-        end = self.net_base + len(self.net_in)
-        if self.primary is None or index >= end:
-            return
-        if index < self.net_base:
-            self.say(f"a primary wants network events from {index}, but events before {self.net_base} were "
-                     f"dropped as replicated; it cannot be served correctly")
-            index = self.net_base
-        i = index
-        while i < end:
-            batch, size = [], 0
-            while i + len(batch) < end and size < (1 << 20):
-                e = self.net_in[i - self.net_base + len(batch)]
-                batch.append(e)
-                size += len(e[2]) + 16
-            self.ep.send(self.primary, M.encode(M.NETIN, 0, self.view, i, batch))
-            i += len(batch)
+            # Straight from this thread's own socket: no hop through the I/O thread.
+            self._perform(self.core.step(P.NetEvents(events), 0), direct=True)
 
     def _on_tick(self):
         with self.lock:
-            self._confirm()
+            self._perform(self.core.step(P.Tick(), 0))
 
     def _read_stdin(self, fd):
         while True:
@@ -227,13 +157,7 @@ class Observer:
             except OSError:
                 data = b""
             with self.lock:
-                off = len(self.input)
-                if data:
-                    self.input += data
-                else:
-                    self.input_eof = True
-                if self.primary is not None:
-                    self.ep.send(self.primary, M.encode(M.INPUT, 0, self.view, off, data or None))
+                self._perform(self.core.step(P.StdinData(data), 0))
             if not data:
                 return
 
@@ -271,14 +195,15 @@ class Observer:
                     status, total, detail, node = self.exit
                     break
                 self.lock.wait(0.02)
-            now = time.monotonic() - self.t0
-            while kills and now >= kills[0]:
+            t_kill = self._kill_clock()
+            now = None if t_kill is None else time.monotonic() - t_kill
+            while kills and now is not None and now >= kills[0]:
                 kills.pop(0)
                 name, pid = self.primary_pid()
                 if pid is None:
                     self.say(f"--kill-primary-after: no primary known at {now:.2f} s")
                     continue
-                self.say(f"killing primary {name} (pid {pid}) at {now:.2f} s")
+                self.say(f"killing primary {name} (pid {pid}) at {now:.2f} s after the guest started")
                 try:
                     os.kill(pid, signal.SIGKILL)
                 except ProcessLookupError:
@@ -301,14 +226,24 @@ class Observer:
         self.say(f"guest ended on node {node} (view {self.view}): {detail}")
         return status
 
+    def _kill_clock(self):
+        """When --kill-primary-after starts counting: when the first primary announced
+        that it started the guest (not when this process started: a loaded machine may
+        take a second to start the nodes, and a kill must not land before the primary
+        has done anything)."""
+        with self.lock:
+            return self.first_hello_t
+
     def summary(self):
         rel = lambda t: None if t is None else t - self.t0   # noqa: E731
         return {"first_hello_s": rel(self.first_hello_t), "exit_s": rel(self.exit_t), "kills": self.kills,
                 "failovers": [{"t": t, "node": n, "view": v, "detail": d} for t, n, v, d in self.failovers],
                 "delivered_bytes": self.delivered, "stale_dropped": self.stale, "duplicates_dropped": self.duplicates,
                 "conflicts": self.conflicts, "hellos": self.hellos,
-                "net": None if self.front is None else dict(self.front.stats, events=self.net_base + len(self.net_in),
-                                                            events_retained=len(self.net_in),
+                "first_output_s": rel(self.first_output_t),
+                "net": None if self.front is None else dict(self.front.stats,
+                                                            events=self.core.net_base + len(self.core.net_in),
+                                                            events_retained=len(self.core.net_in),
                                                             delivered_bytes=self.net_delivered)}
 
     def _primary_missing_since(self):
@@ -438,6 +373,11 @@ def run_local(guest, log_path=None, kill_after=(), progress=False, run_dir=None,
     opts = opts or FtOptions()
     run_dir = run_dir or tempfile.mkdtemp(prefix="ftvm-run-")
     os.makedirs(run_dir, exist_ok=True)
+    from .transport import KEY_ENV, ChannelKey
+    if not os.environ.get(KEY_ENV):
+        # A key per run: the nodes inherit it, and only this run's processes can send
+        # on its channel.
+        os.environ[KEY_ENV] = ChannelKey.make(os.path.join(run_dir, "channel.key"))
     shared = os.path.join(run_dir, "shared")
     obs_addr = f"tcp://{host}:{free_tcp_port(host)}"
     dev_args, listen_net = [], None
@@ -467,7 +407,7 @@ def run_local(guest, log_path=None, kill_after=(), progress=False, run_dir=None,
                    "observer_pid": os.getpid()}, f)
     obs = Observer(obs_addr, addrs, run_dir, procs, kill_after, progress, log_path, stdin_fd, say, out_fd,
                    listen_net=listen_net)
-    obs.primary = "A"      # until a HELLO says otherwise: the node started as primary
+    obs.core.primary = "A"      # until a HELLO says otherwise: the node started as primary
     return obs.run()
 
 

@@ -5,12 +5,19 @@ sends to it, and keeps one PUSH socket per peer it sends to. Only the I/O thread
 touches sockets: other threads hand it outgoing messages through an inproc pipe, so a
 send from the emulation thread costs a hop of a few microseconds and never blocks.
 Incoming messages are checked (logging_channel.messages); garbage is counted and
-dropped. Sends never block either: a peer that is gone just does not get the message,
+dropped.
+
+Authentication: with a key (the file named by FTVM_CHANNEL_KEY_FILE; `ftvm run` makes
+one per run, `ftvm node` and `ftvm observe` take --key-file), every message carries a
+16-byte keyed BLAKE2b tag over its bytes, and a message whose tag does not verify is
+garbage. A sender that is not a member of the run is refused by the shells even so. Sends never block either: a peer that is gone just does not get the message,
 and the protocol above (acknowledgements, retransmission, heartbeats) copes.
 """
 from __future__ import annotations
 
+import hashlib
 import heapq
+import hmac
 import itertools
 import os
 import random
@@ -67,6 +74,46 @@ class ChannelFaults:
         return out
 
 
+TAG_BYTES = 16
+KEY_ENV = "FTVM_CHANNEL_KEY_FILE"
+
+
+class ChannelKey:
+    """The run's shared secret: tags outgoing messages, checks incoming ones."""
+
+    def __init__(self, key: bytes):
+        if not 16 <= len(key) <= 64:
+            raise ValueError(f"a channel key has 16 to 64 bytes, this one {len(key)}")
+        self.key = key
+
+    @classmethod
+    def from_env(cls):
+        path = os.environ.get(KEY_ENV)
+        if not path:
+            return None
+        with open(path, "rb") as f:
+            return cls(f.read().strip())
+
+    @staticmethod
+    def make(path: str):
+        """A new random key in ``path`` (readable by its owner only)."""
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "wb") as f:
+            f.write(os.urandom(32).hex().encode())
+        return path
+
+    def seal(self, data: bytes) -> bytes:
+        return data + hashlib.blake2b(data, key=self.key, digest_size=TAG_BYTES).digest()
+
+    def open(self, data: bytes):
+        """The message without its tag, or None if the tag does not verify."""
+        if len(data) < TAG_BYTES:
+            return None
+        body, tag = data[:-TAG_BYTES], data[-TAG_BYTES:]
+        good = hashlib.blake2b(body, key=self.key, digest_size=TAG_BYTES).digest()
+        return body if hmac.compare_digest(tag, good) else None
+
+
 class Endpoint:
     def __init__(self, listen: str, on_message, on_tick=None, tick_s: float = 0.01):
         self.on_message = on_message      # called on the I/O thread with a Message
@@ -98,6 +145,7 @@ class Endpoint:
         self._peers = {}                  # name -> PUSH socket (I/O thread only)
         self._peer_addrs = {}
         self.failure = None               # an exception raised by a handler, if any
+        self.key = ChannelKey.from_env()
         spec = os.environ.get("FTVM_CHANNEL_FAULTS")
         self.faults = ChannelFaults(spec) if spec else None
         self._io_thread = threading.Thread(target=self._loop, name="ftvm-io", daemon=True)
@@ -112,6 +160,11 @@ class Endpoint:
         self._pipe().send_multipart([b"C" if immediate else b"c", name.encode(), address.encode()])
 
     def send(self, name: str, data: bytes):
+        if self.key is not None:
+            data = self.key.seal(data)
+        self._send_sealed(name, data)
+
+    def _send_sealed(self, name, data):
         if threading.current_thread() is self._io_thread:
             self._send_now(name, data)
         else:
@@ -123,6 +176,8 @@ class Endpoint:
         sent through ``send`` is not kept; the protocol's sequence numbers cope."""
         if self.faults is not None or threading.current_thread() is self._io_thread:
             return self.send(name, data)
+        if self.key is not None:
+            data = self.key.seal(data)
         socks = getattr(self._local, "direct", None)
         if socks is None:
             socks = self._local.direct = {}
@@ -130,7 +185,7 @@ class Endpoint:
         if s is None:
             addr = self._peer_addrs.get(name)
             if addr is None:
-                return self.send(name, data)
+                return self._send_sealed(name, data)
             s = self.ctx.socket(zmq.PUSH)
             s.setsockopt(zmq.LINGER, 200)
             s.setsockopt(zmq.SNDHWM, 10000)
@@ -244,6 +299,11 @@ class Endpoint:
                         data = self.inbox.recv(zmq.NOBLOCK)
                     except zmq.Again:
                         break
+                    if self.key is not None:
+                        data = self.key.open(data)
+                        if data is None:
+                            self.garbage += 1       # not tagged with the run's key
+                            continue
                     try:
                         msg = M.decode(data)
                     except M.BadMessage:
