@@ -427,7 +427,7 @@ class Node:
                     break
                 if self.halted:
                     raise Halted(self.halted)
-                if self.stop_requested:
+                if self.stop_requested and not getattr(self, "_ending", False):
                     raise Stopped()
                 self.cond.wait(0.002)
         if not self._may_write_disk():
@@ -454,17 +454,19 @@ class Node:
             if self.halted:
                 raise Halted(self.halted)
             if self.stop_requested:
-                if self.role == "primary" and self.machine is not None and rec.m is self.machine \
-                        and not getattr(self, "_ending", False):
-                    # The run is being stopped (Ctrl-C on the observer): end the log with
-                    # an "interrupted" END record, so it replays to the end.
-                    self._ending = True
-                    self.machine.cpu.signal = 15
-                    lib.ftvm_poke(self.machine.cpu)
-                    return
-                if not getattr(self, "_ending", False):
+                if self.role == "primary" and self.machine is not None and rec.m is self.machine:
+                    if not getattr(self, "_ending", False):
+                        # The run is being stopped (Ctrl-C on the observer): the guest
+                        # gets SIGTERM (a Linux program's handler may shut it down
+                        # cleanly; otherwise the log ends with an "interrupted" END
+                        # record), and the protocol goes on until the guest has ended.
+                        self._ending = True
+                        self.machine.cpu.signal = 15
+                        lib.ftvm_poke(self.machine.cpu)
+                elif not getattr(self, "_ending", False):
                     raise Stopped()
-                return
+                else:
+                    return
             m = self.machine
             now = now_ns()
             if self.slew is not None:

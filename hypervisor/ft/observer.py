@@ -181,15 +181,33 @@ class Observer:
             self.say(f"listening on {self.front.address}: clients reach the guest through the primary")
         progress = Progress(self) if self.progress else None
         try:
-            return self._loop()
+            try:
+                return self._loop()
+            except KeyboardInterrupt:
+                # The first Ctrl-C (or SIGTERM) stops the guest, not the run: the primary
+                # delivers SIGTERM to it (a Linux program's handler runs; redis-server
+                # writes its files and exits), its output and data-directory changes go
+                # on under the Output Rule with the backup still in place, and ftvm exits
+                # with its status. A guest without a handler ends "interrupted" (130).
+                # A second Ctrl-C, or GRACE_S without an end, stops everything at once.
+                with self.lock:
+                    primary = self.primary
+                if primary is None:
+                    raise
+                self.say("stopping: the guest gets SIGTERM (Ctrl-C again to stop at once)")
+                self.ep.send(primary, M.encode(M.STOP, 0, self.view, 0, None))
+                return self._loop(deadline=time.monotonic() + GRACE_S)
         finally:
             if progress:
                 progress.stop()
             self._shutdown()
 
-    def _loop(self):
-        kills = list(self.kill_after)
+    def _loop(self, deadline=None):
+        kills = list(self.kill_after) if deadline is None else []
         while True:
+            if deadline is not None and time.monotonic() > deadline:
+                self.say(f"the guest did not end within {GRACE_S} s of SIGTERM")
+                raise KeyboardInterrupt
             with self.lock:
                 if self.exit is not None and self.delivered >= self.exit[1]:
                     status, total, detail, node = self.exit
@@ -289,6 +307,9 @@ class Observer:
                 shutil.copyfile(src, self.log_path)
                 with open(self.log_path, "rb+") as f:
                     os.fsync(f.fileno())
+
+
+GRACE_S = 30        # how long a stopped run waits for the guest to end after its SIGTERM
 
 
 class Progress:
