@@ -126,7 +126,7 @@ class VCPU:
         uc.hook_add(UC.UC_HOOK_INSN, self._on_in, None, 1, 0, X86.UC_X86_INS_IN)
         uc.hook_add(UC.UC_HOOK_INSN, self._on_out, None, 1, 0, X86.UC_X86_INS_OUT)
         self._syscall_hook(uc, user)
-        uc.hook_add(UC.UC_HOOK_MEM_UNMAPPED | UC.UC_HOOK_MEM_PROT, self._on_mem_fault)
+        self._fault_hooks(uc)
         uc.hook_add(UC.UC_HOOK_INSN_INVALID, self._on_invalid)
         uc.hook_add(UC.UC_HOOK_INTR, self._on_intr)
         self._uch = ffi.cast("void *", uc._uch.value)
@@ -135,6 +135,9 @@ class VCPU:
     def _map_memory(self, uc):
         for (start, size, flags), ram in zip(self.regions, self.ram):
             uc.mem_map_ptr(start, size, _uc_perms(flags), ctypes.addressof(ctypes.c_char.from_buffer(ram)))
+
+    def _fault_hooks(self, uc):
+        uc.hook_add(UC.UC_HOOK_MEM_UNMAPPED | UC.UC_HOOK_MEM_PROT, self._on_mem_fault)
 
     def _syscall_hook(self, uc, user):
         uc.hook_add(UC.UC_HOOK_INSN, self._on_syscall, None, 1, 0, X86.UC_X86_INS_SYSCALL)

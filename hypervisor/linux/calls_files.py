@@ -61,12 +61,34 @@ class Files:
     # --- paths ------------------------------------------------------------------------
     def abspath(self, k, dirfd, path):
         if path.startswith("/"):
-            return posixpath.normpath(path).replace("//", "/")
-        if _s32(dirfd) == AT_FDCWD:
+            base = "/"
+        elif _s32(dirfd) == AT_FDCWD:
             base = self.cwd
         else:
             base = self.get(dirfd).gpath
+        if ".." in path.split("/"):
+            self._check_dotdot(k, base, path)
         return posixpath.normpath(posixpath.join(base, path)).replace("//", "/")
+
+    def _check_dotdot(self, k, base, path):
+        """Paths are resolved by name, but Linux resolves "x/.." by looking x up: it must
+        be a directory (else ENOENT or ENOTDIR), as in `mkdir -p a/b; rm -r a/b; cat a/b/../f`."""
+        cur = base
+        for part in path.split("/"):
+            if part == ".." and cur != "/":
+                kind, detail = self.where(cur)
+                if kind == "tmp":
+                    node, _, _ = self.tmp.lookup(detail)
+                    isdir = None if node is None else node.is_dir
+                elif kind in ("root", "data", "hostfile"):
+                    got = k.host(lambda: host_stat(detail))
+                    isdir = None if isinstance(got, int) else st.S_ISDIR(unpack_stat(got)["mode"])
+                else:
+                    isdir = True
+                if not isdir:
+                    raise GuestErr(errno.ENOENT if isdir is None else errno.ENOTDIR)
+            if part and part != ".":
+                cur = posixpath.normpath(posixpath.join(cur, part))
 
     def where(self, gpath):
         """('data'|'tmp'|'fixed'|'dev'|'proc'|'hostfile'|'root', detail)."""
@@ -476,7 +498,8 @@ def sys_readlinkat(k, dirfd, path, buf, size):
     gpath = fs.abspath(k, dirfd, k.read_str(path))
     kind, detail = fs.where(gpath)
     if kind == "proc" and detail == "exe":
-        target = fs.program
+        # Linux names the program by its canonical path (/bin/busybox -> /usr/bin/busybox).
+        target = k.host(lambda: _root_realpath(fs.root, fs.program))
     elif kind in ("root", "data", "hostfile"):
         got = k.host(lambda: _readlink(detail))
         if isinstance(got, int):
@@ -490,6 +513,16 @@ def sys_readlinkat(k, dirfd, path, buf, size):
     data = target.encode("utf-8", "surrogateescape")[:size]
     k.write_mem(buf, data)
     return len(data)
+
+
+def _root_realpath(root, gpath):
+    """``gpath`` with every symlink resolved, inside ``root``."""
+    if root == "/":
+        return os.path.realpath(gpath)
+    rel = os.path.relpath(os.path.realpath(_in_root(root, gpath)), os.path.realpath(root))
+    if rel == ".." or rel.startswith("../"):
+        return gpath                # leaves the root: keep the name the program was started by
+    return "/" if rel == "." else "/" + rel
 
 
 def _readlink(path):
@@ -616,6 +649,61 @@ def sys_rmdir(k, path):
     return sys_unlinkat(k, AT_FDCWD, path, AT_REMOVEDIR)
 
 
+@syscall("symlinkat", "path", "fd", "path", family="files",
+         note="in the data directory; /tmp has no symbolic links (EPERM)")
+def sys_symlinkat(k, target, newdirfd, linkpath):
+    text = k.read_str(target)
+    if not text:
+        raise GuestErr(errno.ENOENT)
+
+    def tmp(rel):
+        node, parent, _ = k.files.tmp.lookup(rel)
+        if node is not None:
+            raise GuestErr(errno.EEXIST)
+        raise GuestErr(errno.ENOENT if parent is None else errno.EPERM)
+    return _mutate(k, newdirfd, linkpath, lambda p: os.symlink(text, p), tmp, eexist_on_root=True,
+                   done=errno.EEXIST)
+
+
+@syscall("symlink", "path", "path", family="files", note="in the data directory; /tmp has no symbolic links (EPERM)")
+def sys_symlink(k, target, linkpath):
+    return sys_symlinkat(k, target, AT_FDCWD, linkpath)
+
+
+AT_SYMLINK_FOLLOW = 0x400
+
+
+@syscall("linkat", "fd", "path", "fd", "path", "hex", family="files",
+         note="in the data directory; not in /tmp (EPERM)")
+def sys_linkat(k, olddirfd, oldpath, newdirfd, newpath, flags):
+    fs = k.files
+    a = fs.where(fs.abspath(k, olddirfd, k.read_str(oldpath)))
+    b = fs.where(fs.abspath(k, newdirfd, k.read_str(newpath)))
+    if a[0] == "data" and b[0] == "data":
+        def change():
+            r = _host_errno(lambda: os.link(a[1], b[1], follow_symlinks=bool(flags & AT_SYMLINK_FOLLOW)))
+            return 0 if r == errno.EEXIST and k.redo_now else r
+        got = k.output(change)
+        if got:
+            raise GuestErr(got)
+        return 0
+    if a[0] == "tmp" and b[0] == "tmp":
+        # A hard link would make two names share one node, which a state transfer
+        # (TmpNode.to_state) would split in two: refused, as by a file system without links.
+        node, _, _ = fs.tmp.lookup(a[1])
+        if node is None:
+            raise GuestErr(errno.ENOENT)
+        raise GuestErr(errno.EPERM)
+    if a[0] != b[0]:
+        raise GuestErr(errno.EXDEV)
+    raise GuestErr(errno.EROFS)
+
+
+@syscall("link", "path", "path", family="files", note="in the data directory; not in /tmp (EPERM)")
+def sys_link(k, oldpath, newpath):
+    return sys_linkat(k, AT_FDCWD, oldpath, AT_FDCWD, newpath, 0)
+
+
 @syscall("renameat2", "fd", "path", "fd", "path", "hex", family="files")
 def sys_renameat2(k, olddirfd, oldpath, newdirfd, newpath, flags):
     fs = k.files
@@ -716,14 +804,108 @@ def sys_chmod(k, path, mode):
     return sys_fchmodat(k, AT_FDCWD, path, mode)
 
 
+def _chown(k, got, uid, gid, on_root):
+    """The process is unprivileged (uid and gid 1000): a chown that changes nothing
+    succeeds (sed -i, cp -p and install ask for one), any other is EPERM; on the
+    read-only root, EROFS."""
+    if isinstance(got, int):
+        raise GuestErr(got)
+    if on_root:
+        raise GuestErr(errno.EROFS)
+    s = unpack_stat(got)
+    uid, gid = uid & 0xFFFFFFFF, gid & 0xFFFFFFFF
+    if uid not in (0xFFFFFFFF, s["uid"]) or gid not in (0xFFFFFFFF, s["gid"]):
+        raise GuestErr(errno.EPERM)
+    return 0
+
+
+@syscall("fchown", "fd", "int", "int", family="files", note="only a change to nothing (unprivileged)")
+def sys_fchown(k, fd, uid, gid):
+    f = k.files.get(fd)
+    return _chown(k, f.stat(k), uid, gid, isinstance(f, F.RootFile))
+
+
+@syscall("fchownat", "fd", "path", "int", "int", "hex", family="files", note="only a change to nothing (unprivileged)")
+def sys_fchownat(k, dirfd, path, uid, gid, flags):
+    got = stat_path(k, dirfd, path, flags)
+    name = k.read_str(path)
+    if name:
+        on_root = k.files.where(k.files.abspath(k, dirfd, name))[0] == "root"
+    else:
+        on_root = isinstance(k.files.get(dirfd), F.RootFile)
+    return _chown(k, got, uid, gid, on_root)
+
+
+@syscall("chown", "path", "int", "int", family="files", note="only a change to nothing (unprivileged)")
+def sys_chown(k, path, uid, gid):
+    return sys_fchownat(k, AT_FDCWD, path, uid, gid, 0)
+
+
+@syscall("lchown", "path", "int", "int", family="files", note="only a change to nothing (unprivileged)")
+def sys_lchown(k, path, uid, gid):
+    return sys_fchownat(k, AT_FDCWD, path, uid, gid, AT_SYMLINK_NOFOLLOW)
+
+
+UTIME_NOW, UTIME_OMIT = (1 << 30) - 1, (1 << 30) - 2
+
+
+def _utimes(k, times):
+    """(atime_ns, mtime_ns) from a guest struct timespec[2]; None leaves that time as it
+    is (UTIME_OMIT); NULL and UTIME_NOW mean guest time now."""
+    now = k.now_ns_state()
+    if not times:
+        return now, now
+    out = []
+    for i in range(2):
+        sec, nsec = struct.unpack("<qq", k.read_mem(times + 16 * i, 16))
+        if nsec == UTIME_NOW:
+            out.append(now)
+        elif nsec == UTIME_OMIT:
+            out.append(None)
+        elif 0 <= nsec < 10**9:
+            out.append(sec * 10**9 + nsec)
+        else:
+            raise GuestErr(errno.EINVAL)
+    return tuple(out)
+
+
+def _host_utime(path, at, mt, follow=True):
+    if at is None or mt is None:
+        s = os.stat(path, follow_symlinks=follow)
+        at = s.st_atime_ns if at is None else at
+        mt = s.st_mtime_ns if mt is None else mt
+    os.utime(path, ns=(at, mt), follow_symlinks=follow)
+
+
+def _tmp_utime(node, mt):
+    if mt is not None:
+        node.mtime_ns = mt      # /tmp keeps one time for all three
+    return 0
+
+
 @syscall("utimensat", "fd", "path", "ptr", "hex", family="files")
 def sys_utimensat(k, dirfd, path, times, flags):
-    if not path:
+    at, mt = _utimes(k, times)
+    follow = not flags & AT_SYMLINK_NOFOLLOW
+    if not path or (flags & AT_EMPTY_PATH and not k.read_str(path)):
         f = k.files.get(dirfd)
         if isinstance(f, F.TmpFile):
+            return _tmp_utime(f.node, mt)
+        if isinstance(f, F.DataFile):
+            if at is None and mt is None:
+                return 0
+            got = k.output(lambda: _host_errno(lambda: _host_utime(f.hostpath, at, mt)))
+            if got:
+                raise GuestErr(got)
             return 0
         raise GuestErr(errno.EROFS if isinstance(f, F.RootFile) else errno.EBADF)
-    return _mutate(k, dirfd, path, lambda p: os.utime(p), lambda rel: 0)
+
+    def tmp(rel):
+        node, _, _ = k.files.tmp.lookup(rel)
+        if node is None:
+            raise GuestErr(errno.ENOENT)
+        return _tmp_utime(node, mt)
+    return _mutate(k, dirfd, path, lambda p: _host_utime(p, at, mt, follow), tmp)
 
 
 # --- descriptors ------------------------------------------------------------------------------
@@ -796,6 +978,84 @@ def sys_ioctl(k, fd, req, arg):
         (k.files.cloexec.add if req == 0x5451 else k.files.cloexec.discard)(_s32(fd))
         return 0
     raise GuestErr(errno.ENOTTY)
+
+
+# Extended attributes: the guest's files have none, and cannot be given any (as on a file
+# system without xattr support). shutil.copy2 and copytree list them on every copy.
+def _xattr_target(k, path, nofollow):
+    stat_path(k, AT_FDCWD, path, AT_SYMLINK_NOFOLLOW if nofollow else 0)
+
+
+@syscall("listxattr", "path", "ptr", "size", family="files", note="no extended attributes")
+def sys_listxattr(k, path, lst, size):
+    _xattr_target(k, path, False)
+    return 0
+
+
+@syscall("llistxattr", "path", "ptr", "size", family="files", note="no extended attributes")
+def sys_llistxattr(k, path, lst, size):
+    _xattr_target(k, path, True)
+    return 0
+
+
+@syscall("flistxattr", "fd", "ptr", "size", family="files", note="no extended attributes")
+def sys_flistxattr(k, fd, lst, size):
+    k.files.get(fd)
+    return 0
+
+
+@syscall("getxattr", "path", "path", "ptr", "size", family="files", note="no extended attributes: ENODATA")
+def sys_getxattr(k, path, name, value, size):
+    _xattr_target(k, path, False)
+    raise GuestErr(errno.ENODATA)
+
+
+@syscall("lgetxattr", "path", "path", "ptr", "size", family="files", note="no extended attributes: ENODATA")
+def sys_lgetxattr(k, path, name, value, size):
+    _xattr_target(k, path, True)
+    raise GuestErr(errno.ENODATA)
+
+
+@syscall("fgetxattr", "fd", "path", "ptr", "size", family="files", note="no extended attributes: ENODATA")
+def sys_fgetxattr(k, fd, name, value, size):
+    k.files.get(fd)
+    raise GuestErr(errno.ENODATA)
+
+
+@syscall("setxattr", "path", "path", "ptr", "size", "hex", family="files", note="not supported: EOPNOTSUPP")
+def sys_setxattr(k, path, name, value, size, flags):
+    _xattr_target(k, path, False)
+    raise GuestErr(errno.EOPNOTSUPP)
+
+
+@syscall("lsetxattr", "path", "path", "ptr", "size", "hex", family="files", note="not supported: EOPNOTSUPP")
+def sys_lsetxattr(k, path, name, value, size, flags):
+    _xattr_target(k, path, True)
+    raise GuestErr(errno.EOPNOTSUPP)
+
+
+@syscall("fsetxattr", "fd", "path", "ptr", "size", "hex", family="files", note="not supported: EOPNOTSUPP")
+def sys_fsetxattr(k, fd, name, value, size, flags):
+    k.files.get(fd)
+    raise GuestErr(errno.EOPNOTSUPP)
+
+
+@syscall("removexattr", "path", "path", family="files", note="no extended attributes: ENODATA")
+def sys_removexattr(k, path, name):
+    _xattr_target(k, path, False)
+    raise GuestErr(errno.ENODATA)
+
+
+@syscall("lremovexattr", "path", "path", family="files", note="no extended attributes: ENODATA")
+def sys_lremovexattr(k, path, name):
+    _xattr_target(k, path, True)
+    raise GuestErr(errno.ENODATA)
+
+
+@syscall("fremovexattr", "fd", "path", family="files", note="no extended attributes: ENODATA")
+def sys_fremovexattr(k, fd, name):
+    k.files.get(fd)
+    raise GuestErr(errno.ENODATA)
 
 
 @syscall("pipe2", "ptr", "hex", family="files")
