@@ -285,16 +285,11 @@ def run_bench(runs, guest_dir, as_json, say, only=None):
             path = gdir / f"{guest}.elf"
             data, image = elf_loader.load_file(path)
             log = pathlib.Path(tmp) / f"{guest}.ftlog"
-            plain, rec, rep, here = [], [], [], []
-            # The loaded engine without counting too, when it is not the stock one: what
-            # counting itself costs, apart from what the patched engine does faster.
-            also_here = counter.inline_available()
+            plain, rec, rep = [], [], []
             for i in range(runs):
                 say(f"bench: {guest} run {i + 1}/{runs}: plain, record, replay")
                 t, out_p, st_p, plain_on = plain_run_stock(path)
                 plain.append(t)
-                if also_here:
-                    here.append(plain_run(image)[0])
                 t, out_r, end = record_run(data, image, path.name, log)
                 rec.append(t)
                 t, out_rp, res = replay_run(log)
@@ -310,8 +305,7 @@ def run_bench(runs, guest_dir, as_json, say, only=None):
                               "plain_over_record": median([p / r for p, r in zip(plain, rec)]),
                               "plain_over_replay": median([p / r for p, r in zip(plain, rep)]),
                               "record_over_replay": median([r / p for r, p in zip(rec, rep)]),
-                              "each_s": {"plain": plain, "record": rec, "replay": rep, "patched_plain": here},
-                              "patched_plain_over_record": median([p / r for p, r in zip(here, rec)]) if here else None,
+                              "each_s": {"plain": plain, "record": rec, "replay": rep},
                               "rdtsc": n_tsc, "rdtsc_bytes": tsc_bytes,
                               "bytes_per_rdtsc": tsc_bytes / n_tsc if n_tsc else None,
                               "guest_memory_bytes": image.mapped_bytes() + abi.STACK_SIZE_DEFAULT}
@@ -330,12 +324,10 @@ def run_bench(runs, guest_dir, as_json, say, only=None):
          f"{c['plain_over_record']:.3f}", "≥ 0.97", c["plain_over_record"] >= 0.97),
         ("compute: plain / replay", f"{c['plain_s']:.3f} s", f"{c['replay_s']:.3f} s",
          f"{c['plain_over_replay']:.3f}", "≥ 0.97", c["plain_over_replay"] >= 0.97),
-        *_patched_rows("compute", c),
         ("compute: replay vs record", f"{c['record_s']:.3f} s", f"{c['replay_s']:.3f} s",
          f"{c['record_over_replay']:.3f}", "≥ 1.00 (replay no slower)", c["record_over_replay"] >= 1.0),
         ("tsc-heavy: plain / record", f"{t['plain_s']:.3f} s", f"{t['record_s']:.3f} s",
          f"{t['plain_over_record']:.3f}", "≥ 0.80", t["plain_over_record"] >= 0.8),
-        *_patched_rows("tsc-heavy", t),
         ("tsc-heavy: replay vs record", f"{t['record_s']:.3f} s", f"{t['replay_s']:.3f} s",
          f"{t['record_over_replay']:.3f}", "≥ 1.00 (replay no slower)", t["record_over_replay"] >= 1.0),
         ("bytes per RDTSC record", "", f"{t['bytes_per_rdtsc']:.2f} B", f"{t['rdtsc']} RDTSCs",
@@ -356,15 +348,6 @@ def run_bench(runs, guest_dir, as_json, say, only=None):
     _table(rows, f"ftvm bench (median of {runs} interleaved runs; plain on the {c['plain_on']}; "
                  f"{os.cpu_count()} cores)")
     return results
-
-
-def _patched_rows(name, g):
-    """The patched engine without counting against recording on it (no target: plain
-    above is the stock wheel; this shows what counting and logging cost by themselves)."""
-    if g.get("patched_plain_over_record") is None:
-        return []
-    return [(f"  {name}: patched Unicorn, no counting / record", f"{median(g['each_s']['patched_plain']):.3f} s",
-             f"{g['record_s']:.3f} s", f"{g['patched_plain_over_record']:.3f}", "printed", None)]
 
 
 def engine_summary():
