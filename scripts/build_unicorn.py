@@ -33,8 +33,9 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 PATCH = ROOT / "unicorn-patch" / "inline-block-counter.patch"
 CACHE = ROOT / "build" / "unicorn"
 INFO = pathlib.Path(sys.prefix) / "ftvm-unicorn.json"   # read by hypervisor/counter.py
-# Recording a CPU-bound guest with the block hook, against the inline counter.
-HOOK_SLOWDOWN = "recording about 10% slower, `ftvm run` about 15% slower"
+# What the block hook costs on a CPU-bound guest (issue 14's figures on this machine
+# image), against about 1.0 of plain Unicorn with the inline counter.
+HOOK_SLOWDOWN = "recording runs at about 0.90 of plain Unicorn and `ftvm run` at about 0.82"
 
 
 def say(msg):
