@@ -51,8 +51,10 @@ def run(cmd, cwd=None, log=None):
         p = subprocess.run(list(map(str, cmd)), cwd=cwd, stdout=f, stderr=subprocess.STDOUT)
         f.write(f"# {time.monotonic() - t:.1f} s, exit status {p.returncode}\n".encode())
     if p.returncode != 0:
-        tail = pathlib.Path(log).read_text(errors="replace").strip().splitlines()[-3:]
-        raise RuntimeError(f"`{' '.join(map(str, cmd[:3]))} ...` failed: {' | '.join(tail)} (log: {log})")
+        out = [line for line in pathlib.Path(log).read_text(errors="replace").strip().splitlines()
+               if line.strip() and not line.startswith(("$ ", "# "))]
+        last = out[-1].strip()[:160] if out else f"exit status {p.returncode}"
+        raise RuntimeError(f"{pathlib.Path(str(cmd[0])).name} failed: {last}; log: {log}")
 
 
 def pip(*args, log):
