@@ -223,13 +223,25 @@ def _parse_point(text):
 @operating_errors
 @click.option("--disk", metavar="PATH", type=click.Path(dir_okay=False, exists=True), default=None,
               help="The disk image, for a log recorded with --disk-reads shared (read data not in the log).")
-def replay(log, to, quiet, disk):
+@click.option("--gdb", "gdb_listen", metavar="[HOST:]PORT", default=None,
+              help="Serve the gdb remote protocol on this port (loopback unless a HOST is given) and let a "
+                   "debugger drive the replay, backwards too. Prints the gdb command to use.")
+@click.option("--snapshot-interval-ms", type=click.IntRange(10), default=250, show_default=True,
+              help="With --gdb: take a snapshot for reverse execution after this much replay time.")
+@click.option("--snapshot-mem", type=SIZE, default="1G", show_default=True,
+              help="With --gdb: memory for snapshots at most (older ones are thinned out past it).")
+@click.option("--gdb-once", is_flag=True, hidden=True, help="Exit when the first debugger detaches (tests).")
+def replay(log, to, quiet, disk, gdb_listen, snapshot_interval_ms, snapshot_mem, gdb_once):
     """Replay LOG: print the same console output and end with the same exit status.
 
     Exits 5 if the replay diverged from the recording, naming the execution point and
     what differs; 4 if the log was cut short (after replaying everything before the cut).
     A guest's network replies and disk writes are reproduced and checked, not sent.
     """
+    if gdb_listen is not None:
+        from .debug.server import serve
+        sys.exit(serve(log, gdb_listen, say, interval_ms=snapshot_interval_ms, mem_max_bytes=snapshot_mem,
+                       once=gdb_once))
     from .run import replay_log
     point = _parse_point(to) if to else None
     status = replay_log(log, point, say=(lambda m: None) if quiet else say, disk=disk)
