@@ -226,7 +226,11 @@ class GdbServer:
         if t == "bc":
             return self._resume(tl.reverse_continue)
         if t.startswith("qRcmd,"):
-            return self._monitor(rsp.unhex_text(t[6:]))
+            try:
+                return self._monitor(rsp.unhex_text(t[6:]))
+            except BadPoint as e:          # gdb shows "O" output; an error reply here would be garbled
+                self._send("O" + rsp.hexs(f"ftvm: {e}\n".encode()))
+                return "OK"
         if t == "D" or t.startswith("D;"):
             return "OK"
         if t == "k" or t.startswith("vKill"):
