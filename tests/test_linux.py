@@ -51,10 +51,13 @@ def prog(progs, name, variant):
     return p
 
 
-def native(argv, stdin=b"", env=None):
+def native(argv, stdin=b"", env=None, cwd=None):
     """A native run: (exit status, stdout and stderr together, as the guest console has them)."""
+    env = NATIVE_ENV if env is None else env
+    if "/" not in str(argv[0]):
+        argv = [shutil.which(argv[0], path=env["PATH"])] + list(argv[1:])
     p = subprocess.run([str(a) for a in argv], input=stdin, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                       env=NATIVE_ENV if env is None else env, timeout=60)
+                       env=env, timeout=60, cwd=cwd)
     return p.returncode, p.stdout
 
 
@@ -190,6 +193,71 @@ def test_busybox_applet(tmp_path, argv, stdin):
     assert out, "every case prints something"
 
 
+# More applets, for what the personality adds: device files, stat, exit statuses of
+# failing commands, gzip (which stores the input's mtime), symlink-free path resolution.
+BB_EXTRA = [
+    ["od", "-A", "d", "-t", "x1", "-N", "16", "/dev/zero"],
+    ["wc", "-c", "/dev/null"],
+    ["sha1sum", "/dev/null"],
+    ["stat", "-c", "%s %n %F %a", "{data}/text.txt", "{data}/tree"],
+    ["test", "-d", "{data}/tree"],
+    ["test", "-f", "{data}/no-such-file"],
+    ["cat", "{data}/no-such-file"],
+    ["cmp", "{data}/text.txt", "{data}/words.txt"],
+    ["diff", "{data}/tree/alpha.txt", "{data}/tree/beta.txt"],
+    ["gzip", "-c", "{data}/text.txt"],
+    ["readlink", "-f", "{data}/../linux_data/./tree/alpha.txt"],
+    ["du", "-s", "{data}/tree"],
+    ["readlink", "/proc/self/exe"],
+    ["realpath", "{data}/tree/../tree/./alpha.txt"],
+]
+
+
+@pytest.mark.parametrize("argv", BB_EXTRA, ids=[f"{i:02d}-{a[0]}" for i, a in enumerate(BB_EXTRA)])
+def test_busybox_more(tmp_path, argv):
+    if not os.path.exists(BUSYBOX):
+        pytest.skip("busybox-static not installed")
+    argv = [a.replace("{data}", str(DATA)) for a in argv]
+    rec = record_replay(tmp_path, "--env", "LC_ALL=C", "--", BUSYBOX, *argv)
+    assert (rec.returncode, rec.stdout) == native([BUSYBOX] + argv, env={"LC_ALL": "C"})
+
+
+def test_cwd_and_path_lookup(tmp_path):
+    """--cwd sets the working directory; a bare program name is found in the root's PATH
+    and is argv[0] as given, as a shell would run it."""
+    if not os.path.exists(BUSYBOX):
+        pytest.skip("busybox-static not installed")
+    rec = record_replay(tmp_path, "--cwd", DATA, "--", "busybox", "md5sum", "text.txt", "tree/alpha.txt", name="md5")
+    assert (rec.returncode, rec.stdout) == native(["busybox", "md5sum", "text.txt", "tree/alpha.txt"], cwd=DATA)
+    rec = record_replay(tmp_path, "--cwd", DATA / "tree", "--", "busybox", "pwd", name="pwd")
+    assert rec.stdout == f"{DATA / 'tree'}\n".encode()
+
+
+def test_busybox_writes_to_the_data_directory(tmp_path):
+    """Several runs over one data directory (at a guest path of our choosing): each
+    run's writes are there for the next, and the result equals the same commands run
+    natively."""
+    if not os.path.exists(BUSYBOX):
+        pytest.skip("busybox-static not installed")
+    d, nd = tmp_path / "d", tmp_path / "native"
+    nd.mkdir()
+    steps = [["mkdir", "-p", "{d}/a/b"], ["cp", str(DATA / "text.txt"), "{d}/a/b/t.txt"],
+             ["cp", "-r", str(DATA / "tree"), "{d}/tree"], ["mv", "{d}/tree/beta.txt", "{d}/a/beta.txt"],
+             ["rm", "{d}/tree/gamma.log"], ["rmdir", "{d}/a/b"], ["ls", "-1", "{d}", "{d}/a", "{d}/tree"],
+             ["sed", "-i", "s/e/E/g", "{d}/a/beta.txt"], ["cat", "{d}/a/beta.txt"],
+             ["touch", "-d", "2020-01-02 03:04:05", "{d}/a/beta.txt"], ["touch", "-c", "{d}/a/none"],
+             ["stat", "-c", "%Y %s %n", "{d}/a/beta.txt"], ["rm", "-r", "{d}/a/b"],
+             ["chmod", "600", "{d}/a/b/../beta.txt"], ["chmod", "600", "{d}/a/beta.txt/../beta.txt"],
+             ["chmod", "640", "{d}/tree/../a/beta.txt"],
+             ["stat", "-c", "%a %n", "{d}/a/beta.txt"]]
+    for i, step in enumerate(steps):
+        rec = record_replay(tmp_path, "--data", f"{d}:/srv/state", "--", BUSYBOX,
+                            *[a.replace("{d}", "/srv/state") for a in step], name=f"s{i}")
+        status, out = native([BUSYBOX] + [a.replace("{d}", str(nd)) for a in step])
+        assert (rec.returncode, rec.stdout.replace(b"/srv/state", b"D")) == (status, out.replace(str(nd).encode(), b"D")), step
+    assert tree(d) == tree(nd) and len(tree(d)) == 3
+
+
 def test_bash_script(tmp_path):
     if not os.path.exists(BASH):
         pytest.skip("bash-static not installed")
@@ -234,6 +302,42 @@ def test_python3_replay_does_not_touch_the_data_directory(py_run):
     assert (d / "pydata" / "notes.txt").read_bytes() == b"changed after the recording\n"
     assert (d / "pydata" / "extra").exists(), "replay takes the data directory's answers from the log"
     assert before["pydata/notes.txt"] != tree(d)["pydata/notes.txt"]
+
+
+SQLITE_SCRIPT = """
+import hashlib, os, shutil, sqlite3, sys
+d = sys.argv[1]
+for path in ("/tmp/ftvm-test.db", d + "/t.db"):
+    c = sqlite3.connect(path)
+    c.execute("create table t(a integer primary key, b text)")
+    c.executemany("insert into t(b) values (?)", [(str(i) * 20,) for i in range(800)])
+    c.commit()
+    c.execute("delete from t where a % 3 = 0")
+    c.commit()
+    c.execute("vacuum")
+    print(c.execute("select count(*), sum(length(b)) from t").fetchone())
+    c.close()
+    os.unlink(path) if path == "/tmp/ftvm-test.db" else None
+shutil.copytree(sys.argv[2], d + "/tree")
+shutil.copy2(d + "/tree/alpha.txt", d + "/alpha-copy.txt")
+for base, dirs, files in sorted(os.walk(d)):
+    for f in sorted(files):
+        print(os.path.relpath(os.path.join(base, f), d), os.stat(os.path.join(base, f)).st_size)
+"""
+
+
+def test_python3_sqlite_and_copytree(tmp_path):
+    """sqlite3 (pwrite, fsync, locks, a journal) on /tmp and the data directory, and
+    shutil.copytree/copy2 (which list extended attributes and copy times): the files
+    are byte for byte those of a native run."""
+    d, nd = tmp_path / "d", tmp_path / "native"
+    nd.mkdir()
+    rec = record_replay(tmp_path, "--data", f"{d}:/data", "--", PYTHON, "-c", SQLITE_SCRIPT, "/data", DATA / "tree")
+    assert rec.returncode == 0, rec.stdout
+    assert native([PYTHON, "-c", SQLITE_SCRIPT, nd, DATA / "tree"]) == (0, rec.stdout)
+    assert tree(d) == tree(nd) and "t.db" in tree(d)
+    # copy2 kept the modification time, as natively.
+    assert os.stat(d / "alpha-copy.txt").st_mtime_ns == os.stat(DATA / "tree" / "alpha.txt").st_mtime_ns
 
 
 # --- 4. negative control: one changed system-call result ----------------------------------
@@ -315,6 +419,20 @@ def test_changed_read_data_is_a_divergence(tmp_path):
     assert "replay diverged at" in line, line
 
 
+def test_changed_clock_value_is_a_divergence(progs, tmp_path):
+    """A clock read that answered another time: the value itself cannot be checked at the
+    call (replay has nothing to compare it with), but what the program does with it is."""
+    p = prog(progs, "timerand", "static")
+    rec = record_replay(tmp_path, "--", p)
+    bad = tmp_path / "bad.ftlog"
+    change_one(rec.log, bad, "clock_gettime",
+               lambda r: R.Syscall(r.blocks, r.pc, r.nr, r.args, r.ret, [r.values[0] + 10**9], r.strings), which=-1)
+    p = run_ftvm("replay", bad)
+    assert p.returncode == 5, (p.returncode, p.stderr)
+    assert "Traceback" not in p.stderr
+    assert "replay diverged at" in p.stderr.strip().splitlines()[-1]
+
+
 def test_untouched_rewrite_replays(progs, tmp_path):
     """The control of the control: re-encoding alone changes nothing."""
     p = prog(progs, "timerand", "static")
@@ -368,7 +486,7 @@ def test_refused_calls_are_noted_once_each(tmp_path):
     assert rec.stdout == b"fork 38\n" * 3 + b"execve 38\n" * 2 + b"still here\n"
     notes = [line for line in rec.stderr.splitlines() if "not supported" in line or "unsupported" in line]
     assert len(notes) == 2, rec.stderr
-    assert notes[0].startswith("ftvm: clone ") and notes[1].startswith("ftvm: execve "), notes
+    assert notes[0].startswith(("ftvm: clone ", "ftvm: fork ")) and notes[1].startswith("ftvm: execve "), notes
     assert all("ENOSYS" in n for n in notes)
 
 
@@ -420,6 +538,23 @@ def test_root_file_changed_between_record_and_replay(tmp_path):
     assert p.returncode == 10, p.stderr
     assert "/etc/motd" in line, line
     assert b"changed" not in p.stdout, "refused before the guest sees a wrong byte"
+
+
+def test_root_library_changed_between_record_and_replay(progs, tmp_path):
+    """libc on the replaying host differs from the recording's (an upgrade): refused with
+    the path before the program runs on it."""
+    loader, libc = "/lib64/ld-linux-x86-64.so.2", "/lib/x86_64-linux-gnu/libc.so.6"
+    root = make_root(tmp_path, {"/hello.dyn": prog(progs, "hello", "dyn"), loader: os.path.realpath(loader),
+                                libc: os.path.realpath(libc)})
+    rec = record_replay(tmp_path, "--root", root, "--", "/hello.dyn")
+    assert rec.returncode == 3 and rec.stdout.startswith(b"hello from a Linux program\n")
+    with open(root / libc.lstrip("/"), "ab") as f:
+        f.write(b"\0")
+    p = run_ftvm("replay", rec.log)
+    line = one_error_line(p)
+    assert p.returncode == 10, p.stderr
+    assert libc in line, line
+    assert p.stdout == b""
 
 
 def test_root_program_changed_between_record_and_replay(progs, tmp_path):

@@ -61,12 +61,34 @@ class Files:
     # --- paths ------------------------------------------------------------------------
     def abspath(self, k, dirfd, path):
         if path.startswith("/"):
-            return posixpath.normpath(path).replace("//", "/")
-        if _s32(dirfd) == AT_FDCWD:
+            base = "/"
+        elif _s32(dirfd) == AT_FDCWD:
             base = self.cwd
         else:
             base = self.get(dirfd).gpath
+        if ".." in path.split("/"):
+            self._check_dotdot(k, base, path)
         return posixpath.normpath(posixpath.join(base, path)).replace("//", "/")
+
+    def _check_dotdot(self, k, base, path):
+        """Paths are resolved by name, but Linux resolves "x/.." by looking x up: it must
+        be a directory (else ENOENT or ENOTDIR), as in `mkdir -p a/b; rm -r a/b; cat a/b/../f`."""
+        cur = base
+        for part in path.split("/"):
+            if part == ".." and cur != "/":
+                kind, detail = self.where(cur)
+                if kind == "tmp":
+                    node, _, _ = self.tmp.lookup(detail)
+                    isdir = None if node is None else node.is_dir
+                elif kind in ("root", "data", "hostfile"):
+                    got = k.host(lambda: host_stat(detail))
+                    isdir = None if isinstance(got, int) else st.S_ISDIR(unpack_stat(got)["mode"])
+                else:
+                    isdir = True
+                if not isdir:
+                    raise GuestErr(errno.ENOENT if isdir is None else errno.ENOTDIR)
+            if part and part != ".":
+                cur = posixpath.normpath(posixpath.join(cur, part))
 
     def where(self, gpath):
         """('data'|'tmp'|'fixed'|'dev'|'proc'|'hostfile'|'root', detail)."""
@@ -476,7 +498,8 @@ def sys_readlinkat(k, dirfd, path, buf, size):
     gpath = fs.abspath(k, dirfd, k.read_str(path))
     kind, detail = fs.where(gpath)
     if kind == "proc" and detail == "exe":
-        target = fs.program
+        # Linux names the program by its canonical path (/bin/busybox -> /usr/bin/busybox).
+        target = k.host(lambda: _root_realpath(fs.root, fs.program))
     elif kind in ("root", "data", "hostfile"):
         got = k.host(lambda: _readlink(detail))
         if isinstance(got, int):
@@ -490,6 +513,16 @@ def sys_readlinkat(k, dirfd, path, buf, size):
     data = target.encode("utf-8", "surrogateescape")[:size]
     k.write_mem(buf, data)
     return len(data)
+
+
+def _root_realpath(root, gpath):
+    """``gpath`` with every symlink resolved, inside ``root``."""
+    if root == "/":
+        return os.path.realpath(gpath)
+    rel = os.path.relpath(os.path.realpath(_in_root(root, gpath)), os.path.realpath(root))
+    if rel == ".." or rel.startswith("../"):
+        return gpath                # leaves the root: keep the name the program was started by
+    return "/" if rel == "." else "/" + rel
 
 
 def _readlink(path):
@@ -758,14 +791,66 @@ def sys_lchown(k, path, uid, gid):
     return sys_fchownat(k, AT_FDCWD, path, uid, gid, AT_SYMLINK_NOFOLLOW)
 
 
+UTIME_NOW, UTIME_OMIT = (1 << 30) - 1, (1 << 30) - 2
+
+
+def _utimes(k, times):
+    """(atime_ns, mtime_ns) from a guest struct timespec[2]; None leaves that time as it
+    is (UTIME_OMIT); NULL and UTIME_NOW mean guest time now."""
+    now = k.now_ns_state()
+    if not times:
+        return now, now
+    out = []
+    for i in range(2):
+        sec, nsec = struct.unpack("<qq", k.read_mem(times + 16 * i, 16))
+        if nsec == UTIME_NOW:
+            out.append(now)
+        elif nsec == UTIME_OMIT:
+            out.append(None)
+        elif 0 <= nsec < 10**9:
+            out.append(sec * 10**9 + nsec)
+        else:
+            raise GuestErr(errno.EINVAL)
+    return tuple(out)
+
+
+def _host_utime(path, at, mt, follow=True):
+    if at is None or mt is None:
+        s = os.stat(path, follow_symlinks=follow)
+        at = s.st_atime_ns if at is None else at
+        mt = s.st_mtime_ns if mt is None else mt
+    os.utime(path, ns=(at, mt), follow_symlinks=follow)
+
+
+def _tmp_utime(node, mt):
+    if mt is not None:
+        node.mtime_ns = mt      # /tmp keeps one time for all three
+    return 0
+
+
 @syscall("utimensat", "fd", "path", "ptr", "hex", family="files")
 def sys_utimensat(k, dirfd, path, times, flags):
-    if not path:
+    at, mt = _utimes(k, times)
+    follow = not flags & AT_SYMLINK_NOFOLLOW
+    if not path or (flags & AT_EMPTY_PATH and not k.read_str(path)):
         f = k.files.get(dirfd)
         if isinstance(f, F.TmpFile):
+            return _tmp_utime(f.node, mt)
+        if isinstance(f, F.DataFile):
+            if at is None and mt is None:
+                return 0
+            got = k.output(lambda: _host_errno(lambda: _host_utime(f.hostpath, at, mt)))
+            if got:
+                raise GuestErr(got)
             return 0
         raise GuestErr(errno.EROFS if isinstance(f, F.RootFile) else errno.EBADF)
-    return _mutate(k, dirfd, path, lambda p: os.utime(p), lambda rel: 0)
+
+    def tmp(rel):
+        node, _, _ = k.files.tmp.lookup(rel)
+        if node is None:
+            raise GuestErr(errno.ENOENT)
+        return _tmp_utime(node, mt)
+    return _mutate(k, dirfd, path, lambda p: _host_utime(p, at, mt, follow), tmp)
 
 
 # --- descriptors ------------------------------------------------------------------------------
@@ -838,6 +923,84 @@ def sys_ioctl(k, fd, req, arg):
         (k.files.cloexec.add if req == 0x5451 else k.files.cloexec.discard)(_s32(fd))
         return 0
     raise GuestErr(errno.ENOTTY)
+
+
+# Extended attributes: the guest's files have none, and cannot be given any (as on a file
+# system without xattr support). shutil.copy2 and copytree list them on every copy.
+def _xattr_target(k, path, nofollow):
+    stat_path(k, AT_FDCWD, path, AT_SYMLINK_NOFOLLOW if nofollow else 0)
+
+
+@syscall("listxattr", "path", "ptr", "size", family="files", note="no extended attributes")
+def sys_listxattr(k, path, lst, size):
+    _xattr_target(k, path, False)
+    return 0
+
+
+@syscall("llistxattr", "path", "ptr", "size", family="files", note="no extended attributes")
+def sys_llistxattr(k, path, lst, size):
+    _xattr_target(k, path, True)
+    return 0
+
+
+@syscall("flistxattr", "fd", "ptr", "size", family="files", note="no extended attributes")
+def sys_flistxattr(k, fd, lst, size):
+    k.files.get(fd)
+    return 0
+
+
+@syscall("getxattr", "path", "path", "ptr", "size", family="files", note="no extended attributes: ENODATA")
+def sys_getxattr(k, path, name, value, size):
+    _xattr_target(k, path, False)
+    raise GuestErr(errno.ENODATA)
+
+
+@syscall("lgetxattr", "path", "path", "ptr", "size", family="files", note="no extended attributes: ENODATA")
+def sys_lgetxattr(k, path, name, value, size):
+    _xattr_target(k, path, True)
+    raise GuestErr(errno.ENODATA)
+
+
+@syscall("fgetxattr", "fd", "path", "ptr", "size", family="files", note="no extended attributes: ENODATA")
+def sys_fgetxattr(k, fd, name, value, size):
+    k.files.get(fd)
+    raise GuestErr(errno.ENODATA)
+
+
+@syscall("setxattr", "path", "path", "ptr", "size", "hex", family="files", note="not supported: EOPNOTSUPP")
+def sys_setxattr(k, path, name, value, size, flags):
+    _xattr_target(k, path, False)
+    raise GuestErr(errno.EOPNOTSUPP)
+
+
+@syscall("lsetxattr", "path", "path", "ptr", "size", "hex", family="files", note="not supported: EOPNOTSUPP")
+def sys_lsetxattr(k, path, name, value, size, flags):
+    _xattr_target(k, path, True)
+    raise GuestErr(errno.EOPNOTSUPP)
+
+
+@syscall("fsetxattr", "fd", "path", "ptr", "size", "hex", family="files", note="not supported: EOPNOTSUPP")
+def sys_fsetxattr(k, fd, name, value, size, flags):
+    k.files.get(fd)
+    raise GuestErr(errno.EOPNOTSUPP)
+
+
+@syscall("removexattr", "path", "path", family="files", note="no extended attributes: ENODATA")
+def sys_removexattr(k, path, name):
+    _xattr_target(k, path, False)
+    raise GuestErr(errno.ENODATA)
+
+
+@syscall("lremovexattr", "path", "path", family="files", note="no extended attributes: ENODATA")
+def sys_lremovexattr(k, path, name):
+    _xattr_target(k, path, True)
+    raise GuestErr(errno.ENODATA)
+
+
+@syscall("fremovexattr", "fd", "path", family="files", note="no extended attributes: ENODATA")
+def sys_fremovexattr(k, fd, name):
+    k.files.get(fd)
+    raise GuestErr(errno.ENODATA)
 
 
 @syscall("getpeername", "fd", "ptr", "ptr", family="files", note="no sockets yet: ENOTSOCK for an open fd")

@@ -185,11 +185,13 @@ class TmpFs:
         """Node at ``rel`` (components under /tmp), its parent, and the last name."""
         parts = [p for p in rel.split("/") if p and p != "."]
         node, parent, name = self.root, None, ""
-        for p in parts:
+        for i, p in enumerate(parts):
             if not node.is_dir:
                 raise GuestErr(errno.ENOTDIR)
             parent, name = node, p
             node = node.children.get(p)
             if node is None:
+                if i < len(parts) - 1:
+                    parent = None       # a directory on the way is missing: ENOENT, never create
                 break
         return node, parent, name

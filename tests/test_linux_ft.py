@@ -1,0 +1,122 @@
+"""Linux programs under `ftvm run`: the primary is killed at seeded points, timed from
+the output the observer has printed (an observed event, not a clock). Every output line
+reaches the observer exactly once and in order, the data directory ends exactly as in a
+run without a kill, and the whole-run log replays to the same output."""
+import hashlib
+import os
+import random
+import subprocess
+import sys
+
+import pytest
+
+from conftest import FTVM, ROOT, run_ftvm
+
+DATA = ROOT / "tests" / "linux_data"
+PY = "/usr/bin/python3"
+BUSYBOX = "/bin/busybox"
+
+
+def expected_workload(n):
+    h = hashlib.sha256()
+    lines = []
+    for i in range(n):
+        line = f"line {i} {h.hexdigest()[:12]}\n"
+        h.update(line.encode())
+        lines.append(line)
+    return "".join(lines), f"done {h.hexdigest()}\n", (n - 1) // 10 * 10
+
+
+def run_with_kills(tmp_path, program, kill_at_lines, nodes=2, timeout=240):
+    """`ftvm run` PROGRAM; kill the primary once the observer has printed each count
+    of lines in ``kill_at_lines``. Returns (stdout bytes, stderr, returncode, log)."""
+    run_dir, log = tmp_path / "run", tmp_path / "whole.ftlog"
+    # A generous failure timeout: these tests are about the Linux personality's output and
+    # data across a failover, not about failure detection on a loaded machine.
+    args = [str(FTVM), "run", "--run-dir", str(run_dir), "--log", str(log), "--nodes", str(nodes),
+            "--fail-timeout-ms", "1000",
+            "--data", f"{tmp_path / 'data'}:/data", "--cwd", str(ROOT), "--", *program]
+    p = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL)
+    out = bytearray()
+    kills = sorted(kill_at_lines)
+    try:
+        for line in iter(p.stdout.readline, b""):
+            out += line
+            if kills and out.count(b"\n") >= kills[0]:
+                kills.pop(0)
+                k = run_ftvm("kill", "primary", "--run-dir", run_dir)
+                assert k.returncode == 0, k.stderr
+        err = p.stderr.read().decode()
+        p.wait(timeout=timeout)
+    finally:
+        if p.poll() is None:
+            p.kill()
+    return bytes(out), err, p.returncode, log
+
+
+def check_replay(log, out):
+    rep = run_ftvm("replay", "-q", log)
+    assert rep.returncode == 0, rep.stderr
+    assert rep.stdout == out, "the whole-run log replays to exactly the observer's output"
+
+
+@pytest.mark.parametrize("seed", [1, 2])
+def test_python_workload_survives_a_primary_kill(tmp_path, seed):
+    n = 300
+    kill_at = random.Random(seed).randrange(20, n - 40)
+    out, err, rc, log = run_with_kills(tmp_path, [PY, "tests/linux_data/ft_workload.py", "/data", str(n)], [kill_at])
+    assert rc == 0, err
+    want_lines, done, counter = expected_workload(n)
+    assert out.decode() == want_lines + done, f"seed {seed}: kill after {kill_at} lines\n{err}"
+    assert "failover" in err, err
+    assert (tmp_path / "data" / "lines.txt").read_text() == want_lines
+    assert (tmp_path / "data" / "counter").read_text() == f"{counter}\n"
+    assert not (tmp_path / "data" / "counter.tmp").exists()
+    check_replay(log, out)
+
+
+def test_python_data_script_three_nodes_two_kills(tmp_path):
+    n = 400
+    out, err, rc, log = run_with_kills(tmp_path, [PY, "tests/linux_data/ft_workload.py", "/data", str(n)],
+                                       [60, 220], nodes=3)
+    assert rc == 0, err
+    want_lines, done, counter = expected_workload(n)
+    assert out.decode() == want_lines + done, err
+    assert err.count("failover") >= 2, err
+    assert (tmp_path / "data" / "lines.txt").read_text() == want_lines
+    check_replay(log, out)
+
+
+def test_busybox_md5sum_survives_a_primary_kill(tmp_path):
+    data = tmp_path / "data"
+    data.mkdir()
+    names = []
+    for i in range(400):
+        (data / f"f{i:03d}").write_bytes(hashlib.sha256(str(i).encode()).digest() * (i % 7 + 1))
+        names.append(f"/data/f{i:03d}")
+    native = subprocess.run([BUSYBOX, "md5sum", *[str(data / n[6:]) for n in names]], capture_output=True,
+                            check=True).stdout.replace(str(data).encode(), b"/data")
+    kill_at = random.Random(7).randrange(50, 300)
+    out, err, rc, log = run_with_kills(tmp_path, [BUSYBOX, "md5sum", *names], [kill_at])
+    assert rc == 0, err
+    assert out == native, f"kill after {kill_at} lines\n{err}"
+    check_replay(log, out)
+
+
+def test_busybox_cp_into_the_data_directory_survives_a_primary_kill(tmp_path):
+    data = tmp_path / "data"
+    src = data / "src"
+    src.mkdir(parents=True)
+    for i in range(150):
+        (src / f"f{i:03d}").write_bytes(os.urandom(1000 + i))
+    # -v prints a line per file: the kill is timed from those lines.
+    out, err, rc, log = run_with_kills(tmp_path, [BUSYBOX, "cp", "-rv", "/data/src", "/data/dst"], [40])
+    assert rc == 0, err
+    for i in range(150):
+        assert (data / "dst" / f"f{i:03d}").read_bytes() == (src / f"f{i:03d}").read_bytes()
+    lines = out.decode().splitlines()
+    assert len(lines) == len(set(lines)) and len(lines) >= 150, out[-500:]
+    check_replay(log, out)
+
+
+_ = sys
