@@ -506,7 +506,7 @@ def status(run_dir, as_json):
               help="Runs of each measurement; the best is reported.")
 @click.option("--guest-dir", type=click.Path(file_okay=False), default=None,
               help="Where the built guests are (default: guest_programs/build in the checkout).")
-@click.option("--only", type=click.Choice(["record", "ft", "views", "kv"]), default=None,
+@click.option("--only", type=click.Choice(["record", "ft", "views", "kv", "debug"]), default=None,
               help="Only the record/replay figures, the fault-tolerance figures, or the view-service ones.")
 @click.option("--json", "as_json", is_flag=True, help="JSON instead of a table.")
 @operating_errors

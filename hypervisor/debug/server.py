@@ -325,7 +325,8 @@ class GdbServer:
             text = ("ftvm monitor commands:\n"
                     "  monitor when          the current execution point and event index\n"
                     "  monitor goto POINT    go there: a block count, BLOCKS+N, 'block N pc X' (as `ftvm log show`\n"
-                    "                        prints it), #N (just before event N) or sys:N (system call N pending)\n"
+                    "                        prints it), #N (just before event N), sys:N (system call N pending),\n"
+                    "                        or golive [N] (where a backup went live, in a whole-run log)\n"
                     "  monitor checkpoints   the snapshots reverse execution uses, and their memory")
         self._send("O" + rsp.hexs((text + "\n").encode()))
         return "OK"
@@ -338,6 +339,8 @@ class GdbServer:
             tl.goto_event(int(a.lstrip("#").removeprefix("event:")))
         elif a.startswith("sys:") or a.startswith("syscall:"):
             tl.goto_syscall(int(a.split(":", 1)[1]))
+        elif parts and parts[0] == "golive":
+            tl.goto_golive(int(parts[1]) if len(parts) > 1 else 0)
         elif parts and parts[0] == "block" and len(parts) >= 4 and parts[2] == "pc":
             tl.goto_pc(int(parts[1], 0), int(parts[3], 16))
         elif parts and parts[0] == "block" and len(parts) >= 2:

@@ -93,11 +93,15 @@ class Stop:
     message: str = ""
 
 
+MEM_CHUNK = 1 << 20          # checkpoints share the memory chunks that did not change
+
+
 @dataclasses.dataclass
 class Checkpoint:
     point: Point
     events: int
-    blob: bytearray
+    meta: bytes                # the snapshot's head and state, then its memory in chunks:
+    chunks: list               # equal chunks of neighbouring checkpoints are one object
     log_pos: int
     ev: object
     tsc_words: list
@@ -105,9 +109,8 @@ class Checkpoint:
     rp_state: tuple
     temporary: bool = False
 
-    @property
-    def size(self):
-        return len(self.blob)
+    def blob(self):
+        return b"".join([self.meta, *self.chunks])
 
 
 class ListSource:
@@ -246,6 +249,7 @@ class Timeline:
 
     def _index_events(self):
         out, sys_events = [], []
+        self.golive = [(rec.blocks, rec.pc) for rec in self.src.records if rec.kind == R.GOLIVE]
         for rec in self.src.records:
             if rec.kind in EVENT_KINDS:
                 if rec.kind == R.SYSCALL:
@@ -568,7 +572,22 @@ class Timeline:
                 return
         m, rp = self.m, self.rp
         c = m.cpu
-        blob = snapshot.capture(m, self.header_frame, rp.source.pos, self.console.total, b"")
+        blob = snapshot.capture(m, self.header_frame, rp.source.pos, self.console.total, b"", digest=False)
+        _, _, meta_len = snapshot._HEAD.unpack_from(blob, 0)
+        head = snapshot._HEAD.size + meta_len
+        view = memoryview(blob)
+        prev = None
+        for cp in self.checkpoints:
+            if cp.point < p:
+                prev = cp
+        old = dict(enumerate(prev.chunks)) if prev is not None else {}
+        chunks = []
+        for i, a in enumerate(range(head, len(blob), MEM_CHUNK)):
+            piece = view[a:a + MEM_CHUNK]
+            same = old.get(i)
+            chunks.append(same if same is not None and same == piece else bytes(piece))
+        meta = bytes(view[:head])
+        del view, blob
         words = list(m.vtime._queue)
         left = int(c.tsc_len - c.tsc_pos)
         if left:
@@ -576,7 +595,7 @@ class Timeline:
             from ..uc import ffi
             buf = array.array("Q", bytes(ffi.buffer(c.tsc_buf + 3 * c.tsc_pos, 24 * left)))
             words.insert(0, (buf, 0))
-        cp = Checkpoint(p, self.events, blob, rp.source.pos, self.ev, words, list(m.rng._queue),
+        cp = Checkpoint(p, self.events, meta, chunks, rp.source.pos, self.ev, words, list(m.rng._queue),
                         (rp.events, rp.records, rp._safe_blocks, rp.last_golive, rp.last_disk_read_record),
                         temporary)
         self.checkpoints.append(cp)
@@ -597,11 +616,19 @@ class Timeline:
 
     @property
     def snapshot_bytes(self):
-        return sum(cp.size for cp in self.checkpoints)
+        """Memory the checkpoints hold, shared chunks counted once."""
+        seen, total = set(), 0
+        for cp in self.checkpoints:
+            total += len(cp.meta)
+            for c in cp.chunks:
+                if id(c) not in seen:
+                    seen.add(id(c))
+                    total += len(c)
+        return total
 
     def _restore(self, cp: Checkpoint):
         old = self.m
-        m, header, k, _ = snapshot.restore(cp.blob, self.console)
+        m, header, k, _ = snapshot.restore(cp.blob(), self.console)
         rp = Replayer(_Cursor(self.src, cp.log_pos), self.console, header=self.header, machine=m)
         (rp.events, rp.records, rp._safe_blocks, rp.last_golive, rp.last_disk_read_record) = cp.rp_state
         m.vtime._queue = collections.deque(cp.tsc_words)
@@ -655,6 +682,14 @@ class Timeline:
         if not 0 <= n < len(self.syscall_events):
             raise BadPoint(f"no system call #{n}: the log has {len(self.syscall_events)}")
         return self.goto_event(self.syscall_events[n])
+
+    def goto_golive(self, n=0):
+        """Where a backup went live as the new primary (the Nth time, from 0)."""
+        if not 0 <= n < len(self.golive):
+            raise BadPoint(f"no go-live point #{n}: the log has {len(self.golive)} (only the whole-run log of "
+                           "an `ftvm run` with a failover has one)")
+        blocks, pc = self.golive[n]
+        return self.goto(Point(blocks, 0))
 
     def goto_pc(self, blocks, pc):
         """``block N pc X`` as `ftvm log show` prints it: the boundary, or the
