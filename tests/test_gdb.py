@@ -296,3 +296,32 @@ def test_bad_input_disconnect_second_client(recorded, tmp_path):
     assert "Traceback" not in err, err
     assert "damaged packet" in err and "refused a second debugger" in err
     assert sout == rec.stdout
+
+
+def test_whole_run_log_across_a_failover(recorded, tmp_path):
+    """The whole-run log of `ftvm run` with a primary kill: stop at the go-live point
+    and step across it, both ways."""
+    d, exe, _, _, _ = recorded
+    log = tmp_path / "whole.ftlog"
+    run = run_ftvm("run", "--kill-primary-after", "2.0", "--log", log, "--run-dir", tmp_path / "run", "--",
+                   exe, "12000000", "quiet", timeout=300)
+    assert run.returncode == 0, run.stderr
+    show = run_ftvm("log", "show", log, "--kind", "golive").stdout.decode()
+    m = re.search(r"golive block\s+(\d+) pc (0x[0-9a-f]+)", show)
+    assert m, show
+    blocks, pc = int(m.group(1)), int(m.group(2), 16)
+    srv = Server(log)
+    try:
+        out = gdb(exe, srv.port, "monitor goto golive", "maint flush register-cache", "print/x $pc",
+                  "monitor when", "stepi", "stepi", "stepi", "print/x $pc",
+                  "reverse-stepi", "reverse-stepi", "reverse-stepi", "print/x $pc", "monitor when",
+                  "reverse-stepi", "print/x $pc", "break bump", "continue", "print calls", "delete", "continue")
+    finally:
+        sout, err = srv.stop()
+    assert "Traceback" not in err, err
+    pcs = [int(v, 16) for v in re.findall(r"^\$\d+ = (0x[0-9a-f]+)$", out, re.M)]
+    assert pcs[0] == pc and pcs[2] == pc, out
+    assert pcs[1] != pc and pcs[3] != pc, out
+    assert out.count(f"block {blocks} pc {pc:#x}") >= 2, out
+    assert "Breakpoint 1, bump" in out, out
+    assert sout == run.stdout

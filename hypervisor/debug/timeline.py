@@ -553,8 +553,8 @@ class Timeline:
                 if r is not None:
                     return r
                 continue
-            if self._cost >= self.interval_s:
-                self._checkpoint()
+            if self._cost >= self.interval_s and p > self.checkpoints[-1].point:
+                self._checkpoint()      # only past the last one: re-executing the past adds none
             goal = min(self.ev.blocks, p.blocks + self._chunk_blocks)
             if target is not None:
                 goal = min(goal, target.blocks)
@@ -731,28 +731,32 @@ class Timeline:
         return Stop("step")
 
     def reverse_continue(self):
-        """Back to the last breakpoint or watchpoint hit before here, or the start."""
+        """Back to the last breakpoint or watchpoint hit before here, or the start.
+        Stretches of the past are replayed with the hooks collecting hits, the nearest
+        first; each stretch is twice as long as the one before (fewer restores)."""
         here, here_events = self.pos(), self.events
-        end = here
         cps = [cp for cp in self.checkpoints if cp.point < here or (cp.point == here and cp.events < here_events)]
-        for cp in reversed(cps):
+        end, span, i = here, 1, len(cps)
+        while i > 0 and (self.breakpoints or self.watchpoints):
             if self.interrupted():
                 self.goto(here)
                 return Stop("interrupt")
+            i = max(0, i - span)
+            span *= 2
+            cp = cps[i]
             self._restore(cp)
-            if self.breakpoints or self.watchpoints:
-                self.hits = []
-                self.forward(end, mode="collect")
-                found = []
-                for raw in self.hits:
-                    pt = self._hit_point(raw, after=False)
-                    if cp.point <= pt < here:
-                        found.append((pt, raw))
-                self.hits = []
-                if found:
-                    pt, raw = max(found, key=lambda e: e[0])
-                    self.goto(pt)
-                    return Stop(raw[0], addr=raw[1])
+            self.hits = []
+            self.forward(end, mode="collect")
+            found = []
+            for raw in self.hits:
+                pt = self._hit_point(raw, after=False)
+                if cp.point <= pt < here:
+                    found.append((pt, raw))
+            self.hits = []
+            if found:
+                pt, raw = max(found, key=lambda e: e[0])
+                self.goto(pt)
+                return Stop(raw[0], addr=raw[1])
             end = cp.point
         self.goto(Point(0, 0))
         return Stop("begin")
