@@ -280,6 +280,18 @@ def log_stats(log_path, as_json):
     stats(log_path, as_json)
 
 
+@log.command("plot")
+@click.argument("log_path", metavar="LOG", type=click.Path(dir_okay=False))
+@click.option("-o", "--output", "out", required=True, type=click.Path(dir_okay=False),
+              help="The picture to write: .svg, .png or .pdf.")
+@operating_errors
+def log_plot(log_path, out):
+    """Draw a run on one time axis: which node was primary and which backup, failovers,
+    state transfers, output and input rates, event rates, faults."""
+    from .plot import plot_log
+    plot_log(log_path, out, say=say)
+
+
 def _ft_options(fn):
     fn = click.option("--hb-interval-ms", type=click.IntRange(1), default=20, show_default=True,
                       help="Heartbeat interval on the logging channel.")(fn)
@@ -461,10 +473,16 @@ def kill(which, run_dir):
 @main.command()
 @click.option("--run-dir", required=True, type=click.Path(file_okay=False, exists=True))
 @click.option("--json", "as_json", is_flag=True)
+@click.option("--plot", "plot_path", type=click.Path(dir_okay=False), default=None,
+              help="Instead of the table, draw the run (its most complete log) into this .svg/.png file.")
 @operating_errors
-def status(run_dir, as_json):
+def status(run_dir, as_json, plot_path):
     """Role, view, lag, log, held output, failovers and clock offset of each node."""
     import json as _json
+    if plot_path:
+        from .plot import plot_run_dir
+        plot_run_dir(run_dir, plot_path, say=say)
+        return
 
     from .ft.observer import read_status, transfer_cell
     sts = read_status(run_dir)

@@ -303,7 +303,8 @@ def test_whole_run_log_across_a_failover(recorded, tmp_path):
     and step across it, both ways."""
     d, exe, _, _, _ = recorded
     log = tmp_path / "whole.ftlog"
-    run = run_ftvm("run", "--kill-primary-after", "2.0", "--log", log, "--run-dir", tmp_path / "run", "--",
+    run = run_ftvm("run", "--kill-primary-after", "2.0", "--fail-timeout-ms", "1000", "--log", log,
+                   "--run-dir", tmp_path / "run", "--",
                    exe, "12000000", "quiet", timeout=300)
     assert run.returncode == 0, run.stderr
     show = run_ftvm("log", "show", log, "--kind", "golive").stdout.decode()
@@ -325,3 +326,60 @@ def test_whole_run_log_across_a_failover(recorded, tmp_path):
     assert out.count(f"block {blocks} pc {pc:#x}") >= 2, out
     assert "Breakpoint 1, bump" in out, out
     assert sout == run.stdout
+
+
+# --- the picture of a run -----------------------------------------------------------------------------
+
+TICK = r"""
+#include <stdio.h>
+#include <stdlib.h>
+#include <time.h>
+int main(int argc, char **argv)
+{
+    long rounds = atol(argv[1]);
+    unsigned long x = 1;
+    struct timespec ts;
+    for (long r = 0; r < rounds; r++) {
+        for (long i = 0; i < 200000; i++)
+            x = x * 6364136223846793005ul + (unsigned long)i;
+        clock_gettime(CLOCK_MONOTONIC, &ts);
+        if (r % 20 == 0) {
+            printf("round %ld x=%lu\n", r, x % 1000);
+            fflush(stdout);
+        }
+    }
+    return 0;
+}
+"""
+
+
+def test_plot_of_a_run_with_two_failovers(tmp_path):
+    pytest.importorskip("matplotlib")
+    src = tmp_path / "tick.c"
+    src.write_text(TICK)
+    exe = tmp_path / "tick"
+    subprocess.run(["gcc", "-O1", "-static", str(src), "-o", str(exe)], check=True)
+    log, run_dir = tmp_path / "whole.ftlog", tmp_path / "run"
+    run = run_ftvm("run", "--nodes", "3", "--kill-primary-after", "1.5", "--kill-primary-after", "4",
+                   "--fail-timeout-ms", "1000",
+                   "--log", log, "--run-dir", run_dir, "--", exe, "3000", timeout=300)
+    assert run.returncode == 0, run.stderr
+    from hypervisor.plot import gather
+    d = gather(log)
+    assert len(d.golives) == 2 and d.timed
+    want = [d.t(b) for b, _, _, _ in d.golives]
+    for svg, args in ((tmp_path / "run.svg", ("log", "plot", log, "-o", tmp_path / "run.svg")),
+                      (tmp_path / "status.svg", ("status", "--run-dir", run_dir, "--plot", tmp_path / "status.svg"))):
+        p = run_ftvm(*args)
+        assert p.returncode == 0, p.stderr
+        text = svg.read_text()
+        got = {}
+        for i, t in re.findall(r'id="failover-(\d+)-t([0-9.]+)"', text):
+            got[int(i)] = float(t)
+        assert sorted(got) == [1, 2], text[:300]
+        assert [round(got[1], 3), round(got[2], 3)] == [round(w, 3) for w in want]
+        assert 0 < got[1] < got[2] < d.t(d.end_blocks)
+        # Guest time runs with the host clock: the second kill came 2.5 s after the first.
+        assert 1.0 < got[2] - got[1] < 4.5, (got, run.stderr)
+        assert "primary B" in text and "primary C" in text and "backup C" in text
+        assert len(re.findall(r'id="transfer-\d+-t', text)) >= 2 * 3      # two transfers, on every panel
