@@ -180,7 +180,8 @@ def record(program, log_path, stack_size, mem_limit, digest_interval_ms, digest_
     from .abi import STACK_SIZE_MIN
     if stack_size < STACK_SIZE_MIN:
         raise click.BadParameter(f"at least {STACK_SIZE_MIN >> 20}M", param_hint="--stack-size")
-    guest = _guest(program, personality, root, data, cwd, env, mem_limit=mem_limit, stack_size=stack_size)
+    guest = _guest(program, personality, root, data, cwd, env, mem_limit=mem_limit, stack_size=stack_size,
+                   listen=listen)
     if log_path is None:
         log_path = os.path.splitext(os.path.basename(program[0]))[0] + ".ftlog"
     status = record_guest(guest, log_path, stack_size=stack_size, mem_limit=mem_limit,
@@ -349,11 +350,11 @@ def run(program, log_path, kill_after, progress, run_dir, nodes, hb_interval_ms,
     """
     from .ft.observer import run_local
     import tempfile
-    g = _guest(program, personality, root, data, cwd, env)
+    g = _guest(program, personality, root, data, cwd, env, listen=listen)
     guest = program[0]
     if g.personality == "linux":
-        if listen or disk:
-            raise click.UsageError("--listen and --disk are devices of ftvm-ABI guests")
+        if disk:
+            raise click.UsageError("--disk is a device of ftvm-ABI guests; a Linux program has --data")
         run_dir = run_dir or tempfile.mkdtemp(prefix="ftvm-run-")
         os.makedirs(run_dir, exist_ok=True)
         from .linux.spec import SPEC_SUFFIX

@@ -223,7 +223,7 @@ class FrontEnd:
     def _accept(self, events):
         for _ in range(64):
             try:
-                sock, _addr = self.lsock.accept()
+                sock, addr = self.lsock.accept()
             except (BlockingIOError, InterruptedError):
                 return
             except OSError as e:
@@ -237,7 +237,8 @@ class FrontEnd:
             self.conns[c.id] = c
             self.sel.register(sock, selectors.EVENT_READ, c)
             self.stats["connections"] += 1
-            events.append((c.id, abi.NET_OPEN, b""))
+            # The client's address rides in the open event (a Linux guest's getpeername).
+            events.append((c.id, abi.NET_OPEN, f"{addr[0]}:{addr[1]}".encode()))
 
     def _read(self, c, events):
         try:

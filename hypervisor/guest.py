@@ -112,7 +112,7 @@ def find_program(program, root="/", cwd=None):
 
 
 def open_guest(program, argv=None, *, personality=None, root="/", data=None, cwd=None, env=(), mem_limit=None,
-               stack_size=None):
+               stack_size=None, listen=None):
     """Build the guest for PROGRAM (a host path, or a guest path in the root)."""
     from .linux.fs import file_identity
     from .linux.spec import DEFAULT_DATA_GUEST, DEFAULT_ENV, SPEC_SUFFIX, LinuxSpec
@@ -163,6 +163,9 @@ def open_guest(program, argv=None, *, personality=None, root="/", data=None, cwd
         envs = [e for e in envs if not e.startswith(name + "=")] + [kv]
     spec = LinuxSpec(program=gprog, argv=[program] + list(argv or []), env=envs, root=root, data_host=data_host,
                      data_guest=data_guest, cwd=cwd, program_sha256=ident[2]).fresh()
+    if listen:
+        from .frontend import parse_addr
+        spec.listen_port = parse_addr(listen)[1]
     return LinuxGuest(spec)
 
 

@@ -256,6 +256,15 @@ def _record_dict(index, offset, rec, call_index=None):
     elif rec.kind == R.SYSCALL:
         from .linux import decode
         d.update(decode.call_dict(rec, call_index))
+    elif rec.kind in (R.WAIT, R.INTENT):
+        from .linux.table import describe_call
+        d.update(blocks=rec.blocks, pc=rec.pc, nr=rec.nr, values=len(rec.values))
+        if rec.kind == R.WAIT:
+            d.update(what=rec.what, text=describe_call(rec.nr, rec.args, None))
+    elif rec.kind == R.SCHED:
+        d.update(blocks=rec.blocks, pc=rec.pc, prev=rec.prev, next=rec.next)
+    elif rec.kind == R.SIGNAL:
+        d.update(blocks=rec.blocks, pc=rec.pc, tid=rec.tid, signo=rec.signo)
     elif rec.kind == R.END:
         d.update(blocks=rec.blocks, pc=rec.pc, reason=rec.reason, status=rec.status, detail=rec.detail,
                  wall_ns=rec.wall_ns, vtime_ns=rec.digest.vtime, out_bytes=rec.digest.out_bytes)
@@ -277,6 +286,14 @@ def _text(d, syms):
                 f"time {d['first_tsc']}..{d['last_tsc']} ns")
     if k == "rng":
         return f"{head} block {d['blocks']:>12}  value {d['value']:#010x}"
+    if k == "wait":
+        return f"{head} block {d['blocks']:>12} pc {d['pc']:#x} {syms.symbol(d['pc'])}  {d['text']} waits ({d['what']})"
+    if k == "intent":
+        return f"{head} block {d['blocks']:>12} pc {d['pc']:#x}  data-directory change of the pending call (nr {d['nr']})"
+    if k == "sched":
+        return f"{head} block {d['blocks']:>12} pc {d['pc']:#x} {syms.symbol(d['pc'])}  thread {d['prev']} -> {d['next']}"
+    if k == "signal":
+        return f"{head} block {d['blocks']:>12} pc {d['pc']:#x} {syms.symbol(d['pc'])}  signal {d['signo']} to thread {d['tid']}"
     if k == "syscall":      # the instruction is always `syscall`: the call instead, as strace shows it
         return (f"{head} block {d['blocks']:>12} pc {d['pc']:#x} {syms.symbol(d['pc'])}  "
                 f"#{d['syscall_index']} {d['text']}")

@@ -125,6 +125,7 @@ class Recorder:
         self.guest_waits = False        # at this stop the guest halts until something arrives
         self._stop_soon = False
         self.disk_reads_in_log = machine.config.disk_reads != "shared"
+        self._poker = None
         machine.rng.mode = "record"
         machine.rng.set_append(self._append)
         machine.mode = "record"
@@ -242,17 +243,15 @@ class Recorder:
             return self._loop(m, cpu)
         finally:
             lib.ftvm_restore_signals()
+            if self._poker is not None:
+                self._poker.close()
             self.host.close()
             if self.disk is not None:
                 self.disk.close()
 
     def _loop(self, m, cpu):
-        if self.kernel is not None and self.kernel.pending is not None:
-            # Gone live from a replay stopped at a system call: finish it first, doing its
-            # change again if the old primary may have made it (its Intent is logged).
-            if self.kernel.intent is not None:
-                self.kernel.redo(self.kernel.intent)
-            end = self._linux_syscall()
+        if self.kernel is not None:
+            end = self._linux_resume()
             if end is not None:
                 return end
         while True:
@@ -266,7 +265,7 @@ class Recorder:
                 return self._end("fault", fault.status, f"guest fault: {fault.describe()}")
             if m.exit_status is not None:
                 return self._end("exit", m.exit_status, f"guest exited with status {m.exit_status}")
-            if cpu.signal:
+            if cpu.signal and self.kernel is None:
                 return self._end("interrupted", EXIT_INTERRUPTED, f"recording stopped by signal {cpu.signal}")
             halted = m.vcpu.halted
             cpu.async_req = 0
@@ -278,10 +277,9 @@ class Recorder:
                 self.chaos.at_stop(m)
             self._take_host_events()
             if self.kernel is not None:
-                if self.kernel.pending is not None:
-                    end = self._linux_syscall()
-                    if end is not None:
-                        return end
+                end = self._linux_stop()
+                if end is not None:
+                    return end
                 halted = False
             delivered = self._maybe_deliver()
             while halted and not delivered:
@@ -323,37 +321,130 @@ class Recorder:
             return Fault("hlt instruction (privileged in a Linux process)", None, m.vcpu.reg("rip") - 1, 139)
         return None
 
-    def _linux_syscall(self):
-        """Run the pending system call; if it must wait (stdin, a sleep), wait as a
-        halted guest does, taking host events, and try again. Returns an End record if
-        the run ends while waiting."""
-        from .linux.kernel import Blocked
-        m, cpu, k = self.m, self.m.cpu, self.kernel
-        while True:
-            try:
-                rec = k.run_record()
-            except Blocked as b:
-                if b.forever:
-                    return self._end("stuck", GuestStuck.exit_status,
-                                     f"the guest waits forever in {k.describe_pending()} ({b.what}: a single "
-                                     "thread waits for itself)")
-                self._flush_console()
-                self._flush_net()
-                self._mark_progress()
-                self.guest_waits = True
-                self.out.after_stop(self)
-                self.guest_waits = False
-                timeout = 0.05
-                if b.until_ns is not None:
-                    timeout = min(timeout, max(0.0, (b.until_ns - m.vtime.now()) / 1e9))
-                if timeout > 0:
-                    self.host.wait(timeout)
-                if cpu.signal:
-                    return self._end("interrupted", EXIT_INTERRUPTED, f"recording stopped by signal {cpu.signal}")
-                self._take_host_events()
-                continue
-            self._event(rec)
+    def _linux_resume(self):
+        """Gone live from a replay: the running thread may be stopped in a system call.
+        Finish it first, doing its change again if the old primary may have made it
+        (its Intent is logged); a call that was waiting goes back to the scheduler."""
+        k = self.kernel
+        if k.pending is None:
             return None
+        if k.threads.cur.blocked is not None:
+            return self._linux_schedule()
+        if k.intent is not None:
+            k.redo(k.intent)
+        return self._linux_syscall()
+
+    def _linux_stop(self):
+        """At a stop: run the system call the running thread made, deliver signals
+        that are due, or end the running thread's slice."""
+        k, th = self.kernel, self.kernel.threads
+        if k.pending is not None:
+            end = self._linux_syscall()
+            if end is not None:
+                return end
+        end = self._linux_signals()
+        if end is not None:
+            return end
+        due = th.preempt_at(self.m.vtime.now())
+        if due is not None and self.m.blocks >= due:
+            return self._linux_schedule(preempt=True)
+        return None
+
+    def _linux_signals(self):
+        """Signals due at this stop: the guest's own (kill, tgkill), an expired interval
+        timer, and SIGINT/SIGTERM that reached ftvm. Each becomes a SIGNAL record."""
+        from .linux import signals as S
+        k, m, cpu = self.kernel, self.m, self.m.cpu
+        from .linux.signals import target_thread
+        for signo in list(k.signals_pending):
+            if target_thread(k, signo) is None:
+                continue            # blocked by every thread: it stays pending, as on Linux
+            end = self._linux_signal(signo)
+            if end is not None:
+                return end
+        if k.itimer[0] and m.vtime.now() >= k.itimer[0]:
+            end = self._linux_signal(S.SIGALRM, vtime=m.vtime.now())
+            if end is not None:
+                return end
+        if cpu.signal:
+            signo, cpu.signal = int(cpu.signal), 0
+            if S.disposition(k, signo) != "handle":
+                return self._end("interrupted", EXIT_INTERRUPTED, f"recording stopped by signal {signo}")
+            return self._linux_signal(signo)
+        return None
+
+    def _linux_signal(self, signo, vtime=0):
+        from .linux import signals as S
+        k, m = self.kernel, self.m
+        th = k.threads
+        t = S.target_thread(k, signo)
+        if t is None:               # every thread blocks it: it waits, as Linux keeps it pending
+            if signo not in k.signals_pending:
+                k.signals_pending.append(signo)
+            return None
+        if t is not th.cur:
+            self._event(R.Sched(m.blocks, m.vcpu.reg("rip"), th.cur.tid, t.tid))
+            th.switch_to(t)
+        self._event(R.Signal(m.blocks, m.vcpu.reg("rip"), t.tid, signo, vtime))
+        status = apply_signal(k, signo, vtime)
+        if status is not None:
+            m.exit_status = status
+            return self._end("exit", status, f"guest killed by signal {signo}")
+        return None
+
+    def _linux_syscall(self):
+        """Run the running thread's pending call (a SYSCALL or WAIT record); if it must
+        wait, exited or yielded, let the scheduler pick the next thread."""
+        k = self.kernel
+        rec, waits = k.run_record()
+        self._event(rec)
+        if waits or k.threads.cur.exited or k.yield_wanted:
+            return self._linux_schedule(preempt=k.yield_wanted)
+        return None
+
+    def _linux_schedule(self, preempt=False):
+        """Pick the thread to run (threads.py's rule); log a SCHED record for a switch.
+        A waiting thread whose wait is over runs its call again. When every thread
+        waits, wait as a halted guest does for what the host brings. Returns an End
+        record if the run ends while waiting."""
+        m, k = self.m, self.kernel
+        th = k.threads
+        k.yield_wanted = False
+        while True:
+            t = th.pick(m.vtime.now(), preempt)
+            preempt = False
+            if t is not None:
+                if t is not th.cur:
+                    self._event(R.Sched(m.blocks, m.vcpu.reg("rip"), th.cur.tid, t.tid))
+                    th.switch_to(t)
+                else:
+                    th.slice_start = m.blocks
+                if t.blocked is not None:          # its wait is over: try the call again
+                    rec, waits = k.run_record()
+                    self._event(rec)
+                    if waits or t.exited:
+                        continue
+                return None
+            if th.earliest_deadline() is None and not self.host.input_may_come() and not self.host.net_attached:
+                return self._end("stuck", GuestStuck.exit_status,
+                                 "every thread of the guest waits and nothing can wake it: " + ", ".join(
+                                     f"thread {x.tid} in {x.blocked.what}" for x in th.all.values() if x.blocked))
+            self._flush_console()
+            self._flush_net()
+            self._mark_progress()
+            self.guest_waits = True
+            self.out.after_stop(self)
+            self.guest_waits = False
+            timeout = 0.05
+            deadline = th.earliest_deadline()
+            if deadline is not None:
+                timeout = min(timeout, max(0.0, (deadline - m.vtime.now()) / 1e9))
+            if timeout > 0:
+                self.host.wait(timeout)
+            self._take_host_events()
+            end = self._linux_signals()
+            if end is not None:
+                return end
 
     def _output_gate(self, values):
         """Before a change to the data directory: the backup must have the log up to
@@ -382,7 +473,21 @@ class Recorder:
         if self._stop_soon:
             self._stop_soon = False
             stop = min(stop, m.blocks + self.FLUSH_SOON_BLOCKS)
+        if self.kernel is not None:
+            th = self.kernel.threads
+            due = th.preempt_at(m.vtime.now())
+            if due is not None:
+                stop = min(stop, max(due, m.blocks + 1))
+            deadline = th.earliest_deadline()
+            if deadline is not None and len(th.all) > 1:
+                # Another thread sleeps until then: stop the running one when it is due.
+                self._deadline_poker().poke_at(deadline - int(m.cpu.tsc_offset_ns))
         lib.ftvm_arm(m.cpu, stop)
+
+    def _deadline_poker(self):
+        if self._poker is None:
+            self._poker = DeadlinePoker(self.m.cpu)
+        return self._poker
 
     def _drain_tsc(self):
         batch = self.m.vtime.drain()
@@ -528,6 +633,56 @@ class Recorder:
         self.out.exit(self._console_offset, status, detail, self.sink.records)
         self.out.after_stop(self)
         return end
+
+
+def apply_signal(kernel, signo, vtime=0):
+    """Deliver a signal to the running thread (record and replay alike); returns an
+    exit status if it ends the process. ``vtime``: a timer's signal fired then."""
+    from .linux import signals as S
+    if vtime:
+        kernel.vtime_seen(vtime)
+        S.timer_fired(kernel, vtime)
+    elif signo in kernel.signals_pending:
+        kernel.signals_pending.remove(signo)
+    return S.deliver(kernel, signo)
+
+
+class DeadlinePoker:
+    """Stops the emulation (ftvm_poke) when the earliest sleeping thread's deadline
+    comes, so that a busy thread does not keep a sleeping one from waking."""
+
+    def __init__(self, cpu):
+        import threading
+        self.cpu = cpu
+        self.cond = threading.Condition()
+        self.at_ns = None
+        self.closed = False
+        self.thread = threading.Thread(target=self._run, name="ftvm-deadline", daemon=True)
+        self.thread.start()
+
+    def poke_at(self, host_ns):
+        with self.cond:
+            if self.at_ns is None or host_ns < self.at_ns:
+                self.at_ns = host_ns
+                self.cond.notify()
+
+    def _run(self):
+        with self.cond:
+            while not self.closed:
+                if self.at_ns is None:
+                    self.cond.wait()
+                    continue
+                left = (self.at_ns - int(lib.ftvm_host_ns())) / 1e9
+                if left > 0:
+                    self.cond.wait(left)
+                    continue
+                self.at_ns = None
+                lib.ftvm_poke(self.cpu)
+
+    def close(self):
+        with self.cond:
+            self.closed = True
+            self.cond.notify()
 
 
 def console_write(console):

@@ -276,7 +276,7 @@ class Replayer:
                 target = min(target, self.to_blocks)
             if self.chaos:
                 target = min(target, self.chaos.next_stop(m.blocks))
-            if self.kernel is not None and self.kernel.pending is not None:
+            if self.kernel is not None and self.kernel.pending is not None and self.kernel.threads.cur.blocked is None:
                 raise Divergence(self._point(), f"the guest called {self.kernel.describe_pending()} here, but the "
                                                 f"log's next event is {R.KIND_NAMES.get(ev.kind, 'the end of the log')} "
                                                 f"at block {ev.blocks}")
@@ -327,6 +327,8 @@ class Replayer:
     def _apply(self, ev):
         m = self.m
         if ev.kind == R.END:
+            if ev.reason == "exit" and m.exit_status is not None:
+                return self._check_end(ev, "exit", m.exit_status, f"guest killed by signal {m.exit_status - 128}")
             if ev.reason in ("exit", "fault"):
                 raise Divergence(self._point(), f"the log says the guest ended here ({ev.detail}), but replay did not")
             self._check_pc(ev)
@@ -336,6 +338,33 @@ class Replayer:
                 raise Divergence(self._point(), "the log has a data-directory change here, but the guest is not "
                                                 "in that system call")
             self.kernel.intent = list(ev.values)
+            return None
+        if ev.kind == R.WAIT:
+            if self.kernel is None:
+                raise Divergence(self._point(), "a system call record in the log of an ftvm-ABI guest")
+            self.kernel.run_replay_wait(ev)
+            return None
+        if ev.kind == R.SIGNAL:
+            th = self.kernel.threads if self.kernel is not None else None
+            if th is None or th.cur.tid != ev.tid:
+                raise Divergence(self._point(), f"the log delivers signal {ev.signo} to thread {ev.tid} here, but the "
+                                                f"running thread is {th.cur.tid if th else '-'}")
+            self._check_pc(ev)
+            from .record import apply_signal
+            status = apply_signal(self.kernel, ev.signo, ev.vtime)
+            if status is not None:
+                m.exit_status = status
+            return None
+        if ev.kind == R.SCHED:
+            th = self.kernel.threads if self.kernel is not None else None
+            if th is None or th.cur.tid != ev.prev or th.get(ev.next) is None:
+                raise Divergence(self._point(), f"the log switches from thread {ev.prev} to {ev.next} here, but the "
+                                                f"running thread is {th.cur.tid if th else '-'}")
+            if th.cur.pending is not None and th.cur.blocked is None and not th.cur.exited:
+                raise Divergence(self._point(), f"the log switches threads here, but thread {th.cur.tid} is in "
+                                                f"{self.kernel.describe_pending()}")
+            self._check_pc(ev)
+            th.switch_to(th.get(ev.next))
             return None
         if ev.kind == R.SYSCALL:
             self.events += 1

@@ -32,10 +32,9 @@ def record_guest(guest, log_path, *, stack_size, mem_limit, digest_interval_ms, 
         data, image = elf_loader.load_file(guest, mem_limit=mem_limit, stack_size=stack_size)
         from .guest import AbiGuest
         guest = AbiGuest(data, image, os.path.basename(guest))
-    if guest.personality == "linux" and (devices.listen or devices.disk):
+    if guest.personality == "linux" and devices.disk:
         from .errors import FtvmError
-        raise FtvmError("--listen and --disk are devices of ftvm-ABI guests; a Linux program uses "
-                        "--data (and, later, its own sockets)")
+        raise FtvmError("--disk is a device of ftvm-ABI guests; a Linux program uses --data")
     config = Config(stack_size=stack_size, mem_limit=mem_limit, digest_interval_ms=digest_interval_ms,
                     digest_every_events=digest_every_events, disk_sectors=devices.disk_sectors,
                     disk_reads=devices.disk_reads)

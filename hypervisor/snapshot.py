@@ -82,7 +82,7 @@ def capture(m: Machine, header_frame: bytes, log_index: int, retained_from: int,
         "extra": extra or {},
     }
     if kernel is not None:
-        st["linux"] = linux_state.capture(kernel)
+        st["linux"] = linux_state.capture(kernel, _ctx_bytes)
     meta = msgpack.packb(st, use_bin_type=True)
     total = _HEAD.size + len(meta) + sum(size for _, size in regions)
     out = bytearray(total)
@@ -182,7 +182,7 @@ def restore(blob, console, mode="replay"):
             spans[start] = (off, size)
             off += size
         m.kernel.mem.restore(st["linux"]["mem"], lambda a, b: bytes(view[spans[a][0]:spans[a][0] + (b - a)]))
-        linux_state.restore(m.kernel, st["linux"])
+        linux_state.restore(m.kernel, st["linux"], lambda data: _ctx_from(m.vcpu.uc, data))
     else:
         image = elf_loader.parse(header.elf, header.elf_name, mem_limit=max(config.mem_limit, 1 << 62),
                                  stack_size=config.stack_size)

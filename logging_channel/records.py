@@ -30,10 +30,12 @@ FRAME_HEAD = struct.Struct("<BBI")   # the part of the frame header the CRC cove
 BODY_MAX = 256 << 20                 # largest body a reader accepts (the ELF rides in HEADER)
 TSC_BATCH_MAX = 1 << 20              # most RDTSC entries one record may hold
 
-HEADER, INPUT, IRQ, TSC, RNG, DIGEST, END, PROGRESS, GOLIVE, VIEW, TRANSFER, NET, DISK, SYSCALL, INTENT = range(1, 16)
+(HEADER, INPUT, IRQ, TSC, RNG, DIGEST, END, PROGRESS, GOLIVE, VIEW, TRANSFER, NET, DISK, SYSCALL, INTENT, WAIT,
+ SCHED, SIGNAL) = range(1, 19)
 KIND_NAMES = {HEADER: "header", INPUT: "input", IRQ: "irq", TSC: "tsc", RNG: "rng",
               DIGEST: "digest", END: "end", PROGRESS: "progress", GOLIVE: "golive", VIEW: "view",
-              TRANSFER: "transfer", NET: "net", DISK: "disk", SYSCALL: "syscall", INTENT: "intent"}
+              TRANSFER: "transfer", NET: "net", DISK: "disk", SYSCALL: "syscall", INTENT: "intent",
+              WAIT: "wait", SCHED: "sched", SIGNAL: "signal"}
 NAME_KINDS = {v: k for k, v in KIND_NAMES.items()}
 
 # Registers in a state digest, in this order (format version 1).
@@ -121,6 +123,44 @@ class Syscall:
     values: list
     strings: tuple = ()     # ((argument index, the path it named), ...), for display only
     kind = SYSCALL
+
+
+@dataclasses.dataclass(frozen=True)
+class Wait:
+    """A Linux system call that must wait here (``what``: futex, stdin, sleep, ...):
+    the thread keeps it pending and another thread runs. Its handler ran once and
+    asked the host for ``values``; it runs again, and completes (a SYSCALL record),
+    when its wait is over."""
+    blocks: int
+    pc: int
+    nr: int
+    args: tuple
+    values: list
+    what: str
+    kind = WAIT
+
+
+@dataclasses.dataclass(frozen=True)
+class Sched:
+    """The CPU goes from thread ``prev`` to thread ``next`` here (tids)."""
+    blocks: int
+    pc: int
+    prev: int
+    next: int
+    kind = SCHED
+
+
+@dataclasses.dataclass(frozen=True)
+class Signal:
+    """Signal ``signo`` is delivered to thread ``tid`` here: it enters its handler (or
+    the process ends). ``vtime``: for a timer's signal, the guest time it fired at
+    (guest time moves there, and the timer rearms from it); else 0."""
+    blocks: int
+    pc: int
+    tid: int
+    signo: int
+    vtime: int = 0
+    kind = SIGNAL
 
 
 @dataclasses.dataclass(frozen=True)
@@ -295,6 +335,12 @@ def _body(rec) -> object:
         return [rec.blocks, rec.pc, rec.vector]
     if k == INTENT:
         return [rec.blocks, rec.pc, rec.nr, rec.values]
+    if k == WAIT:
+        return [rec.blocks, rec.pc, rec.nr, list(rec.args), rec.values, rec.what]
+    if k == SCHED:
+        return [rec.blocks, rec.pc, rec.prev, rec.next]
+    if k == SIGNAL:
+        return [rec.blocks, rec.pc, rec.tid, rec.signo, rec.vtime]
     if k == SYSCALL:
         return [rec.blocks, rec.pc, rec.nr, list(rec.args), rec.ret, rec.values, [list(p) for p in rec.strings]]
     if k == NET:
@@ -370,6 +416,18 @@ def _from_body(kind, b):
         _need(len(b) == 3 and _is_uint(b[0]) and _is_uint(b[1]) and _is_uint(b[2], 8),
               "irq: expected [blocks, pc, vector]")
         return Irq(*b)
+    if kind == WAIT:
+        _need(len(b) == 6 and _is_uint(b[0]) and _is_uint(b[1]) and _is_uint(b[2], 16) and isinstance(b[3], list)
+              and len(b[3]) <= 6 and all(_is_uint(a) for a in b[3]) and isinstance(b[4], list)
+              and isinstance(b[5], str), "wait: expected [blocks, pc, number, args, values, what]")
+        return Wait(b[0], b[1], b[2], tuple(b[3]), b[4], b[5])
+    if kind == SCHED:
+        _need(len(b) == 4 and all(_is_uint(x) for x in b), "sched: expected [blocks, pc, prev, next]")
+        return Sched(*b)
+    if kind == SIGNAL:
+        _need(len(b) == 5 and all(_is_uint(x) for x in b) and 1 <= b[3] <= 64,
+              "signal: expected [blocks, pc, tid, signo 1-64, vtime]")
+        return Signal(*b)
     if kind == INTENT:
         _need(len(b) == 4 and _is_uint(b[0]) and _is_uint(b[1]) and _is_uint(b[2], 16) and isinstance(b[3], list),
               "intent: expected [blocks, pc, number, values]")

@@ -649,6 +649,61 @@ def sys_rmdir(k, path):
     return sys_unlinkat(k, AT_FDCWD, path, AT_REMOVEDIR)
 
 
+@syscall("symlinkat", "path", "fd", "path", family="files",
+         note="in the data directory; /tmp has no symbolic links (EPERM)")
+def sys_symlinkat(k, target, newdirfd, linkpath):
+    text = k.read_str(target)
+    if not text:
+        raise GuestErr(errno.ENOENT)
+
+    def tmp(rel):
+        node, parent, _ = k.files.tmp.lookup(rel)
+        if node is not None:
+            raise GuestErr(errno.EEXIST)
+        raise GuestErr(errno.ENOENT if parent is None else errno.EPERM)
+    return _mutate(k, newdirfd, linkpath, lambda p: os.symlink(text, p), tmp, eexist_on_root=True,
+                   done=errno.EEXIST)
+
+
+@syscall("symlink", "path", "path", family="files", note="in the data directory; /tmp has no symbolic links (EPERM)")
+def sys_symlink(k, target, linkpath):
+    return sys_symlinkat(k, target, AT_FDCWD, linkpath)
+
+
+AT_SYMLINK_FOLLOW = 0x400
+
+
+@syscall("linkat", "fd", "path", "fd", "path", "hex", family="files",
+         note="in the data directory; not in /tmp (EPERM)")
+def sys_linkat(k, olddirfd, oldpath, newdirfd, newpath, flags):
+    fs = k.files
+    a = fs.where(fs.abspath(k, olddirfd, k.read_str(oldpath)))
+    b = fs.where(fs.abspath(k, newdirfd, k.read_str(newpath)))
+    if a[0] == "data" and b[0] == "data":
+        def change():
+            r = _host_errno(lambda: os.link(a[1], b[1], follow_symlinks=bool(flags & AT_SYMLINK_FOLLOW)))
+            return 0 if r == errno.EEXIST and k.redo_now else r
+        got = k.output(change)
+        if got:
+            raise GuestErr(got)
+        return 0
+    if a[0] == "tmp" and b[0] == "tmp":
+        # A hard link would make two names share one node, which a state transfer
+        # (TmpNode.to_state) would split in two: refused, as by a file system without links.
+        node, _, _ = fs.tmp.lookup(a[1])
+        if node is None:
+            raise GuestErr(errno.ENOENT)
+        raise GuestErr(errno.EPERM)
+    if a[0] != b[0]:
+        raise GuestErr(errno.EXDEV)
+    raise GuestErr(errno.EROFS)
+
+
+@syscall("link", "path", "path", family="files", note="in the data directory; not in /tmp (EPERM)")
+def sys_link(k, oldpath, newpath):
+    return sys_linkat(k, AT_FDCWD, oldpath, AT_FDCWD, newpath, 0)
+
+
 @syscall("renameat2", "fd", "path", "fd", "path", "hex", family="files")
 def sys_renameat2(k, olddirfd, oldpath, newdirfd, newpath, flags):
     fs = k.files
@@ -1001,18 +1056,6 @@ def sys_lremovexattr(k, path, name):
 def sys_fremovexattr(k, fd, name):
     k.files.get(fd)
     raise GuestErr(errno.ENODATA)
-
-
-@syscall("getpeername", "fd", "ptr", "ptr", family="files", note="no sockets yet: ENOTSOCK for an open fd")
-def sys_getpeername(k, fd, addr, lenp):
-    k.files.get(fd)
-    raise GuestErr(errno.ENOTSOCK)     # bash asks this of stdin at every start
-
-
-@syscall("getsockname", "fd", "ptr", "ptr", family="files", note="no sockets yet: ENOTSOCK for an open fd")
-def sys_getsockname(k, fd, addr, lenp):
-    k.files.get(fd)
-    raise GuestErr(errno.ENOTSOCK)
 
 
 @syscall("pipe2", "ptr", "hex", family="files")

@@ -26,7 +26,7 @@ def _fixed(name, value, note="fixed answer"):
     return handler
 
 
-for _name, _v in (("getpid", PID), ("getppid", PPID), ("gettid", PID), ("getuid", UID), ("geteuid", UID),
+for _name, _v in (("getpid", PID), ("getppid", PPID), ("getuid", UID), ("geteuid", UID),
                   ("getgid", GID), ("getegid", GID), ("getpgrp", PID), ("setsid", PID)):
     _fixed(_name, _v)
 
@@ -81,16 +81,6 @@ def sys_getgroups(k, n, lst):
     return 1
 
 
-@syscall("exit", "int", family="process")
-def sys_exit(k, status):        # handled before dispatch (Kernel.exit_pending)
-    raise AssertionError("exit is handled by the kernel")
-
-
-@syscall("exit_group", "int", family="process")
-def sys_exit_group(k, status):
-    raise AssertionError("exit_group is handled by the kernel")
-
-
 @syscall("arch_prctl", "hex", "hex", family="process")
 def sys_arch_prctl(k, code, addr):
     v = k.m.vcpu
@@ -104,20 +94,6 @@ def sys_arch_prctl(k, code, addr):
         k.write_mem(addr, struct.pack("<Q", v.reg("gs_base")))
     else:
         raise GuestErr(errno.EINVAL)
-    return 0
-
-
-@syscall("set_tid_address", "ptr", family="process")
-def sys_set_tid_address(k, ptr):
-    k.clear_child_tid = ptr
-    return PID
-
-
-@syscall("set_robust_list", "ptr", "size", family="process")
-def sys_set_robust_list(k, head, size):
-    if size != 24:
-        raise GuestErr(errno.EINVAL)
-    k.robust_list = head
     return 0
 
 
@@ -186,81 +162,12 @@ def sys_sched_setaffinity(k, pid, size, mask):
     return 0
 
 
-@syscall("sched_yield", family="process")
-def sys_sched_yield(k):
-    return 0
-
-
 @syscall("getcpu", "ptr", "ptr", family="process", note="always CPU 0")
 def sys_getcpu(k, cpu, node):
     if cpu:
         k.write_mem(cpu, bytes(4))
     if node:
         k.write_mem(node, bytes(4))
-    return 0
-
-
-@syscall("rt_sigaction", "int", "ptr", "ptr", "size", family="process",
-         note="handlers are remembered; signal delivery comes with the server personality")
-def sys_rt_sigaction(k, sig, act, oldact, size):
-    if not 1 <= sig <= 64 or sig in (9, 19) and act:
-        raise GuestErr(errno.EINVAL)
-    if oldact:
-        k.write_mem(oldact, k.sigactions.get(sig, bytes(32)))
-    if act:
-        k.sigactions[sig] = k.read_mem(act, 32)
-    return 0
-
-
-@syscall("rt_sigprocmask", "int", "ptr", "ptr", "size", family="process")
-def sys_rt_sigprocmask(k, how, new, old, size):
-    if old:
-        k.write_mem(old, struct.pack("<Q", k.sigmask))
-    if new:
-        m = struct.unpack("<Q", k.read_mem(new, 8))[0]
-        if how == 0:
-            k.sigmask |= m
-        elif how == 1:
-            k.sigmask &= ~m
-        elif how == 2:
-            k.sigmask = m
-        else:
-            raise GuestErr(errno.EINVAL)
-    return 0
-
-
-@syscall("sigaltstack", "ptr", "ptr", family="process")
-def sys_sigaltstack(k, new, old):
-    if old:
-        k.write_mem(old, k.altstack)
-    if new:
-        k.altstack = k.read_mem(new, 24)
-    return 0
-
-
-@syscall("futex", "ptr", "int", "int", "ptr", "ptr", "int", family="process",
-         note="one thread: WAKE wakes nobody, WAIT on a changed value is EAGAIN")
-def sys_futex(k, uaddr, op, val, timeout, uaddr2, val3):
-    cmd = op & 0x7F
-    if cmd in (1, 10):               # FUTEX_WAKE, FUTEX_WAKE_BITSET
-        return 0
-    if cmd in (0, 9):                # FUTEX_WAIT, FUTEX_WAIT_BITSET
-        cur = struct.unpack("<I", k.read_mem(uaddr, 4))[0]
-        if cur != val & 0xFFFFFFFF:
-            raise GuestErr(errno.EAGAIN)
-        if timeout:
-            return -errno.ETIMEDOUT
-        raise GuestErr(errno.EDEADLK)
-    raise GuestErr(errno.ENOSYS)
-
-
-@syscall("kill", "int", "int", family="process", note="signals to itself are accepted and not delivered yet")
-def sys_kill(k, pid, sig):
-    return 0
-
-
-@syscall("tgkill", "int", "int", "int", family="process")
-def sys_tgkill(k, tgid, tid, sig):
     return 0
 
 
@@ -296,6 +203,16 @@ def sys_getpriority(k, which, who):
 @syscall("setpriority", "int", "int", "int", family="process")
 def sys_setpriority(k, which, who, prio):
     return 0
+
+
+@syscall("wait4", "int", "ptr", "hex", "ptr", family="process", note="no children (fork is refused): ECHILD")
+def sys_wait4(k, pid, status, options, rusage):
+    raise GuestErr(errno.ECHILD)
+
+
+@syscall("waitid", "int", "int", "ptr", "hex", "ptr", family="process", note="no children (fork is refused): ECHILD")
+def sys_waitid(k, idtype, id_, info, options, rusage):
+    raise GuestErr(errno.ECHILD)
 
 
 def _refuse(name):

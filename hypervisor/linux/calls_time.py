@@ -68,13 +68,22 @@ def sys_time(k, tloc):
     return s
 
 
-def _sleep(k, deadline_ns):
-    """Wait until guest time reaches ``deadline_ns`` (record: really wait; replay: the
-    call completed in the recording, at the logged point)."""
-    if k.replaying:
+def _sleep(k, deadline_of):
+    """The thread waits until guest time reaches a deadline. First attempt: work out
+    the deadline (``deadline_of()``; it may read the clock, a logged input) and wait
+    (a WAIT record). The scheduler tries the call again once the deadline has passed:
+    it then returns."""
+    t = k.threads.cur
+    if t.sleep_deadline is not None:
+        if now(k) >= t.sleep_deadline:
+            t.sleep_deadline = None
+            return
+        raise Blocked("sleep", until_ns=t.sleep_deadline)
+    deadline = deadline_of()
+    if deadline <= k.vtime_state():
         return
-    if k.vtime_read() < deadline_ns:
-        raise Blocked("sleep", until_ns=deadline_ns)
+    t.sleep_deadline = deadline
+    raise Blocked("sleep", until_ns=deadline)
 
 
 @syscall("nanosleep", "ptr", "ptr", family="time")
@@ -82,9 +91,7 @@ def sys_nanosleep(k, req, rem):
     sec, nsec = struct.unpack("<qq", k.read_mem(req, 16))
     if sec < 0 or not 0 <= nsec < 10**9:
         raise GuestErr(errno.EINVAL)
-    start = k.sleep_start(k.vtime_read)
-    _sleep(k, start + sec * 10**9 + nsec)
-    k.sleep_done()
+    _sleep(k, lambda: now(k) + sec * 10**9 + nsec)
     if rem:
         k.write_mem(rem, bytes(16))
     return 0
@@ -96,11 +103,9 @@ def sys_clock_nanosleep(k, clock, flags, req, rem):
         raise GuestErr(errno.EINVAL)
     sec, nsec = struct.unpack("<qq", k.read_mem(req, 16))
     if flags & TIMER_ABSTIME:
-        deadline = sec * 10**9 + nsec - (k.realtime_base_ns if clock in REALTIME_CLOCKS else 0)
+        _sleep(k, lambda: sec * 10**9 + nsec - (k.realtime_base_ns if clock in REALTIME_CLOCKS else 0))
     else:
-        deadline = k.sleep_start(k.vtime_read) + sec * 10**9 + nsec
-    _sleep(k, deadline)
-    k.sleep_done()
+        _sleep(k, lambda: now(k) + sec * 10**9 + nsec)
     return 0
 
 

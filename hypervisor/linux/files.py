@@ -109,7 +109,7 @@ class Stdin(File):
                 return b""
             if self.flags & O_NONBLOCK:
                 raise GuestErr(errno.EAGAIN)
-            raise Blocked("stdin")
+            raise Blocked("stdin", ready=lambda: bool(inp.fifo) or inp.eof)
         data = bytes(inp.fifo[:n])
         del inp.fifo[:len(data)]
         return data
@@ -367,7 +367,7 @@ class PipeEnd(File):
                 return b""
             if self.flags & O_NONBLOCK:
                 raise GuestErr(errno.EAGAIN)
-            raise Blocked("pipe", forever=True)
+            raise Blocked("pipe", ready=lambda: bool(p.buf) or p.writers == 0)
         data = bytes(p.buf[:n])
         del p.buf[:len(data)]
         return data
@@ -382,7 +382,7 @@ class PipeEnd(File):
         if room <= 0:
             if self.flags & O_NONBLOCK:
                 raise GuestErr(errno.EAGAIN)
-            raise Blocked("pipe full", forever=True)
+            raise Blocked("pipe full", ready=lambda: len(p.buf) < self.CAPACITY or p.readers == 0)
         p.buf += data[:room]
         return min(len(data), room)
 

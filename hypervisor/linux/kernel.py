@@ -37,9 +37,9 @@ class Blocked(Exception):
     """The call cannot complete yet (record only): it waits for stdin, time or the
     Output Rule. ``until_ns``: a guest-time deadline, or None."""
 
-    def __init__(self, what, until_ns=None, forever=False):
+    def __init__(self, what, until_ns=None, forever=False, ready=None):
         super().__init__(what)
-        self.what, self.until_ns, self.forever = what, until_ns, forever
+        self.what, self.until_ns, self.forever, self.ready = what, until_ns, forever, ready
 
 
 class ExitProcess(Exception):
@@ -54,15 +54,34 @@ class Kernel:
         self.mode = mode
         self.rec_values = None         # record: host results of the call in progress
         self.replay_values = None      # replay: host results from its record
-        self.pending = None            # (nr, args, pc) of the call waiting at this stop
         self.calls = 0                 # system calls completed in the run (the call index)
         self.warned = set()            # unsupported calls already named on stderr
         self.output_gate = None        # record: callable() that waits for the Output Rule
         self.on_note = lambda msg: sys.stderr.write(f"ftvm: {msg}\n")
         self.call_strings = None       # record: guest strings (paths) the call read, by address
-        self.intent = None             # replay: values of the pending call's logged Intent
         self.redo_values = []          # going live: values to reuse (see redo)
         self.redo_now = False
+        self.yield_wanted = False      # sched_yield: end the running thread's slice
+        self.restored_regs = False     # rt_sigreturn set every register itself
+        self.signals_pending = []      # signals the guest sent itself, delivered at this stop
+        self.itimer = [0, 0]           # ITIMER_REAL: deadline (guest ns, 0: off), interval
+
+    # The running thread's call in progress (threads.py keeps one per thread).
+    @property
+    def pending(self):
+        return self.threads.cur.pending
+
+    @pending.setter
+    def pending(self, value):
+        self.threads.cur.pending = value
+
+    @property
+    def intent(self):
+        return self.threads.cur.intent
+
+    @intent.setter
+    def intent(self, value):
+        self.threads.cur.intent = value
 
     # --- the three doors ------------------------------------------------------------------
     def host(self, fn):
@@ -176,14 +195,6 @@ class Kernel:
     def now_ns_state(self):
         return self.vtime_state() + self.realtime_base_ns
 
-    def sleep_start(self, read):
-        if self._sleep_start is None:
-            self._sleep_start = read() if not self.replaying else self.vtime_state()
-        return self._sleep_start
-
-    def sleep_done(self):
-        self._sleep_start = None
-
     # --- misc ------------------------------------------------------------------------------
     def note_once(self, key, msg):
         if key not in self.warned:
@@ -227,22 +238,33 @@ class Kernel:
         return describe_call(nr, args, None)
 
     def exit_pending(self):
-        """exit/exit_group ends the process at once (no SYSCALL record: the END
-        record says it). Returns the exit status, or None."""
+        """exit_group, or the exit of the last thread, ends the process at once (no
+        SYSCALL record: the END record says it). Returns the exit status, or None."""
         if self.pending is None or self.pending[0] not in (SYS_EXIT, SYS_EXIT_GROUP):
+            return None
+        if self.pending[0] == SYS_EXIT and len(self.threads.all) > 1:
             return None
         status = self.pending[1][0] & 0xFF
         self.pending = None
         return status
 
     def run_record(self):
-        """Record side: run the pending call. Returns its SYSCALL record, or raises
-        Blocked (nothing changed; the caller retries after waiting)."""
+        """Record side: run the running thread's pending call. Returns (record,
+        waits): a SYSCALL record if it completed, or a WAIT record if it must wait
+        (the thread keeps the call pending and is blocked until its wait is over)."""
+        t = self.threads.cur
         nr, args, pc = self.pending
         self.rec_values = []
         self.call_strings = {}
-        ret = self._run(nr, args)
         targs = _trim(nr, args)
+        try:
+            ret = self._run(nr, args)
+        except Blocked as b:
+            t.blocked = b
+            rec = R.Wait(self.m.blocks, pc, nr, targs, self.rec_values, b.what)
+            self.rec_values = self.call_strings = None
+            return rec, True
+        t.blocked = None
         strings = tuple((i, self.call_strings[a]) for i, a in enumerate(targs) if a in self.call_strings)
         rec = R.Syscall(self.m.blocks, pc, nr, targs, ret & (2**64 - 1), self.rec_values, strings)
         self.rec_values = None
@@ -250,11 +272,24 @@ class Kernel:
         self.redo_values, self.redo_now, self.intent = [], False, None
         self.pending = None
         self.calls += 1
-        return rec
+        return rec, False
 
-    def run_replay(self, rec):
-        """Replay side: run the pending call against its SYSCALL record."""
+    def run_replay_wait(self, rec):
+        """Replay side: the pending call must wait here, as it did in the recording."""
         point = self.m.point()
+        self._check_call(rec, point)
+        self.replay_values = list(rec.values)
+        t = self.threads.cur
+        try:
+            ret = self._run(rec.nr, self.pending[1])
+        except Blocked as b:
+            t.blocked = b
+            self.replay_values = None
+            return
+        raise Divergence(point, f"system call {NAMES.get(rec.nr, rec.nr)} returned {_ret_text(ret)} in replay, "
+                                f"but in the recording it had to wait ({rec.what})")
+
+    def _check_call(self, rec, point):
         if self.pending is None:
             raise Divergence(point, f"the log has system call {NAMES.get(rec.nr, rec.nr)} here, but the guest "
                                     "made none")
@@ -263,7 +298,14 @@ class Kernel:
             from .table import describe_call
             raise Divergence(point, f"the guest called {describe_call(nr, args, None)} at pc {pc:#x}, "
                                     f"the log has {describe_call(rec.nr, rec.args, None)} at pc {rec.pc:#x}")
+
+    def run_replay(self, rec):
+        """Replay side: run the pending call against its SYSCALL record."""
+        point = self.m.point()
+        self._check_call(rec, point)
+        nr, args, pc = self.pending
         self.replay_values = list(rec.values)
+        self.threads.cur.blocked = None
         try:
             ret = self._run(nr, args)
         except Blocked as b:
@@ -300,6 +342,9 @@ class Kernel:
                 raise FtvmError(f"internal error in system call {describe_call(nr, args[:NARGS[nr]], None)} at "
                                 f"{self.m.point()}: {type(e).__name__}: {e}") from e
         v = self.m.vcpu
+        if self.restored_regs:
+            self.restored_regs = False
+            return ret
         v.set_reg("rax", ret & (2**64 - 1))
         v.set_reg("rcx", v.reg("rip"))          # as the syscall instruction leaves them
         v.set_reg("r11", v.reg("rflags"))

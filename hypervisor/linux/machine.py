@@ -13,7 +13,6 @@ from ..console import Console
 from ..machine import Config
 from ..sources.disk import DiskDevice
 from ..sources.interrupts import InputDevice, InterruptController
-from ..sources.net import NetDevice
 from ..sources.rng import RngDevice
 from ..sources.vtime import VirtualTime
 from ..uc import X86, lib
@@ -101,7 +100,8 @@ class LinuxMachine:
         self.irq = InterruptController(self.vcpu)
         self.input = InputDevice()
         self.netout = Console()
-        self.net = NetDevice(self.vcpu, self.netout)
+        from .net import LinuxNet
+        self.net = LinuxNet(self.vcpu, self.netout)
         self.disk = DiskDevice(self.vcpu, 0)
         self.timer_period_us = 0
         self.on_timer_change = None
@@ -110,6 +110,7 @@ class LinuxMachine:
         self.bad_hypercall = None
         k = self.kernel = Kernel(self, mode)
         _setup_kernel(k, spec)
+        self.net.kernel = k
         if start:
             self._start()       # else a snapshot fills it in
 
@@ -183,10 +184,11 @@ def _setup_kernel(k, spec):
     k.shared_maps = []
     k.rlimits = {}
     k.sigactions = {}
-    k.sigmask = 0
-    k.altstack = bytes(24)
-    k.clear_child_tid = 0
-    k.robust_list = 0
+    from .threads import Threads
+    from .net import Sockets
+    k.threads = Threads(k)
+    k.spec_listen_port = spec.listen_port
+    k.sockets = Sockets(k)
     k.rseq = 0
     k._sleep_start = None
     _ = os

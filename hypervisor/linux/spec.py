@@ -28,6 +28,7 @@ class LinuxSpec:
     at_random: str = ""               # AT_RANDOM's 16 bytes, hex
     program_sha256: str = ""
     files: dict = dataclasses.field(default_factory=dict)   # interpreter path -> sha256
+    listen_port: int | None = None    # the port the front end forwards (--listen), if any
 
     def to_dict(self):
         return dataclasses.asdict(self)

@@ -17,8 +17,7 @@ HANDLERS = {}      # nr -> handler(kernel, *args) -> int
 NARGS = {}         # nr -> how many arguments are logged and shown
 SPECS = {}         # nr -> (family, [arg kinds], note)
 # Calls answered with an error on purpose, and why (shown once on stderr when used).
-REFUSED = {"fork": "one process per run", "vfork": "one process per run", "execve": "one process per run",
-           "clone": "threads come with the network-server personality", "clone3": "threads come later"}
+REFUSED = {"fork": "one process per run", "vfork": "one process per run", "execve": "one process per run"}
 
 
 def syscall(name, *kinds, family, note=""):
@@ -96,7 +95,7 @@ def describe_ret(ret):
 
 def load_families():
     """Import the family modules so their handlers register."""
-    from . import calls_files, calls_memory, calls_process, calls_time  # noqa: F401
+    from . import calls_files, calls_memory, calls_process, calls_time, net, signals, threads  # noqa: F401
 
 
 def status_rows():
@@ -120,6 +119,22 @@ def status_table():
     return "\n".join(lines) + "\n"
 
 
+def update_doc(path):
+    """Put the current status table into docs/linux.md (between its header row and the
+    next section)."""
+    with open(path) as f:
+        text = f.read()
+    start = text.index("| nr | call | family | status | note |")
+    end = text.index("\n## ", start)
+    with open(path, "w") as f:
+        f.write(text[:start] + status_table() + text[end:])
+
+
 if __name__ == "__main__":
+    import sys
     from hypervisor.linux import table as _t     # the module the families registered in
-    print(_t.status_table(), end="")
+    _t.load_families()
+    if sys.argv[1:2] == ["--update"]:
+        _t.update_doc(sys.argv[2])
+    else:
+        print(_t.status_table(), end="")
