@@ -383,3 +383,24 @@ def test_plot_of_a_run_with_two_failovers(tmp_path):
         assert 1.0 < got[2] - got[1] < 4.5, (got, run.stderr)
         assert "primary B" in text and "primary C" in text and "backup C" in text
         assert len(re.findall(r'id="transfer-\d+-t', text)) >= 2 * 3      # two transfers, on every panel
+
+
+def test_threads_are_gdb_threads(tmp_path):
+    from conftest import ROOT
+    exe = tmp_path / "threads"
+    subprocess.run(["gcc", "-g", "-O0", "-static", "-pthread", str(ROOT / "guest_programs" / "linux" / "threads.c"),
+                    "-o", str(exe)], check=True)
+    log = tmp_path / "threads.ftlog"
+    rec = run_ftvm("record", "-o", log, "--", exe)
+    assert rec.returncode == 0, rec.stderr
+    srv = Server(log)
+    try:
+        out = gdb(exe, srv.port, "break worker", "continue", "continue", "info threads", "thread 1", "bt",
+                  "reverse-continue", "info threads")
+    finally:
+        _, err = srv.stop()
+    assert "Traceback" not in err, err
+    assert re.search(r"Thread \d+ hit Breakpoint 1, worker", out), out
+    listed = re.findall(r"^\*?\s+\d+\s+Thread (\d+) \((running|runnable|waiting[^)]*\))", out, re.M)
+    assert len({tid for tid, _ in listed}) >= 3, out
+    assert "in main () at" in out, out                # thread 1's own stack, from its saved registers

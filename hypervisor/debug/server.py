@@ -45,6 +45,7 @@ class GdbServer:
         self.last_stop = Stop("target")
         self.interrupt_seen = False
         self.closed = False
+        self.reg_tid = 0            # the thread gdb reads registers of (Hg); 0: the running one
         tl.interrupted = self._interrupted
 
     def gdb_command(self):
@@ -184,27 +185,39 @@ class GdbServer:
             return ""
         if t == "?":
             return self._stop_reply(self.last_stop)
-        if t[:1] == "H" or t.startswith("T") or t == "qSymbol::":
+        if t.startswith("Hg"):
+            tid = _tid(t[2:])
+            if tid not in (0, -1) and tid not in dict(tl.threads()):
+                return "E01"
+            self.reg_tid = tid
             return "OK"
+        if t[:1] == "H" or t == "qSymbol::":
+            return "OK"
+        if t.startswith("T"):
+            return "OK" if _tid(t[1:]) in dict(tl.threads()) else "E01"
         if t == "qfThreadInfo":
-            return "m1"
+            return "m" + ",".join(f"{tid:x}" for tid, _ in tl.threads())
         if t == "qsThreadInfo":
             return "l"
         if t == "qC":
-            return "QC1"
+            return f"QC{tl.current_tid():x}"
         if t == "qAttached":
             return "1"
-        if t.startswith("qThreadExtraInfo"):
-            return rsp.hexs(b"replay")
+        if t.startswith("qThreadExtraInfo,"):
+            return rsp.hexs(dict(tl.threads()).get(_tid(t.split(",", 1)[1]), "gone").encode())
         if t == "vCont?":
             return "vCont;c;C;s;S"
         if t == "g":
-            return target.read_all(tl.m.vcpu, self._orig_rax()).hex()
+            regs = tl.registers_of(self.reg_tid)
+            if regs is None:
+                return "E01"
+            return target.read_all(regs, self._orig_rax()).hex()
         if t[:1] == "p":
             i = int(t[1:], 16)
-            if i >= len(target.REGISTERS):
+            regs = tl.registers_of(self.reg_tid)
+            if i >= len(target.REGISTERS) or regs is None:
                 return "E45"
-            return target.read_register(tl.m.vcpu, i, self._orig_rax()).hex()
+            return target.read_register(regs, i, self._orig_rax()).hex()
         if t[:1] in "GPMX":
             self.say("refused a write to the guest's registers or memory: the replay would no longer be "
                      "the recorded run")
@@ -283,7 +296,8 @@ class GdbServer:
 
     def _stop_reply(self, stop: Stop):
         r = stop.reason
-        th = "thread:1;"
+        self.reg_tid = 0
+        th = f"thread:{self.tl.current_tid():x};"
         if r == "interrupt":
             return "T02" + th
         if r == "break":
@@ -347,6 +361,14 @@ class GdbServer:
             tl.goto(_point(parts[1]))
         else:
             tl.goto(_point(a))
+
+
+def _tid(text):
+    """A thread id as gdb sends it: hex, -1 (all) or 0 (any); "p1.2" forms too."""
+    t = text.strip()
+    if t.startswith("p"):
+        t = t.split(".", 1)[1] if "." in t else "0"
+    return -1 if t == "-1" else int(t, 16)
 
 
 def _point(text):

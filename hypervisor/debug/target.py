@@ -81,18 +81,20 @@ def target_xml() -> str:
 """
 
 
-def read_register(vcpu, index, orig_rax=-1) -> bytes:
+def read_register(regs, index, orig_rax=-1) -> bytes:
+    """Register ``index`` from ``regs`` (the engine, or a thread's saved context: both
+    have reg_read), in target byte order."""
     name, bits, how = REGISTERS[index]
     if how is None:
         value = 0
     elif how == "orig_rax":
         value = orig_rax & (2**64 - 1)
     else:
-        value = vcpu.uc.reg_read(how)
+        value = regs.reg_read(how)
         if isinstance(value, tuple):             # x87: (mantissa, exponent)
             value = value[0] | (value[1] << 64)
     return int(value).to_bytes(bits // 8, "little")
 
 
-def read_all(vcpu, orig_rax=-1) -> bytes:
-    return b"".join(read_register(vcpu, i, orig_rax) for i in range(len(REGISTERS)))
+def read_all(regs, orig_rax=-1) -> bytes:
+    return b"".join(read_register(regs, i, orig_rax) for i in range(len(REGISTERS)))

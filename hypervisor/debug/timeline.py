@@ -404,10 +404,49 @@ class Timeline:
                 return self.ended
             self.ev = rp._next_event()
 
+    def _call_pending(self):
+        """A system call waits at this boundary that the log has not answered (a
+        thread blocked in one is not: it waits for another thread)."""
+        k = self.rp.kernel
+        if k is None or k.pending is None:
+            return False
+        th = getattr(k, "threads", None)
+        return th is None or th.cur.blocked is None
+
+    # --- threads (Linux programs) ------------------------------------------------------------------
+    def threads(self):
+        """[(tid, state text)] of the guest's threads; one thread (1) for an ftvm-ABI guest."""
+        th = getattr(self.rp.kernel, "threads", None) if self.rp.kernel is not None else None
+        if th is None:
+            return [(1, "running")]
+        out = []
+        for tid in sorted(th.all):
+            t = th.all[tid]
+            if t.exited:
+                continue
+            state = "running" if t is th.cur else (f"waiting ({t.blocked.what})" if t.blocked is not None
+                                                   else "runnable")
+            out.append((tid, state))
+        return out
+
+    def current_tid(self):
+        th = getattr(self.rp.kernel, "threads", None) if self.rp.kernel is not None else None
+        return th.cur.tid if th is not None else 1
+
+    def registers_of(self, tid):
+        """Something with reg_read for thread ``tid``: the CPU, or its saved context."""
+        th = getattr(self.rp.kernel, "threads", None) if self.rp.kernel is not None else None
+        if th is None or tid in (None, 0, -1) or tid == th.cur.tid:
+            return self.m.vcpu.uc
+        t = th.all.get(tid)
+        if t is None or t.ctx is None:
+            return None
+        return t.ctx
+
     def _run_blocks(self, goal):
         """Run from a boundary to block ``goal`` at most; stops early at a hit."""
         m, cpu = self.m, self.m.cpu
-        if self.rp.kernel is not None and self.rp.kernel.pending is not None:
+        if self._call_pending():
             from ..errors import Divergence
             raise Divergence(self.rp._point(), f"the guest called {self.rp.kernel.describe_pending()} here, but "
                                                f"the log's next event is at block {self.ev.blocks}")
@@ -469,7 +508,7 @@ class Timeline:
         """One instruction. In "stop" mode a breakpoint on it stops in front of it
         (returns Stop("break")); a watchpoint stops after it."""
         m, cpu, v = self.m, self.m.cpu, self.m.vcpu
-        if self.k == 0 and self.rp.kernel is not None and self.rp.kernel.pending is not None:
+        if self.k == 0 and self._call_pending():
             from ..errors import Divergence
             raise Divergence(self.rp._point(), "a system call is pending where the log has none")
         if not self._step_ready:
