@@ -60,6 +60,7 @@ STOP_NEVER = (1 << 64) - 1
 SYNC_DEBUG = 8                  # a watchpoint hit: stop at the next block boundary
 EVENT_KINDS = (R.SYSCALL, R.INPUT, R.IRQ, R.NET, R.DISK)   # what the replayer counts as events
 CHUNK_S = 0.05                  # forward runs stop this often (interrupts, checkpoints)
+STRETCH_MAX = 4                 # reverse-continue: snapshot intervals replayed per restore, at most
 
 
 class BadPoint(FtvmError):
@@ -772,7 +773,8 @@ class Timeline:
     def reverse_continue(self):
         """Back to the last breakpoint or watchpoint hit before here, or the start.
         Stretches of the past are replayed with the hooks collecting hits, the nearest
-        first; each stretch is twice as long as the one before (fewer restores)."""
+        first; each stretch is twice as long as the one before, up to STRETCH_MAX
+        snapshot intervals (fewer restores, little replayed beyond the hit)."""
         here, here_events = self.pos(), self.events
         cps = [cp for cp in self.checkpoints if cp.point < here or (cp.point == here and cp.events < here_events)]
         end, span, i = here, 1, len(cps)
@@ -781,7 +783,7 @@ class Timeline:
                 self.goto(here)
                 return Stop("interrupt")
             i = max(0, i - span)
-            span *= 2
+            span = min(2 * span, STRETCH_MAX)
             cp = cps[i]
             self._restore(cp)
             self.hits = []
