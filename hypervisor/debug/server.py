@@ -227,12 +227,16 @@ class GdbServer:
             return self._read_mem(addr, min(n, rsp.PACKET_MAX // 2))
         if t[:1] in "Zz":
             return self._breakpoint(t)
-        if t in ("c", "vCont;c", "vCont;c:1", "vCont;c:-1") or t.startswith("c") or t.startswith("vCont;c") \
-                or t.startswith("vCont;C") or t.startswith("C"):
-            if t.startswith("vCont;s") or ";s" in t:
+        if t.startswith("vCont;"):
+            action = t[6:].split(";")[0].split(":")[0]     # all-stop: the first action decides
+            if action[:1] in ("s", "S"):
                 return self._resume(tl.step)
-            return self._resume(tl.forward)
-        if t == "s" or t.startswith("vCont;s") or t.startswith("vCont;S") or t.startswith("s") or t.startswith("S"):
+            if action[:1] in ("c", "C"):
+                return self._resume(tl.forward)
+            return "E01"
+        if t[:1] in ("c", "C"):
+            return self._resume(tl.forward)               # a resume address is not supported: ignored
+        if t[:1] in ("s", "S"):
             return self._resume(tl.step)
         if t == "bs":
             return self._resume(tl.reverse_step)

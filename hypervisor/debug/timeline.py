@@ -695,7 +695,10 @@ class Timeline:
         if back:
             cp = self._checkpoint_before(target, max_events)
             self._restore(cp)
-        return self._goto_forward(target, max_events)
+        r = self._goto_forward(target, max_events)
+        if back and r.reason == "target" and self.k == 0 and self._cost > 0.02:
+            self._checkpoint(temporary=True)        # going back again from here will be cheap
+        return r
 
     def _goto_forward(self, target, max_events):
         if target.insns and self.pos() < Point(target.blocks, 0):
