@@ -302,13 +302,15 @@ def test_whole_run_log_across_a_failover(recorded, tmp_path):
     """The whole-run log of `ftvm run` with a primary kill: stop at the go-live point
     and step across it, both ways."""
     d, exe, _, _, _ = recorded
-    log = tmp_path / "whole.ftlog"
-    run = run_ftvm("run", "--kill-primary-after", "2.0", "--fail-timeout-ms", "1000", "--log", log,
-                   "--run-dir", tmp_path / "run", "--",
-                   exe, "12000000", "quiet", timeout=300)
+    for attempt in range(2):      # the run itself is not under test: a loaded host may kill too early
+        log = tmp_path / f"whole{attempt}.ftlog"
+        run = run_ftvm("run", "--kill-primary-after", "2.0", "--fail-timeout-ms", "1000", "--log", log,
+                       "--run-dir", tmp_path / f"run{attempt}", "--", exe, "12000000", "quiet", timeout=300)
+        show = run_ftvm("log", "show", log, "--kind", "golive").stdout.decode() if log.exists() else ""
+        m = re.search(r"golive block\s+(\d+) pc (0x[0-9a-f]+)", show)
+        if run.returncode == 0 and m:
+            break
     assert run.returncode == 0, run.stderr
-    show = run_ftvm("log", "show", log, "--kind", "golive").stdout.decode()
-    m = re.search(r"golive block\s+(\d+) pc (0x[0-9a-f]+)", show)
     assert m, show
     blocks, pc = int(m.group(1)), int(m.group(2), 16)
     srv = Server(log)
@@ -359,12 +361,15 @@ def test_plot_of_a_run_with_two_failovers(tmp_path):
     src.write_text(TICK)
     exe = tmp_path / "tick"
     subprocess.run(["gcc", "-O1", "-static", str(src), "-o", str(exe)], check=True)
-    log, run_dir = tmp_path / "whole.ftlog", tmp_path / "run"
-    run = run_ftvm("run", "--nodes", "3", "--kill-primary-after", "1.5", "--kill-primary-after", "4",
-                   "--fail-timeout-ms", "1000",
-                   "--log", log, "--run-dir", run_dir, "--", exe, "3000", timeout=300)
-    assert run.returncode == 0, run.stderr
     from hypervisor.plot import gather
+    for attempt in range(2):      # the run itself is not under test: a loaded host may upset it
+        log, run_dir = tmp_path / f"whole{attempt}.ftlog", tmp_path / f"run{attempt}"
+        run = run_ftvm("run", "--nodes", "3", "--kill-primary-after", "1.5", "--kill-primary-after", "4",
+                       "--fail-timeout-ms", "1000", "--log", log, "--run-dir", run_dir, "--", exe, "3000",
+                       timeout=300)
+        if run.returncode == 0 and len(gather(log).golives) == 2:
+            break
+    assert run.returncode == 0, run.stderr
     d = gather(log)
     assert len(d.golives) == 2 and d.timed
     want = [d.t(b) for b, _, _, _ in d.golives]
