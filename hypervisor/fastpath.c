@@ -69,6 +69,13 @@ void ftvm_block_hook(void *uc_, uint64_t address, uint32_t size, void *user)
 {
     ftvm_cpu *c = (ftvm_cpu *)user;
     (void)size;
+    if (__builtin_expect(c->blocks >= c->trip, 0) && c->resume_mid) {
+        /* The rest of a block the debugger stopped inside: counted when it began.
+         * Requests wait for the next block boundary (ftvm_arm keeps trip at 0). */
+        c->resume_mid = 0;
+        ftvm_arm(c, c->stop_at);
+        return;
+    }
     if (__builtin_expect(c->blocks >= c->trip, 0) && stop_wanted((uc_engine *)uc_, c)) {
         c->stop_pc = address;
         c->hook_stops++;
