@@ -314,7 +314,8 @@ def _opts(hb_interval_ms, fail_timeout_ms, max_lag_ms):
               help="When the run ends, write a replay log of the whole run (across failovers) here.")
 @click.option("--kill-primary-after", "kill_after", type=float, multiple=True, metavar="SECONDS",
               help="SIGKILL whichever node is primary this many seconds after the first primary "
-                   "started the guest (repeatable).")
+                   "started the guest (repeatable). With --nodes 3 or more, a kill waits until the "
+                   "primary has an up-to-date backup.")
 @click.option("--progress", is_flag=True, help="Show a live status table on stderr.")
 @click.option("--run-dir", type=click.Path(file_okay=False),
               help="Directory for the nodes' logs, status and the shared disk (default: a new temporary one).")
@@ -401,7 +402,11 @@ def node(name, role, viewservice, listen, peer, peer_name, observer, shared_dir,
          disk, disk_reads, net, key_file, hb_interval_ms, fail_timeout_ms, max_lag_ms):
     """Run one node (used by `ftvm run`; start nodes by hand to put them on different
     machines). Either a fixed --role with its --peer, or --viewservice."""
+    from logging_channel.messages import sender_name_ok
+
     from .ft.node import Node
+    if not sender_name_ok(name):
+        raise click.BadParameter(f"{name!r}: a node's name has 1 to 16 bytes (UTF-8, no NUL)", param_hint="--name")
     _use_key(key_file)
     os.makedirs(run_dir, exist_ok=True)
     if viewservice:

@@ -2,10 +2,13 @@
 
 Every message is
 
-    u8 version | u8 type | u16 sender | u32 view | u64 seq | u32 payload length | u32 CRC32 | payload
+    u8 version | u8 type | 16 bytes sender | u32 view | u64 seq | u32 payload length | u32 CRC32 | payload
 
-little-endian; the CRC32 covers the 20 header bytes before it and the payload, which
-is one msgpack object. ``view`` is the view (epoch) the sender believes in: it fences
+little-endian; the CRC32 covers the 34 header bytes before it and the payload, which
+is one msgpack object. The sender is the node's name (UTF-8, at most 16 bytes, padded
+with NULs; the observer's is empty): names, not numbers derived from them, so two
+nodes cannot share one (version 1 carried a 16-bit sum of the name's bytes, and "n12"
+and "n21" collided). ``view`` is the view (epoch) the sender believes in: it fences
 stale primaries. ``seq`` depends on the type (below). A message that fails any check
 is refused with a reason; receivers count and drop such messages, never crash.
 
@@ -32,8 +35,9 @@ import zlib
 
 import msgpack
 
-VERSION = 1
-HEAD = struct.Struct("<BBHIQI")
+VERSION = 2
+HEAD = struct.Struct("<BB16sIQI")
+SENDER_MAX = 16
 CRC = struct.Struct("<I")
 SIZE = HEAD.size + CRC.size
 PAYLOAD_MAX = 64 << 20
@@ -47,7 +51,7 @@ TYPE_NAMES = {LOG: "log", ACK: "ack", HEARTBEAT: "heartbeat", OUTPUT: "output", 
 @dataclasses.dataclass(frozen=True)
 class Message:
     type: int
-    sender: int
+    sender: str                 # a node's name; "" for the observer
     view: int
     seq: int
     payload: object
@@ -61,9 +65,17 @@ class BadMessage(Exception):
         self.reason = reason
 
 
-def encode(type_: int, sender: int, view: int, seq: int, payload=None) -> bytes:
+def sender_name_ok(name: str) -> bool:
+    """A name a node may have: 1 to 16 bytes of UTF-8, no NUL."""
+    raw = name.encode()
+    return 0 < len(raw) <= SENDER_MAX and b"\0" not in raw
+
+
+def encode(type_: int, sender: str, view: int, seq: int, payload=None) -> bytes:
     body = msgpack.packb(payload, use_bin_type=True)
-    head = HEAD.pack(VERSION, type_, sender, view, seq, len(body))
+    raw = sender.encode()
+    assert len(raw) <= SENDER_MAX and b"\0" not in raw, sender
+    head = HEAD.pack(VERSION, type_, raw, view, seq, len(body))
     return head + CRC.pack(zlib.crc32(body, zlib.crc32(head))) + body
 
 
@@ -87,7 +99,11 @@ def decode(data: bytes) -> Message:
         raise BadMessage(f"payload is not valid msgpack ({e})") from None
     if not _shape_ok(type_, payload):
         raise BadMessage(f"{TYPE_NAMES[type_]} payload has the wrong shape")
-    return Message(type_, sender, view, seq, payload)
+    try:
+        name = sender.rstrip(b"\0").decode()
+    except UnicodeDecodeError:
+        raise BadMessage("sender name is not UTF-8") from None
+    return Message(type_, name, view, seq, payload)
 
 
 def _ints(xs, n):

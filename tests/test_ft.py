@@ -259,6 +259,7 @@ def test_interactive_input_survives_a_failover(guests, tmp_path):
     log = tmp_path / "whole.ftlog"
     proc = subprocess.Popen([str(FTVM), "run", str(GUESTS / "echo.elf"), "--run-dir", str(run_dir), "--log", str(log)],
                             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    assert wait_for(lambda: status(run_dir, "A").get("role") == "primary", timeout=30)   # readiness, for the kill
     n = 60
     for i in range(n):
         proc.stdin.write(f"line {i} of the input\n".encode())

@@ -141,9 +141,10 @@ def test_messages_round_trip_and_refuse_garbage():
     import random
 
     from logging_channel import messages as M
-    m = M.decode(M.encode(M.LOG, 65, 3, 17, [b"frames", 2, 123, -5]))
-    assert (m.type, m.sender, m.view, m.seq, m.payload) == (M.LOG, 65, 3, 17, [b"frames", 2, 123, -5])
-    good = M.encode(M.OUTPUT, 1, 1, 0, b"hello")
+    m = M.decode(M.encode(M.LOG, "n12", 3, 17, [b"frames", 2, 123, -5]))
+    assert (m.type, m.sender, m.view, m.seq, m.payload) == (M.LOG, "n12", 3, 17, [b"frames", 2, 123, -5])
+    assert M.decode(M.encode(M.LOG, "n21", 3, 17, [b"frames", 2, 123, -5])).sender == "n21", "names cannot collide"
+    good = M.encode(M.OUTPUT, "A", 1, 0, b"hello")
     rnd = random.Random(5)
     for _ in range(300):
         bad = bytearray(good)
@@ -154,4 +155,4 @@ def test_messages_round_trip_and_refuse_garbage():
         with pytest.raises(M.BadMessage):
             M.decode(junk)
     with pytest.raises(M.BadMessage, match="wrong shape"):
-        M.decode(M.encode(M.ACK, 1, 1, 0, "not a list"))
+        M.decode(M.encode(M.ACK, "A", 1, 0, "not a list"))

@@ -60,11 +60,11 @@ def test_frames_parse_across_chunk_boundaries():
 
 
 def test_netin_messages_are_shape_checked():
-    ok = M.decode(M.encode(M.NETIN, 0, 2, 5, [[1, 2, b"x"], [1, 3, b""]]))
+    ok = M.decode(M.encode(M.NETIN, "", 2, 5, [[1, 2, b"x"], [1, 3, b""]]))
     assert ok.payload == [[1, 2, b"x"], [1, 3, b""]]
     for bad in ([[1, 9, b"x"]], [[1, 2, "text"]], [[1, 2]], {"a": 1}):
         with pytest.raises(M.BadMessage):
-            M.decode(M.encode(M.NETIN, 0, 2, 5, bad))
+            M.decode(M.encode(M.NETIN, "", 2, 5, bad))
 
 
 def test_record_serves_clients_and_replays_identically(guests, tmp_path):

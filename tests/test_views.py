@@ -26,7 +26,7 @@ def managed_run(tmp_path, nodes, kills=(), guest="lines_long.elf", timeout=120):
 
 
 def test_three_nodes_survive_two_kills(guests, tmp_path):
-    p, run_dir, log = managed_run(tmp_path, 3, kills=[1.2, 2.6])
+    p, run_dir, log = managed_run(tmp_path, 3, kills=[0.8, 1.8])
     assert p.returncode == 0, p.stderr
     check_n_lines(p.stdout, 6000)
     assert p.stderr.count("failover: node") == 2, p.stderr
@@ -36,7 +36,7 @@ def test_three_nodes_survive_two_kills(guests, tmp_path):
 
 
 def test_four_nodes_survive_three_kills(guests, tmp_path):
-    p, run_dir, log = managed_run(tmp_path, 4, kills=[1.0, 2.4, 3.8])
+    p, run_dir, log = managed_run(tmp_path, 4, kills=[0.6, 1.4, 2.2])
     assert p.returncode == 0, p.stderr
     check_n_lines(p.stdout, 6000)
     assert p.stderr.count("failover: node") == 3, p.stderr

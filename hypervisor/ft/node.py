@@ -37,8 +37,9 @@ EXIT_STALE = 9          # this node learned it is stale (lost the test-and-set) 
 NODE_IDS = {}
 
 
-def node_id(name: str) -> int:
-    return sum(name.encode()) & 0xFFFF
+def node_id(name: str) -> str:
+    """What a node puts in a message's sender field: its name (logging_channel.messages)."""
+    return name
 
 
 # Test hook (FTVM_TEST_CLOCK_SKEW_NS_<node name>): make this node's clock disagree with
@@ -299,8 +300,8 @@ class Node:
         names = {n for n in self.addrs if n != "observer"}
         if self.core.peer:
             names.add(self.core.peer)
-        ids = {node_id(n): n for n in names}
-        ids[0] = P.OBSERVER
+        ids = {n: n for n in names}
+        ids[""] = P.OBSERVER
         return ids
 
     # --- I/O thread: messages ---------------------------------------------------------

@@ -102,7 +102,7 @@ class Observer:
     def _perform(self, effects, direct=False):
         for e in effects:
             if isinstance(e, P.Send):
-                data = M.encode(e.type, 0, e.view, e.seq, e.payload)
+                data = M.encode(e.type, "", e.view, e.seq, e.payload)
                 (self.ep.send_direct if direct else self.ep.send)(e.to, data)
             elif isinstance(e, P.Write):
                 self.write(e.data)
@@ -195,7 +195,7 @@ class Observer:
                 if primary is None:
                     raise
                 self.say("stopping: the guest gets SIGTERM (Ctrl-C again to stop at once)")
-                self.ep.send(primary, M.encode(M.STOP, 0, self.view, 0, None))
+                self.ep.send(primary, M.encode(M.STOP, "", self.view, 0, None))
                 return self._loop(deadline=time.monotonic() + GRACE_S)
         finally:
             if progress:
@@ -216,6 +216,12 @@ class Observer:
             t_kill = self._kill_clock()
             now = None if t_kill is None else time.monotonic() - t_kill
             while kills and now is not None and now >= kills[0]:
+                if not self._backup_ready():
+                    if not getattr(self, "_said_waiting", False):
+                        self._said_waiting = True
+                        self.say("--kill-primary-after: waiting until the primary has an up-to-date backup")
+                    break
+                self._said_waiting = False
                 kills.pop(0)
                 name, pid = self.primary_pid()
                 if pid is None:
@@ -243,6 +249,14 @@ class Observer:
         self.final_node = node
         self.say(f"guest ended on node {node} (view {self.view}): {detail}")
         return status
+
+    def _backup_ready(self):
+        """With the view service (local runs): a scheduled kill waits until some node
+        reports itself an up-to-date backup, or it would end the run in the view
+        service's stuck case instead of testing a failover. A pair needs no wait."""
+        if len(self.nodes) <= 2 or not self.procs:
+            return True
+        return any(st.get("role") == "backup" and st.get("ready") for st in read_status(self.run_dir))
 
     def _kill_clock(self):
         """When --kill-primary-after starts counting: when the first primary announced
@@ -285,7 +299,7 @@ class Observer:
             pass
         if self.front is not None:
             self.front.close()
-        stop = M.encode(M.STOP, 0, self.view, 0, None)
+        stop = M.encode(M.STOP, "", self.view, 0, None)
         for n in self.nodes:
             self.ep.send(n, stop)
         deadline = time.monotonic() + 5
