@@ -5,18 +5,20 @@ PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.ftvm-installed
+UC_STAMP := $(VENV)/.unicorn-installed
 PYTEST_ARGS ?=
 
 .PHONY: setup guests tools demo test bench clean
 
-setup: $(STAMP) tools guests
+setup: $(STAMP) $(UC_STAMP) tools guests
 
 # Debian packages the tests and `ftvm bench` use: redis-cli, redis-benchmark and
 # redis-server drive the kv guest; busybox-static, bash-static, musl-gcc (for the .musl
-# test programs), qemu-x86_64 (the bench baseline) and strace serve the Linux programs.
+# test programs), qemu-x86_64 (the bench baseline) and strace serve the Linux programs;
+# cmake and ninja build the patched Unicorn.
 # Installs only what is missing (as root; otherwise prints the command), waits for
 # another apt run's lock, and updates the package lists only if the first try fails.
-APT_PACKAGES := redis-tools redis-server busybox-static bash-static musl-tools qemu-user strace
+APT_PACKAGES := redis-tools redis-server busybox-static bash-static musl-tools qemu-user strace cmake ninja-build
 APT_GET := apt-get -y -q -o DPkg::Lock::Timeout=600
 
 tools:
@@ -34,6 +36,12 @@ $(STAMP): setup.py pyproject.toml hypervisor/fastpath.c hypervisor/fastpath.h hy
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -e '.[test,plot]'
+	touch $@
+
+# Unicorn with the inline block counter (unicorn-patch/), built once and cached in
+# build/unicorn/ by the patch's hash; on failure the stock wheel stays (one line says so).
+$(UC_STAMP): $(STAMP) unicorn-patch/inline-block-counter.patch scripts/build_unicorn.py | tools
+	$(PY) scripts/build_unicorn.py
 	touch $@
 
 guests:

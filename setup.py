@@ -16,7 +16,7 @@ setup(
     setup_requires=["cffi>=1.16"],
     cffi_modules=["hypervisor/_fastpath_build.py:ffibuilder", "logging_channel/_codec_build.py:ffibuilder"],
     install_requires=[
-        "unicorn>=2.1.2,<2.2",
+        "unicorn==2.1.4",  # the version unicorn-patch/ applies to
         "cffi>=1.16",
         "msgpack>=1.0",
         "pyzmq>=25",

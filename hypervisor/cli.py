@@ -450,12 +450,33 @@ def viewservice(listen, ping_interval_ms, dead_pings, state_file):
 
 
 @main.command()
-@click.argument("which", type=click.Choice(["primary", "backup"]))
+@click.argument("which", type=click.Choice(["primary", "backup", "guest"]))
 @click.option("--run-dir", required=True, type=click.Path(file_okay=False, exists=True))
+@click.option("--signal", "signame", type=click.Choice(["TERM"]), default="TERM", show_default=True,
+              help="With `guest`: the signal the guest program receives (the run's stop request reaches the "
+                   "primary, which delivers SIGTERM).")
 @operating_errors
-def kill(which, run_dir):
-    """SIGKILL the node that is now primary (or backup) of the run in RUN_DIR."""
+def kill(which, run_dir, signame):
+    """SIGKILL the node that is now primary (or backup) of the run in RUN_DIR; or, with
+    `guest`, send the guest program a signal (a Linux program's handler runs, as for
+    Ctrl-C: redis-server shuts down cleanly; a program without one is stopped and
+    the log closed)."""
+    import json as _json
     import signal as _signal
+
+    if which == "guest":
+        try:
+            with open(os.path.join(run_dir, "run.json")) as f:
+                pid = _json.load(f)["observer_pid"]
+        except (OSError, ValueError, KeyError):
+            raise FtvmError(f"{run_dir}: no run.json naming the run's observer (is this an `ftvm run` directory?)")
+        # The observer passes the stop to the primary, which delivers SIGTERM to the guest.
+        try:
+            os.kill(pid, _signal.SIGTERM)
+        except ProcessLookupError:
+            raise FtvmError(f"the run in {run_dir} is over (observer pid {pid} is gone)") from None
+        say(f"sent SIGTERM to the guest of the run in {run_dir}")
+        return
 
     from .ft.observer import read_status
     live = [s for s in read_status(run_dir) if s["alive"]]
@@ -522,20 +543,25 @@ def status(run_dir, as_json, plot_path):
 
 @main.command()
 @click.option("--runs", type=click.IntRange(1), default=3, show_default=True,
-              help="Runs of each measurement; the best is reported.")
+              help="Runs of each measurement (interleaved; medians are reported).")
 @click.option("--guest-dir", type=click.Path(file_okay=False), default=None,
               help="Where the built guests are (default: guest_programs/build in the checkout).")
-@click.option("--only", type=click.Choice(["record", "ft", "views", "kv", "debug"]), default=None,
+@click.option("--only", type=click.Choice(["record", "ft", "views", "kv", "linux", "redis", "debug"]), default=None,
               help="Only the record/replay figures, the fault-tolerance figures, or the view-service ones.")
 @click.option("--json", "as_json", is_flag=True, help="JSON instead of a table.")
+@click.option("--counter", type=click.Choice(["inline", "hook"]), default=None,
+              help="Block counter to measure (default: inline when built; same as FTVM_COUNTER).")
 @operating_errors
-def bench(runs, guest_dir, only, as_json):
+def bench(runs, guest_dir, only, as_json, counter):
     """Measure recording, replay and fault tolerance against plain Unicorn, side by side.
 
     Record/replay: plain/record speed on the CPU-bound and the RDTSC-heavy guest,
     replay speed, bytes per RDTSC, peak memory. Fault tolerance: plain/`ftvm run`
     speed, what the Output Rule adds per output, failover outage, logging bandwidth.
+    Plain is the stock Unicorn wheel; runs alternate and ratios are medians.
     """
+    if counter is not None:
+        os.environ["FTVM_COUNTER"] = counter     # this process and the nodes it starts
     from .bench import run_bench
     run_bench(runs, guest_dir, as_json, say, only)
 

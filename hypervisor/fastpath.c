@@ -1,11 +1,17 @@
 /* The hot paths of ftvm: block counting and virtual time (RDTSC/RDTSCP).
  *
- * Each translated block that runs calls ftvm_block_hook. It counts the block, unless a
- * stop was asked for, in which case it stops Unicorn *before* the block runs and leaves
- * the count alone; the same hook fires for the same block on resume and counts it then.
- * So (blocks, pc) names the same instant however often the hypervisor stops, resumes or
- * moves the state into a fresh engine.
+ * Blocks are counted one of two ways, with the same semantics:
+ *  - inline (the patched Unicorn, unicorn-patch/): the translated code counts each
+ *    block and stores its pc, and calls ftvm_limit_cb before a block only when
+ *    blocks >= trip;
+ *  - hook (a stock Unicorn): each translated block that runs calls ftvm_block_hook,
+ *    which does the same test and counting in C.
+ * Either way, when a stop is wanted Unicorn stops *before* the block runs and the
+ * count is left alone; the block is counted when it runs on resume. So (blocks, pc)
+ * names the same instant however often the hypervisor stops, resumes or moves the
+ * state into a fresh engine.
  */
+#include <stddef.h>
 #include <signal.h>
 #include <stdint.h>
 #include <string.h>
@@ -26,6 +32,25 @@
 #define SYNC_HYPERCALL 4u  /* set from Python port hooks */
 
 #define RFLAGS_IF 0x200u
+
+/* UC_CTL_BLOCK_COUNTER comes with the patched Unicorn. Spelled out here when the
+ * headers lack it, so this file builds against the stock wheel too: a stock engine
+ * refuses the control (UC_ERR_ARG) and ftvm falls back to the block hook. */
+#ifdef uc_ctl_set_block_counter
+#define FTVM_CTL_BLOCK_COUNTER UC_CTL_BLOCK_COUNTER
+#else
+#define FTVM_CTL_BLOCK_COUNTER (UC_CTL_CONTEXT_MODE + 1)
+typedef struct uc_block_counter {
+    uint64_t count;
+    volatile uint64_t limit;
+    uint64_t pc;
+} uc_block_counter;
+typedef void (*uc_cb_block_limit_t)(uc_engine *uc, uint64_t address, void *user_data);
+#endif
+
+_Static_assert(offsetof(ftvm_cpu, blocks) == offsetof(uc_block_counter, count), "blocks is the count");
+_Static_assert(offsetof(ftvm_cpu, trip) == offsetof(uc_block_counter, limit), "trip is the limit");
+_Static_assert(offsetof(ftvm_cpu, block_pc) == offsetof(uc_block_counter, pc), "block_pc is the pc");
 
 static int stop_wanted(uc_engine *uc, ftvm_cpu *c)
 {
@@ -59,6 +84,25 @@ void ftvm_block_hook(void *uc_, uint64_t address, uint32_t size, void *user)
     }
     c->block_pc = address;
     c->blocks++;
+}
+
+/* Inline counting's slow path: the translated code found blocks >= trip before the
+ * block at `address`. Stopping here leaves the block uncounted; returning lets the
+ * translated code count it and run it. */
+static void ftvm_limit_cb(uc_engine *uc, uint64_t address, void *user)
+{
+    ftvm_cpu *c = (ftvm_cpu *)user;
+    if (stop_wanted(uc, c)) {
+        c->stop_pc = address;
+        c->hook_stops++;
+        uc_emu_stop(uc);
+    }
+}
+
+int ftvm_counter_install(void *uc, ftvm_cpu *c)
+{
+    return (int)uc_ctl((uc_engine *)uc, UC_CTL_WRITE(FTVM_CTL_BLOCK_COUNTER, 3), (uc_block_counter *)c,
+                       (uc_cb_block_limit_t)ftvm_limit_cb, (void *)c);
 }
 
 void ftvm_arm(ftvm_cpu *c, uint64_t stop_at)
@@ -181,6 +225,10 @@ void ftvm_syscall_hook(void *uc_, void *user)
     ftvm_cpu *c = (ftvm_cpu *)user;
     uint64_t rip = 0;
     uc_reg_read((uc_engine *)uc_, UC_X86_REG_RIP, &rip);
+    static const int regs[7] = {UC_X86_REG_RAX, UC_X86_REG_RDI, UC_X86_REG_RSI, UC_X86_REG_RDX,
+                                UC_X86_REG_R10, UC_X86_REG_R8, UC_X86_REG_R9};
+    for (int i = 0; i < 7; i++)
+        uc_reg_read((uc_engine *)uc_, regs[i], &c->sys_regs[i]);
     c->sys_pending = 1;
     c->sys_pc = rip;
     ftvm_request(c, SYNC_HYPERCALL);

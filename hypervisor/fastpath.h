@@ -2,17 +2,22 @@
  * Keep it free of preprocessor directives: cffi parses it as declarations. */
 
 typedef struct ftvm_cpu {
-    /* Execution point: blocks that have actually run. A block whose hook asked for
-     * a stop has not run and is not counted; it is counted when it runs on resume. */
+    /* The first three fields are laid out as Unicorn's uc_block_counter (the patched
+     * engine's UC_CTL_BLOCK_COUNTER, see unicorn-patch/): with the inline counter the
+     * translated code itself counts blocks, compares with trip and stores block_pc. */
+    /* Execution point: blocks that have actually run. A block before which a stop
+     * was asked for has not run and is not counted; it is counted when it runs on
+     * resume. */
     uint64_t blocks;
-    /* Stop before running a block when blocks == stop_at (UINT64_MAX: never). */
-    uint64_t stop_at;
-    /* The block hook's only test on its fast path: blocks >= trip sends it down the
-     * slow path, which works out whether to stop. trip is stop_at, or 0 while any
-     * request is pending. Set it through ftvm_arm / ftvm_poke. */
+    /* The only test on the fast path (the block hook's, or the translated code's):
+     * blocks >= trip sends a block down the slow path, which works out whether to
+     * stop. trip is stop_at, or 0 while any request is pending. Set it through
+     * ftvm_arm / ftvm_poke. */
     volatile uint64_t trip;
     /* Start address of the block now running (the pc logged with each RDTSC). */
     uint64_t block_pc;
+    /* Stop before running a block when blocks == stop_at (UINT64_MAX: never). */
+    uint64_t stop_at;
     /* Stop requests. async_req may be set from other threads or a signal handler;
      * sync_req is set by hooks on the emulation thread. Python clears both. */
     volatile uint32_t async_req;
@@ -53,6 +58,7 @@ typedef struct ftvm_cpu {
      * asks for a stop at the end of the block, where the kernel runs the call. */
     uint32_t sys_pending;
     uint64_t sys_pc;            /* address of the syscall instruction */
+    uint64_t sys_regs[7];       /* rax (the number), rdi, rsi, rdx, r10, r8, r9 */
 
     /* Debugger: the guest stopped in the middle of a block (after single steps or at a
      * breakpoint) and resumes there. Unicorn starts a new translated block at that
@@ -62,6 +68,9 @@ typedef struct ftvm_cpu {
 } ftvm_cpu;
 
 void ftvm_block_hook(void *uc, uint64_t address, uint32_t size, void *user);
+/* Counting in the translated code (patched Unicorn). Returns a uc_err: non-zero
+ * (UC_ERR_ARG) from a stock engine, which has no such control. */
+int ftvm_counter_install(void *uc, ftvm_cpu *cpu);
 void ftvm_arm(ftvm_cpu *cpu, uint64_t stop_at);
 void ftvm_poke(ftvm_cpu *cpu);
 void ftvm_request(ftvm_cpu *cpu, uint32_t sync_bits);

@@ -18,7 +18,12 @@ import time
 from logging_channel import records as R
 
 from . import __version__, abi, elf_loader
-from .errors import BadElf, FtvmError
+from .errors import EXIT_USAGE, BadElf, FtvmError
+
+
+class BadOption(FtvmError):
+    """A Linux option (--cwd, --data, --env) names something that cannot be."""
+    exit_status = EXIT_USAGE
 
 
 class AbiGuest:
@@ -125,6 +130,10 @@ def open_guest(program, argv=None, *, personality=None, root="/", data=None, cwd
                 head = f.read(64 << 20)
         except OSError as e:
             raise BadElf(f"{program}: cannot read it ({e.strerror})") from None
+        if head[:2] == b"#!" and personality != "abi":
+            interp = head[2:].split(b"\n", 1)[0].strip().decode(errors="replace")
+            raise BadElf(f"{program}: not an ELF file but a script for {interp or 'an interpreter'}; run its interpreter: "
+                         f"ftvm record -- {interp.split()[0] if interp else '/bin/sh'} {program}")
         if personality == "abi" or choose(head) == "abi":
             kw = {}
             if mem_limit is not None:
@@ -141,24 +150,27 @@ def open_guest(program, argv=None, *, personality=None, root="/", data=None, cwd
     host = gprog if root == "/" else _in_root(root, gprog)
     ident = file_identity(host)
     if ident is None:
-        raise BadElf(f"{program}: no such file{'' if root == '/' else ' in the root ' + root}")
+        raise BadElf(f"{program}: No such file{'' if root == '/' else ' in the root ' + root}")
     with open(host, "rb") as f:
         head = f.read(64)
     if head[:4] != b"\x7fELF":
         what = "a script (run its interpreter: ftvm record -- /bin/sh SCRIPT)" if head[:2] == b"#!" else "not an ELF file"
         raise BadElf(f"{program}: {what}")
     data_host, data_guest = None, DEFAULT_DATA_GUEST
+    if not cwd.startswith("/"):
+        raise BadOption(f"--cwd {cwd}: give an absolute guest path")
     if data:
         data_host, _, g = data.partition(":")
         data_host = os.path.abspath(data_host)
         data_guest = g or DEFAULT_DATA_GUEST
         if not data_guest.startswith("/"):
-            raise FtvmError(f"--data {data}: the guest path {data_guest!r} must be absolute")
+            raise BadOption(f"--data {data}: the guest path {data_guest!r} must be absolute")
         os.makedirs(data_host, exist_ok=True)
+    _check_cwd(cwd, root, data_host, data_guest)
     envs = list(DEFAULT_ENV)
     for kv in env:
         if "=" not in kv:
-            raise FtvmError(f"--env {kv!r}: use NAME=VALUE")
+            raise BadOption(f"--env {kv!r}: use NAME=VALUE")
         name = kv.split("=", 1)[0]
         envs = [e for e in envs if not e.startswith(name + "=")] + [kv]
     spec = LinuxSpec(program=gprog, argv=[program] + list(argv or []), env=envs, root=root, data_host=data_host,
@@ -167,6 +179,22 @@ def open_guest(program, argv=None, *, personality=None, root="/", data=None, cwd
         from .frontend import parse_addr
         spec.listen_port = parse_addr(listen)[1]
     return LinuxGuest(spec)
+
+
+def _check_cwd(cwd, root, data_host, data_guest):
+    """The working directory must exist in the guest's file system."""
+    from .linux.calls_files import _in_root
+    cwd = os.path.normpath(cwd)
+    if cwd == "/tmp":
+        return
+    if data_host and (cwd == data_guest or cwd.startswith(data_guest.rstrip("/") + "/")):
+        host = _in_root(data_host, "/" + cwd[len(data_guest):].lstrip("/"))
+    elif cwd.startswith("/tmp/"):
+        raise BadOption(f"--cwd {cwd}: the guest's /tmp starts empty; only /tmp itself can be the working directory")
+    else:
+        host = cwd if root == "/" else _in_root(root, cwd)
+    if not os.path.isdir(host):
+        raise BadOption(f"--cwd {cwd}: no such directory in the guest's file system (root {root})")
 
 
 _ = shutil

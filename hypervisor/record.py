@@ -114,7 +114,10 @@ class Recorder:
         # A digest hashes all guest memory: keep it under ~1/10 of the run for big guests
         # (about 40 ms of guest time per MiB between digests: ~1 s for a 24 MiB guest).
         mib = machine.vcpu.memory_bytes >> 20
-        self._digest_interval_ns = max(config.digest_interval_ms, 40 * mib) * 1_000_000 if config.digest_interval_ms else 0
+        # A Linux process maps far more than it touches (libraries, thread stacks,
+        # allocator arenas): 200 ms per MiB keeps its digests near 1% of the run.
+        per_mib = 200 if getattr(machine, "kernel", None) is not None else 40
+        self._digest_interval_ns = max(config.digest_interval_ms, per_mib * mib) * 1_000_000 if config.digest_interval_ms else 0
         self._logged_at_stop = False
         self._t0 = time.monotonic_ns()
         self._console_offset = machine.console.total - len(machine.console.pending())
@@ -261,6 +264,8 @@ class Recorder:
             self._drain_tsc()
             if self.kernel is not None and fault is None:
                 fault = self._linux_after_run()
+            if fault is not None and self.kernel is not None and self._linux_fault_to_handler(fault):
+                continue
             if fault is not None:
                 return self._end("fault", fault.status, f"guest fault: {fault.describe()}")
             if m.exit_status is not None:
@@ -268,6 +273,7 @@ class Recorder:
             if cpu.signal and self.kernel is None:
                 return self._end("interrupted", EXIT_INTERRUPTED, f"recording stopped by signal {cpu.signal}")
             halted = m.vcpu.halted
+            arrived = cpu.async_req
             cpu.async_req = 0
             cpu.sync_req = 0
             cpu.irq_wait = 0
@@ -275,17 +281,26 @@ class Recorder:
                 m.finish_iret()
             if self.chaos:
                 self.chaos.at_stop(m)
-            self._take_host_events()
             if self.kernel is not None:
+                # Host arrivals poke the CPU (async_req): a stop without one has none.
+                if arrived or self.script:
+                    self._take_host_events()
                 end = self._linux_stop()
                 if end is not None:
                     return end
-                halted = False
+                self._maybe_digest()
+                self._flush_console()
+                self._flush_net()
+                self._mark_progress()
+                self.out.after_stop(self)
+                continue
+            self._take_host_events()
             delivered = self._maybe_deliver()
             while halted and not delivered:
                 self._flush_console()
                 self._flush_net()
                 self._mark_progress()
+                self._flush_log()
                 self.guest_waits = True
                 self.out.after_stop(self)
                 self.guest_waits = False
@@ -373,6 +388,18 @@ class Recorder:
             return self._linux_signal(signo)
         return None
 
+    def _linux_fault_to_handler(self, fault):
+        """A synchronous fault goes to the guest's handler if it installed one (SIGSEGV,
+        SIGILL, SIGFPE, SIGTRAP), at the faulting instruction. Returns True if it did."""
+        from .linux import signals as S
+        signo = S.FAULT_SIGNALS.get(fault.status)
+        k, m = self.kernel, self.m
+        if signo is None or S.disposition(k, signo) != "handle" or k.threads.cur.sigmask & (1 << (signo - 1)):
+            return False
+        self._event(R.Signal(m.blocks, m.vcpu.reg("rip"), k.threads.cur.tid, signo, 0))
+        apply_signal(k, signo)
+        return True
+
     def _linux_signal(self, signo, vtime=0):
         from .linux import signals as S
         k, m = self.kernel, self.m
@@ -432,6 +459,7 @@ class Recorder:
             self._flush_console()
             self._flush_net()
             self._mark_progress()
+            self._flush_log()
             self.guest_waits = True
             self.out.after_stop(self)
             self.guest_waits = False
@@ -494,6 +522,12 @@ class Recorder:
         if batch is not None:
             self.sink.append(batch)
 
+    def _flush_log(self):
+        """Buffered log frames to the OS: before output leaves and before a wait."""
+        flush = getattr(self.sink, "flush", None)
+        if flush is not None:
+            flush()
+
     def _flush_console(self):
         """Hand console output on, covered by everything logged so far. A Progress
         record marks this point, so a backup can replay up to the output."""
@@ -501,6 +535,7 @@ class Recorder:
         if not data:
             return
         self._mark_progress()
+        self._flush_log()
         self.out.output(self._console_offset, data, self.sink.records)
         self._console_offset += len(data)
 
@@ -509,6 +544,7 @@ class Recorder:
         if not data:
             return
         self._mark_progress()
+        self._flush_log()
         self.out.net_output(self._net_offset, data, self.sink.records)
         self._net_offset += len(data)
 
@@ -630,6 +666,7 @@ class Recorder:
         self._flush_net()
         end = R.End(reason, status, detail, self.m.digest(), time.monotonic_ns() - self._t0)
         self._append(end)
+        self._flush_log()
         self.out.exit(self._console_offset, status, detail, self.sink.records)
         self.out.after_stop(self)
         return end

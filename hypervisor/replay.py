@@ -295,6 +295,8 @@ class Replayer:
             if cpu.signal:
                 m.console.flush()
                 return ReplayResult(EXIT_INTERRUPTED, None, f"replay stopped by signal {cpu.signal} at {self._point()}")
+            if fault is not None and self.kernel is not None and ev.kind == R.SIGNAL and ev.blocks == m.blocks:
+                continue        # the recording sent this fault to the guest's handler: the record applies it
             if fault is not None:
                 return self._check_end(ev, "fault", fault.status, f"guest fault: {fault.describe()}")
             if m.exit_status is not None:

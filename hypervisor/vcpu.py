@@ -11,7 +11,7 @@ import dataclasses
 import mmap
 import zlib
 
-from . import abi
+from . import abi, counter
 from .elf_loader import PF_R, PF_W, PF_X, Image
 from .uc import UC, X86, ffi, lib, unicorn
 
@@ -113,7 +113,14 @@ class VCPU:
         # Hooks go in before the first emu_start (see NOTES: hooks added after code was
         # translated may not fire on it).
         user = ctypes.c_void_p(int(ffi.cast("uintptr_t", self.cpu)))
-        self._add_c_hook(uc, UC.UC_HOOK_BLOCK, "ftvm_block_hook", user)
+        if counter.mode() == "inline":
+            # The translated code counts into self.cpu (a fresh engine after migrate
+            # gets the same struct, so the count carries over).
+            status = lib.ftvm_counter_install(ffi.cast("void *", uc._uch.value), self.cpu)
+            if status != UC.UC_ERR_OK:
+                raise unicorn.UcError(status)
+        else:
+            self._add_c_hook(uc, UC.UC_HOOK_BLOCK, "ftvm_block_hook", user)
         self._add_c_hook(uc, UC.UC_HOOK_INSN, "ftvm_rdtsc_hook", user, X86.UC_X86_INS_RDTSC)
         self._add_c_hook(uc, UC.UC_HOOK_INSN, "ftvm_rdtscp_hook", user, X86.UC_X86_INS_RDTSCP)
         uc.hook_add(UC.UC_HOOK_INSN, self._on_in, None, 1, 0, X86.UC_X86_INS_IN)

@@ -1,9 +1,11 @@
 """Log files: the writer and the reader, side by side (as rr keeps them).
 
-The writer appends whole frames and hands them to the OS at once, so the log can be read
-while it is written and a recorder that is killed leaves every record it finished. It
-fsyncs on close and at least every ``sync_interval_s``; ``close()`` is what makes a log
-complete, and it is called on Ctrl-C too.
+The writer appends whole frames. It collects them in a buffer and hands them to the
+OS when 64 KiB have gathered, 50 ms after the oldest one, and whenever the recorder
+releases output or waits (``flush``), so a recorder that is killed leaves every record
+that covers output it let out. It fsyncs on close and at least every
+``sync_interval_s``; ``close()`` is what makes a log complete, and it is called on
+Ctrl-C too.
 """
 from __future__ import annotations
 
@@ -25,6 +27,8 @@ class LogWriter:
         self.bytes = 0
         self._sync_interval_s = sync_interval_s
         self._last_sync = time.monotonic()
+        self._buf = bytearray()
+        self._buf_since = 0.0
         try:
             self._fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
         except OSError as e:
@@ -42,21 +46,43 @@ class LogWriter:
             view = view[n:]
             self.bytes += n
 
+    BUFFER_BYTES = 64 << 10
+    BUFFER_S = 0.05
+
     def append(self, rec) -> int:
         """Write one record; returns its frame size in bytes."""
         frame = R.encode(rec)
-        self._write(frame)
+        self._buffer(frame)
         self.records += 1
-        if time.monotonic() - self._last_sync >= self._sync_interval_s:
-            self.sync()
         return len(frame)
 
     def append_frames(self, frames: bytes, count: int):
         """Write frames encoded elsewhere (the backup writes what the channel carried)."""
-        self._write(frames)
+        self._buffer(frames)
         self.records += count
 
+    def _buffer(self, data):
+        buf = self._buf
+        if not buf:
+            self._buf_since = time.monotonic()
+        buf += data
+        if len(buf) >= self.BUFFER_BYTES or time.monotonic() - self._buf_since >= self.BUFFER_S:
+            self.flush()
+
+    def flush(self):
+        """Hand the buffered frames to the OS (and fsync if one is due)."""
+        if self._buf:
+            data = bytes(self._buf)
+            self._buf.clear()
+            self._write(data)
+        if time.monotonic() - self._last_sync >= self._sync_interval_s:
+            self.sync()
+
     def sync(self):
+        if self._buf:
+            data = bytes(self._buf)
+            self._buf.clear()
+            self._write(data)
         try:
             os.fsync(self._fd)
         except OSError as e:

@@ -185,9 +185,22 @@ class HighWaterSink:
             self.printed = end
 
 
+def _use_block_hook():
+    """The debugger counts blocks with ftvm's C block hook, never with the patched
+    engine's inline counter: stepping from the middle of a block and uncounting a block
+    a step stopped in front of are done there. Both counters count the same blocks, so
+    any log replays either way; this process keeps the hook from here on."""
+    import os
+    from .. import counter
+    if os.environ.get(counter.ENV) != "hook":
+        os.environ[counter.ENV] = "hook"
+        counter.mode.cache_clear()
+
+
 class Timeline:
     def __init__(self, log_path, write=lambda b: None, interval_s: float = 0.25,
                  mem_max_bytes: int = 1 << 30, interrupted=lambda: False):
+        _use_block_hook()
         self.src = ListSource(log_path)
         self.path = str(log_path)
         self.sink = HighWaterSink(write)

@@ -93,6 +93,9 @@ class FtSink:
         self.bytes += len(frame)
         self.records += 1
 
+    def flush(self):
+        self.writer.flush()
+
     def unsent_bytes(self):
         return sum(len(f) for f in self.frames[max(0, self.sent - self.base):])
 

@@ -90,10 +90,17 @@ class Files:
             if part and part != ".":
                 cur = posixpath.normpath(posixpath.join(cur, part))
 
-    def where(self, gpath):
-        """('data'|'tmp'|'fixed'|'dev'|'proc'|'hostfile'|'root', detail)."""
+    def where(self, gpath, follow=True):
+        """('data'|'tmp'|'fixed'|'dev'|'proc'|'hostfile'|'root', detail). In the data
+        directory, symlinks resolve inside it (an absolute or ../ target cannot lead
+        out of it, as in the root); ``follow`` False leaves the last component alone
+        (for calls that act on a link itself: lstat, readlink, unlink, rename, mkdir)."""
         if self.data_host and (gpath == self.data_guest or gpath.startswith(self.data_guest + "/")):
-            return "data", os.path.join(self.data_host, gpath[len(self.data_guest):].lstrip("/"))
+            rel = "/" + gpath[len(self.data_guest):].lstrip("/")
+            if follow or rel == "/":
+                return "data", _in_root(self.data_host, rel)
+            parent, name = posixpath.split(rel)
+            return "data", os.path.join(_in_root(self.data_host, parent), name)
         if gpath == "/tmp" or gpath.startswith("/tmp/"):
             return "tmp", gpath[4:]
         if gpath in FIXED_FILES:
@@ -392,8 +399,8 @@ def stat_path(k, dirfd, path_addr, flags):
             return fs.get(dirfd).stat(k)
         raise GuestErr(errno.ENOENT)
     gpath = fs.abspath(k, dirfd, path)
-    kind, detail = fs.where(gpath)
     follow = not (flags & AT_SYMLINK_NOFOLLOW)
+    kind, detail = fs.where(gpath, follow)
     if kind in ("root", "data"):
         got = k.host(lambda: host_stat(detail, follow))
     elif kind == "hostfile":
@@ -496,7 +503,7 @@ def _access(k, dirfd, path, mode):
 def sys_readlinkat(k, dirfd, path, buf, size):
     fs = k.files
     gpath = fs.abspath(k, dirfd, k.read_str(path))
-    kind, detail = fs.where(gpath)
+    kind, detail = fs.where(gpath, follow=False)
     if kind == "proc" and detail == "exe":
         # Linux names the program by its canonical path (/bin/busybox -> /usr/bin/busybox).
         target = k.host(lambda: _root_realpath(fs.root, fs.program))
@@ -567,13 +574,13 @@ def sys_fchdir(k, fd):
 
 # --- changing the name space ---------------------------------------------------------------
 
-def _mutate(k, dirfd, path_addr, on_data, on_tmp, eexist_on_root=False, done=None):
+def _mutate(k, dirfd, path_addr, on_data, on_tmp, eexist_on_root=False, done=None, follow=True):
     """A change of the name space: the data directory (output), /tmp (state), or the
     read-only root (EROFS). ``done``: the errno that, when the change is done again
     after a failover, means the old primary already made it."""
     fs = k.files
     gpath = fs.abspath(k, dirfd, k.read_str(path_addr))
-    kind, detail = fs.where(gpath)
+    kind, detail = fs.where(gpath, follow)
     if kind == "data":
         def change():
             r = _host_errno(lambda: on_data(detail))
@@ -624,7 +631,7 @@ def _tmp_unlink(k, rel, want_dir):
 @syscall("mkdirat", "fd", "path", "hex", family="files")
 def sys_mkdirat(k, dirfd, path, mode):
     return _mutate(k, dirfd, path, lambda p: os.mkdir(p, mode & ~k.files.umask & 0o7777),
-                   lambda rel: _tmp_mkdir(k, rel, mode), eexist_on_root=True, done=errno.EEXIST)
+                   lambda rel: _tmp_mkdir(k, rel, mode), eexist_on_root=True, done=errno.EEXIST, follow=False)
 
 
 @syscall("mkdir", "path", "hex", family="files")
@@ -636,7 +643,7 @@ def sys_mkdir(k, path, mode):
 def sys_unlinkat(k, dirfd, path, flags):
     rmdir = bool(flags & AT_REMOVEDIR)
     return _mutate(k, dirfd, path, os.rmdir if rmdir else os.unlink, lambda rel: _tmp_unlink(k, rel, rmdir),
-                   done=errno.ENOENT)
+                   done=errno.ENOENT, follow=False)
 
 
 @syscall("unlink", "path", family="files")
@@ -677,8 +684,8 @@ AT_SYMLINK_FOLLOW = 0x400
          note="in the data directory; not in /tmp (EPERM)")
 def sys_linkat(k, olddirfd, oldpath, newdirfd, newpath, flags):
     fs = k.files
-    a = fs.where(fs.abspath(k, olddirfd, k.read_str(oldpath)))
-    b = fs.where(fs.abspath(k, newdirfd, k.read_str(newpath)))
+    a = fs.where(fs.abspath(k, olddirfd, k.read_str(oldpath)), follow=False)
+    b = fs.where(fs.abspath(k, newdirfd, k.read_str(newpath)), follow=False)
     if a[0] == "data" and b[0] == "data":
         def change():
             r = _host_errno(lambda: os.link(a[1], b[1], follow_symlinks=bool(flags & AT_SYMLINK_FOLLOW)))
@@ -707,8 +714,8 @@ def sys_link(k, oldpath, newpath):
 @syscall("renameat2", "fd", "path", "fd", "path", "hex", family="files")
 def sys_renameat2(k, olddirfd, oldpath, newdirfd, newpath, flags):
     fs = k.files
-    a = fs.where(fs.abspath(k, olddirfd, k.read_str(oldpath)))
-    b = fs.where(fs.abspath(k, newdirfd, k.read_str(newpath)))
+    a = fs.where(fs.abspath(k, olddirfd, k.read_str(oldpath)), follow=False)
+    b = fs.where(fs.abspath(k, newdirfd, k.read_str(newpath)), follow=False)
     if a[0] != b[0]:
         raise GuestErr(errno.EXDEV)
     if a[0] == "data":

@@ -222,10 +222,8 @@ class Kernel:
         if not cpu.sys_pending:
             return
         cpu.sys_pending = 0
-        v = self.m.vcpu
-        nr = v.reg("rax")
-        args = tuple(v.reg(r) for r in ("rdi", "rsi", "rdx", "r10", "r8", "r9"))
-        self.pending = (nr, args, int(cpu.sys_pc))
+        r = cpu.sys_regs                        # read by the C hook
+        self.pending = (r[0], (r[1], r[2], r[3], r[4], r[5], r[6]), cpu.sys_pc)
 
     def pending_name(self):
         if self.pending is None:

@@ -47,6 +47,7 @@ class AddressSpace:
         self.vmas = []          # sorted [start, end, prot, name]
         self.brk_start = 0
         self.brk = 0
+        self._digest_buf = None
 
     # --- queries ----------------------------------------------------------------
     def _starts(self):
@@ -163,12 +164,25 @@ class AddressSpace:
         return bytes(self.uc.mem_read(addr, size)) if size else b""
 
     def crcs(self):
-        """CRC32 of each mapping, in address order: [(start, crc)] (the state digest)."""
+        """CRC32 of each mapping, in address order: [(start, crc)] (the state digest).
+        Read straight into one reused buffer (the binding's mem_read makes three
+        copies). A PROT_NONE mapping cannot have changed since it became one and is
+        not read (reserved address space is mostly that: guard pages, allocator
+        reserves)."""
+        import ctypes
+        from ..uc import unicorn
+        uclib = unicorn.unicorn_py3.unicorn.uclib
+        if self._digest_buf is None:
+            self._digest_buf = ctypes.create_string_buffer(_DIGEST_STEP)
+        buf, view = self._digest_buf, memoryview(self._digest_buf)
         out = []
-        for start, end, _prot, _name in self.vmas:
+        for start, end, prot, _name in self.vmas:
             crc = 0
-            for a in range(start, end, _DIGEST_STEP):
-                crc = zlib.crc32(self.uc.mem_read(a, min(_DIGEST_STEP, end - a)), crc)
+            if prot != PROT_NONE:
+                for a in range(start, end, _DIGEST_STEP):
+                    n = min(_DIGEST_STEP, end - a)
+                    uclib.uc_mem_read(self.uc._uch, a, buf, n)
+                    crc = zlib.crc32(view[:n], crc)
             out.append((start, crc))
         return out
 

@@ -22,6 +22,8 @@ SIG_DFL, SIG_IGN = 0, 1
 SA_SIGINFO, SA_ONSTACK, SA_RESTART, SA_NODEFER, SA_RESETHAND = 4, 0x08000000, 0x10000000, 0x40000000, 0x80000000
 SS_ONSTACK, SS_DISABLE = 1, 2
 DEFAULT_IGNORE = {SIGCHLD, SIGCONT, SIGURG, SIGWINCH}
+SIGTRAP = 5
+FAULT_SIGNALS = {139: SIGSEGV, 132: SIGILL, 136: SIGFPE, 133: SIGTRAP}   # ftvm's fault status -> signal
 _GREGS = ("r8", "r9", "r10", "r11", "r12", "r13", "r14", "r15", "rdi", "rsi", "rbp", "rbx", "rdx", "rax", "rcx",
           "rsp", "rip", "rflags")
 FRAME_SIZE = 8 + 304 + 128       # pretcode, ucontext, siginfo

@@ -103,7 +103,9 @@ def capture(k, ctx_bytes) -> dict:
     for fd in sorted(fs.fds):
         index_of(fs.fds[fd])
     sockets = _sockets_state(k, index_of)
+    shared = [[start, size, index_of(f), off] for start, size, f, off in k.shared_maps]
     return {
+        "shared_maps": shared,
         "files": objs, "fds": [[fd, index[id(f)]] for fd, f in sorted(fs.fds.items())],
         "pipes": [[bytes(p.buf), p.readers, p.writers] for _, p in sorted(pipes.values(), key=lambda e: e[0])],
         "cwd": fs.cwd, "umask": fs.umask, "cloexec": sorted(fs.cloexec), "tmp": fs.tmp.root.to_state(),
@@ -186,6 +188,7 @@ def restore(k, st, ctx_from):
         if s["kind"] == "epoll":
             f.interest = {fd: [objs[i], ev, data, last] for fd, i, ev, data, last in s["interest"]}
     fs.fds = {fd: objs[i] for fd, i in st["fds"]}
+    k.shared_maps = [[start, size, objs[i], off] for start, size, i, off in st.get("shared_maps", [])]
     so = st["sockets"]
     socks = k.sockets
     socks.listeners = [objs[i] for i in so["listeners"]]
