@@ -222,6 +222,7 @@ class Timeline:
         self._skip_pc = None             # a breakpoint at the resume pc is not hit at once
         self._step_ready = False         # the translation cache suits counted stepping
         self._cost = 0.0                 # emulation seconds since the last checkpoint/restore
+        self._capture_s = 0.0            # what the last checkpoint took: snapshots keep to 1/4 of the time
         self._chunk_blocks = 200_000
         self._md = capstone.Cs(capstone.CS_ARCH_X86, capstone.CS_MODE_64)
         self._insn_cache = {}
@@ -606,7 +607,7 @@ class Timeline:
                 if r is not None:
                     return r
                 continue
-            if self._cost >= self.interval_s and p > self.checkpoints[-1].point:
+            if self._cost >= max(self.interval_s, 3 * self._capture_s) and p > self.checkpoints[-1].point:
                 self._checkpoint()      # only past the last one: re-executing the past adds none
             goal = min(self.ev.blocks, p.blocks + self._chunk_blocks)
             if target is not None:
@@ -625,6 +626,7 @@ class Timeline:
                 return
         m, rp = self.m, self.rp
         c = m.cpu
+        t0 = time.perf_counter()
         blob = snapshot.capture(m, self.header_frame, rp.source.pos, self.console.total, b"", digest=False)
         _, _, meta_len = snapshot._HEAD.unpack_from(blob, 0)
         head = snapshot._HEAD.size + meta_len
@@ -652,6 +654,7 @@ class Timeline:
                         (rp.events, rp.records, rp._safe_blocks, rp.last_golive, rp.last_disk_read_record),
                         temporary)
         self.checkpoints.append(cp)
+        self._capture_s = time.perf_counter() - t0
         self.checkpoints.sort(key=lambda x: (x.point, x.events))
         self._cost = 0.0
         self._trim()
