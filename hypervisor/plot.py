@@ -21,6 +21,7 @@ from logging_channel.logfile import LogReader
 from .errors import FtvmError, LogTruncated
 
 BINS = 120                      # rate curves: this many bins over the run
+CLOCK_CALLS = (201, 96, 228)    # time, gettimeofday, clock_gettime: their logged value is guest time
 
 
 @dataclasses.dataclass
@@ -61,6 +62,7 @@ class RunData:
 
 def gather(path) -> RunData:
     samples, views, golives, transfers, output, inputs, faults, writes = [], [], [], [], [], [], [], []
+    clock_samples = []
     events: dict[str, list] = {}
     header, end = None, None
     last_out = 0
@@ -69,7 +71,6 @@ def gather(path) -> RunData:
             k = rec.kind
             if k == R.HEADER:
                 header = rec
-                samples.append((0, 0))
             elif k == R.TSC:
                 e = rec.entries
                 for j in range(0, len(e), 3 * max(1, len(e) // 3 // 64)):   # at most ~64 per batch
@@ -102,6 +103,8 @@ def gather(path) -> RunData:
                     inputs.append((rec.blocks, len(rec.data or b"")))
                 elif k == R.SYSCALL:
                     ret = rec.ret if rec.ret < 2**63 else 0
+                    if rec.nr in CLOCK_CALLS and len(rec.values) == 1 and isinstance(rec.values[0], int):
+                        clock_samples.append((rec.blocks, rec.values[0]))    # the guest time it read
                     if rec.nr == 1 and rec.args and rec.args[0] in (1, 2):
                         writes.append((rec.blocks, ret))      # write(1|2) of a Linux program
                     elif rec.nr == 0 and rec.args and rec.args[0] == 0:
@@ -110,7 +113,7 @@ def gather(path) -> RunData:
         pass
     if header is None:
         raise FtvmError(f"{path}: not a log with a header")
-    samples = _monotone(samples)
+    samples = _from_zero(_monotone(clock_samples if len(clock_samples) >= 2 else samples))
     end_blocks = end.blocks if end is not None else max([b for b, _ in samples] + [0])
     linux = header.config.get("linux") or {}
     name = os.path.basename(linux.get("program") or header.elf_name or str(path))
@@ -119,6 +122,20 @@ def gather(path) -> RunData:
     d = RunData(name, samples, end_blocks, end.reason if end else None, views, golives, transfers,
                 output, inputs, events, faults)
     return d
+
+
+def _from_zero(samples):
+    """Guest time counted from the start of the run: the first samples' rate carried
+    back to block 0 (guest clocks need not start at zero)."""
+    if len(samples) < 2:
+        return samples
+    (b0, t0), (b1, t1) = samples[0], samples[1]
+    origin = t0 - (t1 - t0) * b0 / (b1 - b0) if b1 > b0 else t0
+    origin = min(max(origin, t0 - (t1 - t0) * 4), t0)     # not far before the first sample
+    out = [(b, t - origin) for b, t in samples]
+    if out[0][0] > 0:
+        out.insert(0, (0, 0))
+    return out
 
 
 def _monotone(samples):

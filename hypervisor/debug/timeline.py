@@ -185,9 +185,22 @@ class HighWaterSink:
             self.printed = end
 
 
+def _use_block_hook():
+    """The debugger counts blocks with ftvm's C block hook, never with the patched
+    engine's inline counter: stepping from the middle of a block and uncounting a block
+    a step stopped in front of are done there. Both counters count the same blocks, so
+    any log replays either way; this process keeps the hook from here on."""
+    import os
+    from .. import counter
+    if os.environ.get(counter.ENV) != "hook":
+        os.environ[counter.ENV] = "hook"
+        counter.mode.cache_clear()
+
+
 class Timeline:
     def __init__(self, log_path, write=lambda b: None, interval_s: float = 0.25,
                  mem_max_bytes: int = 1 << 30, interrupted=lambda: False):
+        _use_block_hook()
         self.src = ListSource(log_path)
         self.path = str(log_path)
         self.sink = HighWaterSink(write)
@@ -209,6 +222,7 @@ class Timeline:
         self._skip_pc = None             # a breakpoint at the resume pc is not hit at once
         self._step_ready = False         # the translation cache suits counted stepping
         self._cost = 0.0                 # emulation seconds since the last checkpoint/restore
+        self._capture_s = 0.0            # what the last checkpoint took: snapshots keep to 1/4 of the time
         self._chunk_blocks = 200_000
         self._md = capstone.Cs(capstone.CS_ARCH_X86, capstone.CS_MODE_64)
         self._insn_cache = {}
@@ -593,7 +607,7 @@ class Timeline:
                 if r is not None:
                     return r
                 continue
-            if self._cost >= self.interval_s and p > self.checkpoints[-1].point:
+            if self._cost >= max(self.interval_s, 3 * self._capture_s) and p > self.checkpoints[-1].point:
                 self._checkpoint()      # only past the last one: re-executing the past adds none
             goal = min(self.ev.blocks, p.blocks + self._chunk_blocks)
             if target is not None:
@@ -612,6 +626,7 @@ class Timeline:
                 return
         m, rp = self.m, self.rp
         c = m.cpu
+        t0 = time.perf_counter()
         blob = snapshot.capture(m, self.header_frame, rp.source.pos, self.console.total, b"", digest=False)
         _, _, meta_len = snapshot._HEAD.unpack_from(blob, 0)
         head = snapshot._HEAD.size + meta_len
@@ -639,6 +654,7 @@ class Timeline:
                         (rp.events, rp.records, rp._safe_blocks, rp.last_golive, rp.last_disk_read_record),
                         temporary)
         self.checkpoints.append(cp)
+        self._capture_s = time.perf_counter() - t0
         self.checkpoints.sort(key=lambda x: (x.point, x.events))
         self._cost = 0.0
         self._trim()
