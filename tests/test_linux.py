@@ -523,7 +523,7 @@ def test_missing_interpreter(progs, tmp_path):
     assert p.stdout == b""
 
 
-@pytest.mark.parametrize("program,what", [("/nonexistent/prog", "no such file"),
+@pytest.mark.parametrize("program,what", [("/nonexistent/prog", "No such file"),
                                           ("no-such-program-anywhere", "not found"),
                                           (str(DATA / "text.txt"), "not an ELF"),
                                           (str(DATA / "script.sh"), "")])

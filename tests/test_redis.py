@@ -308,6 +308,7 @@ def test_no_acknowledged_write_lost_through_a_primary_kill(tmp_path):
 # --- 3. three nodes, two kills, the spare becomes backup by state transfer under load --------
 
 @needs_redis
+@pytest.mark.slow       # two minutes, and an expected failure for now: run with --run-slow
 @pytest.mark.xfail(strict=False, reason="intermittent: SIGTERM after two kills (the last node alone in a --nodes 3 "
                    "run): either the observer misses the guest's exit ('every node is dead and the guest had not "
                    "ended', exit 8) or the alone primary holds redis's shutdown output ('did not end within 30 s')")
