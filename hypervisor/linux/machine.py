@@ -45,12 +45,6 @@ class LinuxVCPU(VCPU):
     def _syscall_hook(self, uc, user):
         self._add_c_hook(uc, 2, "ftvm_syscall_hook", user, X86.UC_X86_INS_SYSCALL)   # UC_HOOK_INSN
 
-    def _fault_hooks(self, uc):
-        # None: any memory hook keeps every store of the guest on Unicorn's slow path
-        # (uc_mem_hook_installed in its cputlb.c), about 3x slower for a Python program.
-        # A fault then ends emu_start with an error that names the kind, not the address.
-        pass
-
     def _on_in(self, uc, port, size, user):
         from ..vcpu import Fault
         self.fault = Fault("in instruction (privileged in a Linux process)", None, self.reg("rip"), 139)
