@@ -241,7 +241,7 @@ def test_bad_input_disconnect_second_client(recorded, tmp_path):
     d, exe, _, _, _ = recorded
     # A longer run, so that a continue is still running when the client goes.
     log = tmp_path / "long.ftlog"
-    rec = run_ftvm("record", "-o", log, "--", exe, "3000000", "quiet")
+    rec = run_ftvm("record", "-o", log, "--", exe, "10000000", "quiet")
     assert rec.returncode == 0, rec.stderr
     srv = Server(log, "--snapshot-interval-ms", "100")
     try:
@@ -305,7 +305,7 @@ def test_whole_run_log_across_a_failover(recorded, tmp_path):
     for attempt in range(2):      # the run itself is not under test: a loaded host may kill too early
         log = tmp_path / f"whole{attempt}.ftlog"
         run = run_ftvm("run", "--kill-primary-after", "2.0", "--fail-timeout-ms", "1000", "--log", log,
-                       "--run-dir", tmp_path / f"run{attempt}", "--", exe, "12000000", "quiet", timeout=300)
+                       "--run-dir", tmp_path / f"run{attempt}", "--", exe, "30000000", "quiet", timeout=300)
         show = run_ftvm("log", "show", log, "--kind", "golive").stdout.decode() if log.exists() else ""
         m = re.search(r"golive block\s+(\d+) pc (0x[0-9a-f]+)", show)
         if run.returncode == 0 and m:
