@@ -365,7 +365,7 @@ def test_plot_of_a_run_with_two_failovers(tmp_path):
     for attempt in range(2):      # the run itself is not under test: a loaded host may upset it
         log, run_dir = tmp_path / f"whole{attempt}.ftlog", tmp_path / f"run{attempt}"
         run = run_ftvm("run", "--nodes", "3", "--kill-primary-after", "1.5", "--kill-primary-after", "4",
-                       "--fail-timeout-ms", "1000", "--log", log, "--run-dir", run_dir, "--", exe, "3000",
+                       "--fail-timeout-ms", "1000", "--log", log, "--run-dir", run_dir, "--", exe, "5000",
                        timeout=300)
         if run.returncode == 0 and len(gather(log).golives) == 2:
             break
