@@ -35,7 +35,7 @@ tools:
 $(STAMP): setup.py pyproject.toml hypervisor/fastpath.c hypervisor/fastpath.h hypervisor/_fastpath_build.py
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e '.[test]'
+	$(PY) -m pip install -q -e '.[test,plot]'
 	touch $@
 
 # Unicorn with the inline block counter (unicorn-patch/), built once and cached in

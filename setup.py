@@ -25,6 +25,7 @@ setup(
         "click>=8.1",
         "rich>=13",
     ],
-    extras_require={"test": ["pytest>=7", "pytest-timeout", "hypothesis>=6", "redis>=5"]},
+    extras_require={"test": ["pytest>=7", "pytest-timeout", "hypothesis>=6", "redis>=5"],
+                    "plot": ["matplotlib>=3.5"]},
     entry_points={"console_scripts": ["ftvm=hypervisor.cli:main"]},
 )

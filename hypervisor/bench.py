@@ -277,6 +277,15 @@ def run_bench(runs, guest_dir, as_json, say, only=None):
         else:
             _table(rows_of(results[only]), title)
         return results
+    if only == "debug":
+        from .debug.bench import debug_rows, run_debug_bench
+        with tempfile.TemporaryDirectory(prefix="ftvm-bench-") as tmp:
+            results["debug"] = run_debug_bench(tmp, say)
+        if as_json:
+            print(json.dumps(results, indent=2))
+        else:
+            _table(debug_rows(results["debug"]), "ftvm bench: the debugger on a replay")
+        return results
     if only in ("views", "kv"):
         from .bench_kv import kv_rows, run_kv_bench
         run, rows, title = {"views": (lambda tmp: run_views_bench(runs, gdir, tmp, say), _views_rows,

@@ -224,13 +224,25 @@ def _parse_point(text):
 @operating_errors
 @click.option("--disk", metavar="PATH", type=click.Path(dir_okay=False, exists=True), default=None,
               help="The disk image, for a log recorded with --disk-reads shared (read data not in the log).")
-def replay(log, to, quiet, disk):
+@click.option("--gdb", "gdb_listen", metavar="[HOST:]PORT", default=None,
+              help="Serve the gdb remote protocol on this port (loopback unless a HOST is given) and let a "
+                   "debugger drive the replay, backwards too. Prints the gdb command to use.")
+@click.option("--snapshot-interval-ms", type=click.IntRange(10), default=250, show_default=True,
+              help="With --gdb: take a snapshot for reverse execution after this much replay time.")
+@click.option("--snapshot-mem", type=SIZE, default="1G", show_default=True,
+              help="With --gdb: memory for snapshots at most (older ones are thinned out past it).")
+@click.option("--gdb-once", is_flag=True, hidden=True, help="Exit when the first debugger detaches (tests).")
+def replay(log, to, quiet, disk, gdb_listen, snapshot_interval_ms, snapshot_mem, gdb_once):
     """Replay LOG: print the same console output and end with the same exit status.
 
     Exits 5 if the replay diverged from the recording, naming the execution point and
     what differs; 4 if the log was cut short (after replaying everything before the cut).
     A guest's network replies and disk writes are reproduced and checked, not sent.
     """
+    if gdb_listen is not None:
+        from .debug.server import serve
+        sys.exit(serve(log, gdb_listen, say, interval_ms=snapshot_interval_ms, mem_max_bytes=snapshot_mem,
+                       once=gdb_once))
     from .run import replay_log
     point = _parse_point(to) if to else None
     status = replay_log(log, point, say=(lambda m: None) if quiet else say, disk=disk)
@@ -267,6 +279,18 @@ def log_stats(log_path, as_json):
     """Counts and bytes per record kind, bytes per event, events and blocks per second."""
     from .logview import stats
     stats(log_path, as_json)
+
+
+@log.command("plot")
+@click.argument("log_path", metavar="LOG", type=click.Path(dir_okay=False))
+@click.option("-o", "--output", "out", required=True, type=click.Path(dir_okay=False),
+              help="The picture to write: .svg, .png or .pdf.")
+@operating_errors
+def log_plot(log_path, out):
+    """Draw a run on one time axis: which node was primary and which backup, failovers,
+    state transfers, output and input rates, event rates, faults."""
+    from .plot import plot_log
+    plot_log(log_path, out, say=say)
 
 
 def _ft_options(fn):
@@ -491,10 +515,16 @@ def kill(which, run_dir, signame):
 @main.command()
 @click.option("--run-dir", required=True, type=click.Path(file_okay=False, exists=True))
 @click.option("--json", "as_json", is_flag=True)
+@click.option("--plot", "plot_path", type=click.Path(dir_okay=False), default=None,
+              help="Instead of the table, draw the run (its most complete log) into this .svg/.png file.")
 @operating_errors
-def status(run_dir, as_json):
+def status(run_dir, as_json, plot_path):
     """Role, view, lag, log, held output, failovers and clock offset of each node."""
     import json as _json
+    if plot_path:
+        from .plot import plot_run_dir
+        plot_run_dir(run_dir, plot_path, say=say)
+        return
 
     from .ft.observer import read_status, transfer_cell
     sts = read_status(run_dir)
@@ -536,7 +566,7 @@ def status(run_dir, as_json):
               help="Runs of each measurement (interleaved; medians are reported).")
 @click.option("--guest-dir", type=click.Path(file_okay=False), default=None,
               help="Where the built guests are (default: guest_programs/build in the checkout).")
-@click.option("--only", type=click.Choice(["record", "ft", "views", "kv", "linux", "redis"]), default=None,
+@click.option("--only", type=click.Choice(["record", "ft", "views", "kv", "linux", "redis", "debug"]), default=None,
               help="Only the record/replay figures, the fault-tolerance figures, or the view-service ones.")
 @click.option("--json", "as_json", is_flag=True, help="JSON instead of a table.")
 @click.option("--counter", type=click.Choice(["inline", "hook"]), default=None,

@@ -11,6 +11,7 @@
  * names the same instant however often the hypervisor stops, resumes or moves the
  * state into a fresh engine.
  */
+#include <stdbool.h>
 #include <stddef.h>
 #include <signal.h>
 #include <stdint.h>
@@ -45,7 +46,7 @@ typedef struct uc_block_counter {
     volatile uint64_t limit;
     uint64_t pc;
 } uc_block_counter;
-typedef void (*uc_cb_block_limit_t)(uc_engine *uc, uint64_t address, void *user_data);
+typedef bool (*uc_cb_block_limit_t)(uc_engine *uc, uint64_t address, void *user_data);
 #endif
 
 _Static_assert(offsetof(ftvm_cpu, blocks) == offsetof(uc_block_counter, count), "blocks is the count");
@@ -69,6 +70,13 @@ void ftvm_block_hook(void *uc_, uint64_t address, uint32_t size, void *user)
 {
     ftvm_cpu *c = (ftvm_cpu *)user;
     (void)size;
+    if (__builtin_expect(c->blocks >= c->trip, 0) && c->resume_mid) {
+        /* The rest of a block the debugger stopped inside: counted when it began.
+         * Requests wait for the next block boundary (ftvm_arm keeps trip at 0). */
+        c->resume_mid = 0;
+        ftvm_arm(c, c->stop_at);
+        return;
+    }
     if (__builtin_expect(c->blocks >= c->trip, 0) && stop_wanted((uc_engine *)uc_, c)) {
         c->stop_pc = address;
         c->hook_stops++;
@@ -80,16 +88,25 @@ void ftvm_block_hook(void *uc_, uint64_t address, uint32_t size, void *user)
 }
 
 /* Inline counting's slow path: the translated code found blocks >= trip before the
- * block at `address`. Stopping here leaves the block uncounted; returning lets the
- * translated code count it and run it. */
-static void ftvm_limit_cb(uc_engine *uc, uint64_t address, void *user)
+ * block at `address`. The same decisions as ftvm_block_hook's slow path: stopping
+ * here leaves the block uncounted; returning true lets the translated code count it
+ * (and store its pc) and run it, false runs it uncounted. */
+static bool ftvm_limit_cb(uc_engine *uc, uint64_t address, void *user)
 {
     ftvm_cpu *c = (ftvm_cpu *)user;
+    if (c->resume_mid) {
+        /* The rest of a block the debugger stopped inside: counted when it began,
+         * and block_pc stays that block's. Requests wait for the next block. */
+        c->resume_mid = 0;
+        ftvm_arm(c, c->stop_at);
+        return false;
+    }
     if (stop_wanted(uc, c)) {
         c->stop_pc = address;
         c->hook_stops++;
         uc_emu_stop(uc);
     }
+    return true;
 }
 
 int ftvm_counter_install(void *uc, ftvm_cpu *c)

@@ -59,6 +59,12 @@ typedef struct ftvm_cpu {
     uint32_t sys_pending;
     uint64_t sys_pc;            /* address of the syscall instruction */
     uint64_t sys_regs[7];       /* rax (the number), rdi, rsi, rdx, r10, r8, r9 */
+
+    /* Debugger: the guest stopped in the middle of a block (after single steps or at a
+     * breakpoint) and resumes there. Unicorn starts a new translated block at that
+     * address, which is the rest of block `blocks`, already counted: the next block
+     * hook neither counts it nor moves block_pc. Set with trip = 0. */
+    uint32_t resume_mid;
 } ftvm_cpu;
 
 void ftvm_block_hook(void *uc, uint64_t address, uint32_t size, void *user);

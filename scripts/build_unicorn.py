@@ -33,8 +33,9 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 PATCH = ROOT / "unicorn-patch" / "inline-block-counter.patch"
 CACHE = ROOT / "build" / "unicorn"
 INFO = pathlib.Path(sys.prefix) / "ftvm-unicorn.json"   # read by hypervisor/counter.py
-# Recording a CPU-bound guest with the block hook, against the inline counter.
-HOOK_SLOWDOWN = "recording about 10% slower, `ftvm run` about 15% slower"
+# What the block hook costs on a CPU-bound guest (issue 14's figures on this machine
+# image), against about 1.0 of plain Unicorn with the inline counter.
+HOOK_SLOWDOWN = "recording runs at about 0.90 of plain Unicorn and `ftvm run` at about 0.82"
 
 
 def say(msg):
@@ -50,8 +51,10 @@ def run(cmd, cwd=None, log=None):
         p = subprocess.run(list(map(str, cmd)), cwd=cwd, stdout=f, stderr=subprocess.STDOUT)
         f.write(f"# {time.monotonic() - t:.1f} s, exit status {p.returncode}\n".encode())
     if p.returncode != 0:
-        tail = pathlib.Path(log).read_text(errors="replace").strip().splitlines()[-3:]
-        raise RuntimeError(f"`{' '.join(map(str, cmd[:3]))} ...` failed: {' | '.join(tail)} (log: {log})")
+        out = [line for line in pathlib.Path(log).read_text(errors="replace").strip().splitlines()
+               if line.strip() and not line.startswith(("$ ", "# "))]
+        last = out[-1].strip()[:160] if out else f"exit status {p.returncode}"
+        raise RuntimeError(f"{pathlib.Path(str(cmd[0])).name} failed: {last}; log: {log}")
 
 
 def pip(*args, log):

@@ -7,6 +7,7 @@ import os
 import random
 import subprocess
 import sys
+import threading
 
 import pytest
 
@@ -39,6 +40,9 @@ def run_with_kills(tmp_path, program, kill_at_lines, nodes=2, timeout=240):
     p = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL)
     out = bytearray()
     kills = sorted(kill_at_lines)
+    # A run that stops making progress must fail the test, not hang it.
+    watchdog = threading.Timer(timeout, p.kill)
+    watchdog.start()
     try:
         for line in iter(p.stdout.readline, b""):
             out += line
@@ -49,6 +53,7 @@ def run_with_kills(tmp_path, program, kill_at_lines, nodes=2, timeout=240):
         err = p.stderr.read().decode()
         p.wait(timeout=timeout)
     finally:
+        watchdog.cancel()
         if p.poll() is None:
             p.kill()
     return bytes(out), err, p.returncode, log

@@ -26,9 +26,7 @@ REDIS_SERVER = "/usr/bin/redis-server"
 PY = "/usr/bin/python3"
 needs_redis = pytest.mark.skipif(not os.path.exists(REDIS_SERVER) or not shutil.which("redis-cli"),
                                  reason="redis-server and redis-tools are not installed (make setup installs them)")
-SIGTERM_UNDER_RUN = ("SIGTERM to ftvm run while the primary has a backup: redis-server's shutdown fdatasync waits "
-                     "for a backup acknowledgement that never comes (the primary stops sending its log once "
-                     "stopping), the node fails with 'internal error ... Stopped', redis's last lines are lost")
+
 
 
 def free_port():
@@ -137,9 +135,8 @@ def start_redis(tmp, mode, data, name, nodes=2, log=None):
 
 
 def sigterm(srv):
-    """Stop ftvm with SIGTERM; redis-server gets it and shuts down as it does natively.
-    Under `ftvm run` this works only once the primary is alone (after a kill): see
-    SIGTERM_UNDER_RUN. ftvm's own exit status is checked only where it is the subject."""
+    """Stop ftvm with SIGTERM; redis-server gets it and shuts down as it does natively
+    (its handler runs, it fsyncs the AOF and exits). Returns ftvm's exit status."""
     rc = srv.stop()
     console = srv.console().decode(errors="replace")
     assert "Received SIGTERM" in console and "ready to exit, bye bye" in console, f"{console[-2000:]}\n{srv.stderr()}"
@@ -273,15 +270,19 @@ def test_record_commands_benchmark_sigterm_and_replay(tmp_path):
 
 
 @needs_redis
-@pytest.mark.xfail(strict=True, reason=SIGTERM_UNDER_RUN)
-def test_sigterm_ends_ftvm_run_with_the_guest_exit_status(tmp_path):
+def test_sigterm_to_ftvm_run_with_a_backup_shuts_redis_down_and_exits_with_its_status(tmp_path):
+    """With the backup in place, redis-server's shutdown (console lines, the AOF fsync: output
+    under the Output Rule) completes, and ftvm run exits with its status, as ftvm record does."""
     data = tmp_path / "data"
     data.mkdir()
     with start_redis(tmp_path, "run", data, "term") as srv:
         assert client(srv.port).set("k", "v") is True
+        assert wait_for(srv.protected, timeout=60), srv.nodes_stderr()
         rc = sigterm(srv)
+    assert rc == 0, srv.stderr()
+    assert "internal error" not in srv.nodes_stderr() + srv.stderr()
     check_replay(srv)                               # the log ends with redis-server's exit status 0
-    assert rc == 0, srv.stderr()                    # ... and so should ftvm run, as ftvm record does
+    assert b"*3\r\n$3\r\nSET\r\n$1\r\nk\r\n$1\r\nv\r\n" in (data / "appendonlydir" / "appendonly.aof.1.incr.aof").read_bytes()
 
 
 # --- 2. ftvm run: writers with no retries through a primary kill ------------------------------
@@ -299,7 +300,7 @@ def test_no_acknowledged_write_lost_through_a_primary_kill(tmp_path):
             w.wait_acked(at + 300, srv)
         assert w.acked() > at + 300
         w.check(srv.port)
-        sigterm(srv)
+        assert sigterm(srv) == 0, srv.stderr()
     # 5. the whole run, across the failover, replays offline to the same console output
     check_replay(srv)
 
@@ -307,9 +308,9 @@ def test_no_acknowledged_write_lost_through_a_primary_kill(tmp_path):
 # --- 3. three nodes, two kills, the spare becomes backup by state transfer under load --------
 
 @needs_redis
-@pytest.mark.xfail(strict=True, reason="the whole-run log of a --nodes 3 run does not replay: the log prefix sent "
-                   "in a state transfer is read from the file before the log writer's buffer is flushed, so it "
-                   "lacks the newest records")
+@pytest.mark.xfail(strict=False, reason="intermittent: SIGTERM after two kills (the last node alone in a --nodes 3 "
+                   "run): either the observer misses the guest's exit ('every node is dead and the guest had not "
+                   "ended', exit 8) or the alone primary holds redis's shutdown output ('did not end within 30 s')")
 def test_three_nodes_two_primary_kills_with_state_transfer_under_load(tmp_path):
     data = tmp_path / "data"
     data.mkdir()
@@ -326,17 +327,14 @@ def test_three_nodes_two_primary_kills_with_state_transfer_under_load(tmp_path):
         w.check(srv.port)
         nodes = srv.nodes_stderr()
         assert nodes.count("protected again") >= 2 and "going live as primary" in nodes, nodes
-        sigterm(srv)
+        assert sigterm(srv) == 0, srv.stderr()
     check_replay(srv)
 
 
 # --- 4. a full restart on the same data directory ---------------------------------------------
 
 @needs_redis
-@pytest.mark.parametrize("first", [
-    "record",
-    pytest.param("run", marks=pytest.mark.xfail(strict=True, reason=SIGTERM_UNDER_RUN)),
-])
+@pytest.mark.parametrize("first", ["record", "run"])
 def test_full_restart_loads_the_append_only_file(tmp_path, first):
     """The first server (`ftvm record`, or `ftvm run` with its backup) is stopped with SIGTERM;
     `ftvm run` on the same data directory has every acknowledged write."""
@@ -348,7 +346,7 @@ def test_full_restart_loads_the_append_only_file(tmp_path, first):
         r = client(srv.port)
         r.rpush("list", *range(100))
         r.hset("hash", mapping={str(i): str(i * i) for i in range(100)})
-        sigterm(srv)
+        assert sigterm(srv) == 0, srv.stderr()
     check_replay(srv)
     with start_redis(tmp_path, "run", data, "second") as srv2:
         w.check(srv2.port)
@@ -356,17 +354,17 @@ def test_full_restart_loads_the_append_only_file(tmp_path, first):
         assert r.lrange("list", 0, -1) == [str(i) for i in range(100)]
         assert r.hgetall("hash") == {str(i): str(i * i) for i in range(100)}
         assert r.dbsize() == len(w.sets) + len(w.incrs) + 2
-        assert wait_for(lambda: b"DB loaded from append only file" in srv2.console(), timeout=30), srv2.console()
-        # Stopped without checking redis-server's shutdown: with a backup attached it fails
-        # (SIGTERM_UNDER_RUN, tested by the "run" case above and the test after the first one).
-        srv2.stop()
+        assert sigterm(srv2) == 0, srv2.stderr()
+    assert b"DB loaded from append only file" in srv2.console(), srv2.console()[-2000:]
+    check_replay(srv2)
 
 
 # --- 6. a threaded server: python3 -m http.server through a primary kill ----------------------
 
-@pytest.mark.xfail(strict=True, reason="ftvm run: the primary can stall for good in flow control, waiting for the "
-                   "backup to reach log records it holds back for the next stop (python3 http.server stops "
-                   "answering, often at start-up)")
+# Intermittent (timing-dependent) bugs: strict=True would turn a lucky run into a failure.
+@pytest.mark.xfail(strict=False, reason="intermittent: (1) the primary can stall for good in flow control, waiting "
+                   "for the backup to reach log records it holds back for the next stop; (2) the backup diverges on "
+                   "guest time after a timed futex wait (CPython's GIL) times out: 'state digest differs: guest time'")
 def test_threaded_http_server_serves_files_through_a_primary_kill(tmp_path):
     data = tmp_path / "data"
     data.mkdir()
@@ -485,6 +483,6 @@ def test_garbage_a_client_that_never_reads_and_connection_churn(tmp_path):
         srv.kill_primary()
         assert wait_for(lambda: srv.failovers() == 1, timeout=60), srv.stderr()
         assert r.get("big") == big and r.info("clients")["connected_clients"] <= 3
-        sigterm(srv)                     # the new primary is alone: see SIGTERM_UNDER_RUN
+        assert sigterm(srv) == 0, srv.stderr()
     check_replay(srv)
 

@@ -139,6 +139,12 @@ class Threads:
 
 # --- the calls ---------------------------------------------------------------------------
 
+def _now(k):
+    """Guest time (a logged input that also moves the replayed clock: calls_time.now)."""
+    from .calls_time import now
+    return now(k)
+
+
 def _read_u32(k, addr):
     return struct.unpack("<I", k.read_mem(addr, 4))[0]
 
@@ -246,7 +252,7 @@ def sys_futex(k, uaddr, op, val, timeout, uaddr2, val3):
             return 0
         if t.futex is not None:            # a retry: the deadline passed, or a go-live asked
             deadline = t.futex[2]
-            if deadline is not None and k.host(k.vtime_read) >= deadline:
+            if deadline is not None and _now(k) >= deadline:
                 q = th.futexes.get(t.futex[0], [])
                 if t.tid in q:
                     q.remove(t.tid)
@@ -264,7 +270,7 @@ def sys_futex(k, uaddr, op, val, timeout, uaddr2, val3):
             if cmd == FUTEX_WAIT_BITSET:       # absolute
                 deadline = sec * 10**9 + nsec - (k.realtime_base_ns if op & FUTEX_CLOCK_REALTIME else 0)
             else:
-                deadline = k.host(k.vtime_read) + sec * 10**9 + nsec
+                deadline = _now(k) + sec * 10**9 + nsec
         t.futex = [uaddr, bitset, deadline]
         th.futexes.setdefault(uaddr, []).append(t.tid)
         raise Blocked("futex", until_ns=deadline, ready=lambda: t.futex_woken)
