@@ -113,7 +113,7 @@ def test_kill_the_backup(guests, tmp_path):
 
 
 def test_kill_both_is_a_clear_error_with_logs_intact(guests, tmp_path):
-    p, run_dir, log = ft_run(tmp_path, LONG, kills=[0.3, 1.0])
+    p, run_dir, log = ft_run(tmp_path, LONG, kills=[0.3, 1.8])
     assert p.returncode == 8, p.stderr
     assert "every node is dead" in p.stderr and "Traceback" not in p.stderr
     for name in ("A", "B"):

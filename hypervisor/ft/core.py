@@ -150,9 +150,10 @@ class FailureDetector:
     - the timeout adapts upward to the peer's observed silences and to this machine's
       load: it is the longest of the base timeout, ``GAP_FACTOR`` times the longest gap
       between two of the peer's messages among the last ``GAPS``, and the base plus
-      ``GAP_FACTOR`` times how late our own timer came recently (a process that is not
-      scheduled on time here predicts a peer that is not scheduled on time either,
-      when both share the machine); capped at ``CAP_FACTOR`` times the base.
+      ``GAP_FACTOR`` times how late our own timer came recently, short of a stall (a
+      process that is not scheduled on time here predicts a peer that is not scheduled
+      on time either, when both share the machine); capped at ``CAP_FACTOR`` times the
+      base.
 
     Both only lengthen the time to declare death, never shorten it below the base: the
     primary's lease (half the base timeout, judged on its own clock) stays safe.
@@ -183,10 +184,13 @@ class FailureDetector:
     def tick(self, now: int):
         """Our timer fired at ``now``."""
         if self.last_tick_ns is not None:
-            self.lateness.append(max(0, now - self.last_tick_ns - self.tick_ns))
             if now - self.last_tick_ns > 2 * self.tick_ns:
+                # A stall (descheduled or frozen): no verdict for a few ticks. It does
+                # not count as load: a freeze of seconds would keep the timeout long.
                 self.defer_until = now + self.RESUME_TICKS * self.tick_ns
                 self.stalled_at = now
+            else:
+                self.lateness.append(max(0, now - self.last_tick_ns - self.tick_ns))
         self.last_tick_ns = now
 
     def timeout_ns(self) -> int:
