@@ -304,7 +304,7 @@ def test_whole_run_log_across_a_failover(recorded, tmp_path):
     d, exe, _, _, _ = recorded
     for attempt in range(2):      # the run itself is not under test: a loaded host may kill too early
         log = tmp_path / f"whole{attempt}.ftlog"
-        run = run_ftvm("run", "--kill-primary-after", "2.0", "--fail-timeout-ms", "1000", "--log", log,
+        run = run_ftvm("run", "--kill-primary-after", "1.0", "--fail-timeout-ms", "1000", "--log", log,
                        "--run-dir", tmp_path / f"run{attempt}", "--", exe, "40000000", "quiet", timeout=300)
         show = run_ftvm("log", "show", log, "--kind", "golive").stdout.decode() if log.exists() else ""
         m = re.search(r"golive block\s+(\d+) pc (0x[0-9a-f]+)", show)
@@ -366,7 +366,7 @@ def test_plot_of_a_run_with_two_failovers(tmp_path):
     for attempt in range(3):      # the run itself is not under test: a loaded host may upset it
         log, run_dir = tmp_path / f"whole{attempt}.ftlog", tmp_path / f"run{attempt}"
         run = run_ftvm("run", "--nodes", "3", "--kill-primary-after", "3", "--kill-primary-after", "7",
-                       "--fail-timeout-ms", "1000", "--log", log, "--run-dir", run_dir, "--", exe, "6000",
+                       "--fail-timeout-ms", "1000", "--log", log, "--run-dir", run_dir, "--", exe, "12000",
                        timeout=300)
         try:
             if run.returncode == 0 and len(gather(log).golives) == 2:
