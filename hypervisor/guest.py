@@ -143,8 +143,7 @@ def open_guest(program, argv=None, *, personality=None, root="/", data=None, cwd
             data_, image = elf_loader.load_file(program, **kw)
             return AbiGuest(data_, image, os.path.basename(program))
     if cwd is None:
-        here = os.getcwd()
-        cwd = here if root == "/" else "/"
+        cwd = os.getcwd() if root == "/" else "/"
     gprog = find_program(program, root, cwd)
     from .linux.calls_files import _in_root
     host = gprog if root == "/" else _in_root(root, gprog)
@@ -189,8 +188,6 @@ def _check_cwd(cwd, root, data_host, data_guest):
         return
     if data_host and (cwd == data_guest or cwd.startswith(data_guest.rstrip("/") + "/")):
         host = _in_root(data_host, "/" + cwd[len(data_guest):].lstrip("/"))
-    elif cwd.startswith("/tmp/"):
-        raise BadOption(f"--cwd {cwd}: the guest's /tmp starts empty; only /tmp itself can be the working directory")
     else:
         host = cwd if root == "/" else _in_root(root, cwd)
     if not os.path.isdir(host):

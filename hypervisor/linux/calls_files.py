@@ -102,7 +102,17 @@ class Files:
             parent, name = posixpath.split(rel)
             return "data", os.path.join(_in_root(self.data_host, parent), name)
         if gpath == "/tmp" or gpath.startswith("/tmp/"):
-            return "tmp", gpath[4:]
+            # The in-memory /tmp is a layer over the root's /tmp: what the guest made
+            # there is its own; anything else under /tmp is read from the root (a
+            # checkout or a test's files that happen to live in the host's /tmp).
+            rel = gpath[4:]
+            try:
+                node = self.tmp.lookup(rel)[0]
+            except GuestErr:
+                node = None
+            if node is None and rel.strip("/") and os.path.lexists(self.root_host(gpath)):
+                return "root", self.root_host(gpath)
+            return "tmp", rel
         if gpath in FIXED_FILES:
             return "fixed", FIXED_FILES[gpath]
         if gpath.startswith("/dev/"):
