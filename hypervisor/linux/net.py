@@ -728,17 +728,21 @@ def sys_poll(k, fds, nfds, timeout):
     return _poll(k, fds, nfds, lambda: 0 if t == 0 else _timeout_deadline(k, t))
 
 
+def _time_arg_deadline(k, ptr, unit_ns):
+    """A timeout argument (struct timespec, or timeval with unit_ns=1000): None for
+    no timeout (NULL), 0 for a poll, else the absolute deadline in guest time."""
+    if not ptr:
+        return None
+    sec, frac = struct.unpack("<qq", k.read_mem(ptr, 16))
+    if sec == 0 and frac == 0:
+        return 0
+    from .calls_time import now
+    return now(k) + sec * 10**9 + frac * unit_ns
+
+
 @syscall("ppoll", "ptr", "int", "ptr", "ptr", "size", family="net")
 def sys_ppoll(k, fds, nfds, tsp, sigmask, size):
-    def dl():
-        if not tsp:
-            return None
-        sec, nsec = struct.unpack("<qq", k.read_mem(tsp, 16))
-        if sec == 0 and nsec == 0:
-            return 0
-        from .calls_time import now
-        return now(k) + sec * 10**9 + nsec
-    return _poll(k, fds, nfds, dl)
+    return _poll(k, fds, nfds, lambda: _time_arg_deadline(k, tsp, 1))
 
 
 def _select(k, nfds, rp, wp, ep, deadline_of):
@@ -781,28 +785,12 @@ def _select(k, nfds, rp, wp, ep, deadline_of):
 
 @syscall("select", "int", "ptr", "ptr", "ptr", "ptr", family="net")
 def sys_select(k, nfds, rp, wp, ep, tvp):
-    def dl():
-        if not tvp:
-            return None
-        sec, usec = struct.unpack("<qq", k.read_mem(tvp, 16))
-        if sec == 0 and usec == 0:
-            return 0
-        from .calls_time import now
-        return now(k) + sec * 10**9 + usec * 1000
-    return _select(k, _s32(nfds), rp, wp, ep, dl)
+    return _select(k, _s32(nfds), rp, wp, ep, lambda: _time_arg_deadline(k, tvp, 1000))
 
 
 @syscall("pselect6", "int", "ptr", "ptr", "ptr", "ptr", "ptr", family="net")
 def sys_pselect6(k, nfds, rp, wp, ep, tsp, sig):
-    def dl():
-        if not tsp:
-            return None
-        sec, nsec = struct.unpack("<qq", k.read_mem(tsp, 16))
-        if sec == 0 and nsec == 0:
-            return 0
-        from .calls_time import now
-        return now(k) + sec * 10**9 + nsec
-    return _select(k, _s32(nfds), rp, wp, ep, dl)
+    return _select(k, _s32(nfds), rp, wp, ep, lambda: _time_arg_deadline(k, tsp, 1))
 
 
 @syscall("eventfd2", "int", "hex", family="net")
