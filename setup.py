@@ -11,7 +11,7 @@ setup(
     long_description_content_type="text/markdown",
     python_requires=">=3.10",
     packages=find_packages(include=["hypervisor", "hypervisor.*", "logging_channel", "logging_channel.*",
-                                    "shared_disk", "shared_disk.*", "view_service", "view_service.*"]),
+                                   ]),
     package_data={"hypervisor": ["fastpath.c", "fastpath.h"], "logging_channel": ["codec.c"]},
     setup_requires=["cffi>=1.16"],
     cffi_modules=["hypervisor/_fastpath_build.py:ffibuilder", "logging_channel/_codec_build.py:ffibuilder"],

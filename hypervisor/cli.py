@@ -465,7 +465,7 @@ def viewservice(listen, ping_interval_ms, dead_pings, state_file):
     It is a single point of failure (the classic primary/backup view service); nodes
     reach it through a small interface so that a replicated store can replace it.
     """
-    from view_service.server import serve
+    from .ft.viewservice import serve
     serve(listen, ping_interval_ms, dead_pings, state_file=state_file)
 
 

@@ -127,7 +127,7 @@ def test_kill_both_is_a_clear_error_with_logs_intact(guests, tmp_path):
 
 def _claim_race(args):
     directory, view, name = args
-    from shared_disk.arbiter import Arbiter
+    from hypervisor.ft.arbiter import Arbiter
     return Arbiter(directory).claim(view, name)
 
 
@@ -137,7 +137,7 @@ def test_go_live_race_has_exactly_one_winner(tmp_path):
         for view in range(1, 41):
             wins = pool.map(_claim_race, [(str(tmp_path), view, f"n{i}") for i in range(8)])
             assert sum(wins) == 1, wins
-    from shared_disk.arbiter import Arbiter
+    from hypervisor.ft.arbiter import Arbiter
     assert Arbiter(tmp_path).highest()[0] == 40
 
 

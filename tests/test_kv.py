@@ -12,7 +12,7 @@ import time
 import pytest
 
 from conftest import GUESTS, run_ftvm
-from hypervisor.bench_kv import KvServer, resp
+from hypervisor.bench.kv import KvServer, resp
 
 redis = pytest.importorskip("redis")
 

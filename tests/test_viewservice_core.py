@@ -13,7 +13,7 @@ import pathlib
 
 import pytest
 
-from view_service.core import ViewService
+from hypervisor.ft.views import ViewService
 
 DATA = pathlib.Path(__file__).parent / "testdata" / "viewservice"
 MS = 1_000_000

@@ -6,7 +6,7 @@ import zmq
 
 from conftest import FTVM
 from hypervisor.ft.transport import free_tcp_port
-from view_service.server import ViewClient
+from hypervisor.ft.viewservice import ViewClient
 
 
 def test_viewservice_process(tmp_path):

@@ -1,6 +1,6 @@
 """A node whose role comes from the view service (issue: three or more nodes).
 
-Every node pings the view service (view_service/) and does what the view says:
+Every node pings the view service (ft/viewservice.py) and does what the view says:
 
 - primary of view 1 with no state: start the guest;
 - backup of a view: wait for a state transfer from the primary (snapshot of the machine
@@ -28,7 +28,7 @@ import zlib
 
 from logging_channel import messages as M
 from logging_channel import records as R
-from view_service.server import ViewClient
+from .viewservice import ViewClient
 
 from .. import snapshot
 from ..console import Console

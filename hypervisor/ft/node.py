@@ -18,7 +18,7 @@ import time
 from logging_channel import messages as M
 from logging_channel import records as R
 from logging_channel.logfile import LogWriter
-from shared_disk.arbiter import Arbiter
+from .arbiter import Arbiter
 
 from ..console import Console
 from ..errors import FtvmError

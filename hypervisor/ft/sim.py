@@ -31,7 +31,7 @@ import random
 import sys
 
 from logging_channel.messages import ACK, HEARTBEAT, LOG, SNAP, TYPE_NAMES
-from view_service.core import ViewService
+from .views import ViewService
 
 from . import core
 from . import protocol as P

@@ -21,14 +21,14 @@ import time
 from logging_channel import records as R
 from logging_channel.logfile import LogReader, LogWriter
 
-from . import abi, counter, elf_loader
-from .console import Console
-from .errors import FtvmError
-from .machine import Config
-from .record import Recorder
-from .replay import Replayer
-from .uc import UC, X86, unicorn
-from .vcpu import _uc_perms
+from .. import abi, counter, elf_loader
+from ..console import Console
+from ..errors import FtvmError
+from ..machine import Config
+from ..record import Recorder
+from ..replay import Replayer
+from ..uc import UC, X86, unicorn
+from ..vcpu import _uc_perms
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
@@ -69,7 +69,7 @@ def plain_run_stock(path):
         t, out, status = plain_run(image)
         return t, out, status, "loaded Unicorn" if counter.inline_available() else "stock Unicorn"
     env = dict(os.environ, LIBUNICORN_PATH=str(pathlib.Path(stock).parent))
-    p = subprocess.run([sys.executable, "-m", "hypervisor.bench_plain", str(path)], env=env,
+    p = subprocess.run([sys.executable, "-m", "hypervisor.bench.plain", str(path)], env=env,
                        stdin=subprocess.DEVNULL, capture_output=True, cwd=str(ROOT))
     if p.returncode != 0:
         raise FtvmError(f"bench: plain run of {path.name} on the stock Unicorn failed: "
@@ -263,8 +263,8 @@ def run_bench(runs, guest_dir, as_json, say, only=None):
     rows = []
     results = {}
     if only in ("linux", "redis"):
-        from .bench_linux import linux_rows, run_linux_bench
-        from .bench_redis import redis_rows, run_redis_bench
+        from .linux import linux_rows, run_linux_bench
+        from .redis import redis_rows, run_redis_bench
         run, rows_of, title = {
             "linux": (run_linux_bench, linux_rows, "ftvm bench: Linux programs (whole-process wall times, medians)"),
             "redis": (run_redis_bench, redis_rows, "ftvm bench: Debian's redis-server with redis-benchmark -c 50"),
@@ -278,7 +278,7 @@ def run_bench(runs, guest_dir, as_json, say, only=None):
             _table(rows_of(results[only]), title)
         return results
     if only == "debug":
-        from .debug.bench import debug_rows, run_debug_bench
+        from .debug import debug_rows, run_debug_bench
         with tempfile.TemporaryDirectory(prefix="ftvm-bench-") as tmp:
             results["debug"] = run_debug_bench(tmp, say)
         if as_json:
@@ -287,7 +287,7 @@ def run_bench(runs, guest_dir, as_json, say, only=None):
             _table(debug_rows(results["debug"]), "ftvm bench: the debugger on a replay")
         return results
     if only in ("views", "kv"):
-        from .bench_kv import kv_rows, run_kv_bench
+        from .kv import kv_rows, run_kv_bench
         run, rows, title = {"views": (lambda tmp: run_views_bench(runs, gdir, tmp, say), _views_rows,
                                       "ftvm bench: view service and state transfer"),
                             "kv": (lambda tmp: run_kv_bench(runs, tmp, say), kv_rows,
@@ -339,7 +339,7 @@ def run_bench(runs, guest_dir, as_json, say, only=None):
         if only != "record":
             results["ft"] = run_ft_bench(runs, gdir, tmp, say)
             results["views"] = run_views_bench(runs, gdir, tmp, say)
-            from .bench_kv import run_kv_bench
+            from .kv import run_kv_bench
             results["kv"] = run_kv_bench(runs, tmp, say)
     c, t = results["compute"], results["tsc_heavy"]
     mem_budget = c["guest_memory_bytes"] + (100 << 20)
@@ -364,7 +364,7 @@ def run_bench(runs, guest_dir, as_json, say, only=None):
     if "views" in results:
         rows += _views_rows(results["views"])
     if "kv" in results:
-        from .bench_kv import kv_rows
+        from .kv import kv_rows
         rows += kv_rows(results["kv"])
     if as_json:
         print(json.dumps(results, indent=2))

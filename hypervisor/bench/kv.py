@@ -20,7 +20,7 @@ import subprocess
 import sys
 import time
 
-from .errors import FtvmError
+from ..errors import FtvmError
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 

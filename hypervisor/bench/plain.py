@@ -8,8 +8,8 @@ import sys
 
 
 def main(argv):
-    from . import counter, elf_loader
-    from .bench import plain_run
+    from .. import counter, elf_loader
+    from . import plain_run
     _, image = elf_loader.load_file(pathlib.Path(argv[0]))
     seconds, out, status = plain_run(image)
     print(json.dumps({"seconds": seconds, "out": out.hex(), "status": status,

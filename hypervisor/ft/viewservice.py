@@ -11,7 +11,7 @@ import time
 import msgpack
 import zmq
 
-from .core import ViewService
+from .views import ViewService
 
 
 def serve(listen: str, ping_interval_ms: int = 100, dead_pings: int = 5, say=None, stop=None, state_file=None):

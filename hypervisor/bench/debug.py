@@ -38,7 +38,7 @@ int main(int argc, char **argv)
 
 
 def run_debug_bench(tmp, say, rounds=2000, mem_mib=64, snapshot_mem=1 << 30, interval_s=0.25):
-    from .timeline import Point, Timeline
+    from ..debug.timeline import Point, Timeline
     src = os.path.join(tmp, "spin.c")
     exe = os.path.join(tmp, "spin")
     with open(src, "w") as f:

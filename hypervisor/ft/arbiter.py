@@ -13,7 +13,7 @@ import errno
 import os
 import re
 
-from hypervisor.errors import IoFailure
+from ..errors import IoFailure
 
 _CLAIM = re.compile(r"^view-(\d{8})\.claim$")
 

@@ -14,7 +14,7 @@ import signal
 import subprocess
 import time
 
-from .bench_kv import BenchError, _ftvm, client_pause, free_port, redis_benchmark, wait_ready
+from .kv import BenchError, _ftvm, client_pause, free_port, redis_benchmark, wait_ready
 
 REDIS = "/usr/bin/redis-server"
 REQUESTS = 20000

@@ -15,7 +15,7 @@ import subprocess
 import sys
 import time
 
-from .errors import FtvmError
+from ..errors import FtvmError
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 DATA = ROOT / "tests" / "linux_data"
@@ -48,11 +48,11 @@ def timed(cmd, cwd=None, env=None):
 
 def nolog_main(argv):
     """The same engine and loader with no logging: record into a sink that keeps
-    nothing (no encoding, no file). ``python -m hypervisor.bench_linux nolog PROG ARGS``."""
-    from .console import Console, fd_sink
-    from .guest import open_guest
-    from .machine import Config
-    from .record import PlainOutput, Recorder
+    nothing (no encoding, no file). ``python -m hypervisor.bench.linux nolog PROG ARGS``."""
+    from ..console import Console, fd_sink
+    from ..guest import open_guest
+    from ..machine import Config
+    from ..record import PlainOutput, Recorder
 
     class NullSink:
         records = 0
@@ -90,7 +90,7 @@ def run_linux_bench(runs, tmp, say, scale="0.5"):
         t, out_r, rss_f = timed(FTVM + ["record", "-q", "-o", str(log), "--"] + script)
         res["record"].append(t)
         res["rss_ftvm"].append(rss_f)
-        t, out_0, _ = timed([sys.executable, "-m", "hypervisor.bench_linux", "nolog"] + script)
+        t, out_0, _ = timed([sys.executable, "-m", "hypervisor.bench.linux", "nolog"] + script)
         res["nolog"].append(t)
         t, out_p, _ = timed(FTVM + ["replay", "-q", str(log)])
         res["replay"].append(t)

@@ -1,1 +1,0 @@
-"""Shared storage: the arbiter whose atomic test-and-set decides who may be primary."""
