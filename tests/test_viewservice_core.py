@@ -4,7 +4,9 @@ Each file in testdata/viewservice holds commands and, after "=>", the view the s
 answers. FTVM_REWRITE_TRANSCRIPTS=1 rewrites the expectations from what the code does
 (read the diff before committing it).
 
-    at <ms> ping <node> <viewnum> [ready]     => view <num> <primary|-> <backup|->
+    first_backup_wait <ms>                    (first line: the service's rule 6 setting)
+    at <ms> ping <node> <viewnum> [ready] [inc=<n>] [suspect=<node>]
+                                              => view <num> <primary|-> <backup|->
     at <ms> tick                              => view ...
     # comment
 """
@@ -28,10 +30,16 @@ def run_transcript(text):
             out.append(line)
             continue
         words = cmd.split()
+        if words[0] == "first_backup_wait":
+            vs = ViewService(ping_interval_ns=100 * MS, dead_pings=5, first_backup_wait_ns=int(words[1]) * MS)
+            out.append(line)
+            continue
         assert words[0] == "at", line
         now = int(words[1]) * MS
         if words[2] == "ping":
-            v = vs.ping(words[3], int(words[4]), now, ready=len(words) > 5 and words[5] == "ready")
+            opts = dict(w.split("=", 1) for w in words[5:] if "=" in w)
+            v = vs.ping(words[3], int(words[4]), now, ready="ready" in words[5:],
+                        incarnation=int(opts["inc"]) if "inc" in opts else None, suspect=opts.get("suspect"))
         elif words[2] == "tick":
             v = vs.tick(now)
         else:

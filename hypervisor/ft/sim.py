@@ -85,6 +85,9 @@ class Scenario:
             faults = [f for f in faults if f[1] != "kill"] + kills[:1]
         self.faults = sorted(faults)
         self.faults_end = max((f[0] + (f[3] if len(f) > 3 else 0) for f in faults), default=0)
+        # Managed runs: the first view waits for a second node, which follows the log
+        # from its first record (as `ftvm run --nodes 3` starts), or the first node starts alone.
+        self.first_backup_wait_ns = r.choice((0, 1000 * MS))
 
     def __str__(self):
         return (f"seed {self.seed}: {self.nodes} nodes, {self.records} records, max_lag {self.max_lag_ns // MS} ms, "
@@ -175,8 +178,10 @@ class SimNode:
         c = self.core
         sim = self.sim
         view = e.view
-        if c.managed and view == 1 and not self.log:
-            self.start_guest("primary")
+        if c.managed and not self.log:
+            # View 1, or the backup of view 1 promoted before any log came (then the
+            # old primary released nothing): start the guest afresh.
+            self.start_guest("primary" if view == 1 else f"started afresh in view {view}")
             return
         # Guest time carries on from the old primary's offset, never backwards.
         last = self.log[-1] if self.log else 0
@@ -250,7 +255,8 @@ class Sim:
         if self.managed:
             for n in names:
                 self.nodes[n] = SimNode(self, n, P.IDLE, 0, None, True)
-            self.vs = ViewService(ping_interval_ns=PING_NS, dead_pings=DEAD_PINGS)
+            self.vs = ViewService(ping_interval_ns=PING_NS, dead_pings=DEAD_PINGS,
+                                  first_backup_wait_ns=scenario.first_backup_wait_ns)
         else:
             self.nodes["A"] = SimNode(self, "A", P.PRIMARY, 1, "B", False)
             self.nodes["B"] = SimNode(self, "B", P.BACKUP, 1, "A", False)
@@ -353,8 +359,8 @@ class Sim:
                 self.vs.tick(self.now)
                 self.later(PING_NS, "vs", "tick", None)
             else:
-                name, viewnum, ready, asked_at = arg
-                v = self.vs.ping(name, viewnum, self.now, ready)
+                name, viewnum, ready, asked_at, incarnation, suspect = arg
+                v = self.vs.ping(name, viewnum, self.now, ready, incarnation=incarnation, suspect=suspect)
                 self.send("vs", name, ("view", v.num, v.primary, v.backup, asked_at))
             self.check_views()
             return
@@ -386,7 +392,7 @@ class Sim:
             node.step(P.Claimed(arg, won))
         elif kind == "ping":
             c = node.core
-            self.send(node.name, "vs", (node.name, c.acked_view, c.ready, node.clock()))
+            self.send(node.name, "vs", (node.name, c.acked_view, c.ready, node.clock(), node.incarnation, c.suspect))
             self.later(PING_NS, node, "ping", None)
         elif kind == "snapshot":
             self.snapshot(node, arg)
@@ -576,7 +582,7 @@ class Sim:
             return any(n.alive and not n.core.halted for n in self.nodes.values())
         v = self.vs.view
         p = self.nodes.get(v.primary)
-        if not self.vs.acked and not (p is not None and p.alive):
+        if not self.vs.acked and not (p is not None and p.alive) and not (v.num == 1 and self.vs.formed):
             return False            # the classic stuck case: the primary died before it acknowledged the view
         for name in (v.primary, v.backup):
             n = self.nodes.get(name)
@@ -619,6 +625,29 @@ def apply_broken(name):
             return orig(self, m, now, out)
         _ORIGINALS[(P.NodeCore, "_recv")] = orig
         P.NodeCore._recv = recv
+    elif name == "release_while_backup_named":
+        orig = P.NodeCore._release
+
+        def release(self, now, out):
+            # The old rule: a managed primary whose backup went silent released under
+            # the view service's lease while the view still named that backup.
+            saved = self.vs_view
+            if self.managed and not self.protected:
+                self.vs_view = (saved[0], saved[1], None)
+            try:
+                return orig(self, now, out)
+            finally:
+                self.vs_view = saved
+        _ORIGINALS[(P.NodeCore, "_release")] = orig
+        P.NodeCore._release = release
+    elif name == "late_ping_restarts":
+        orig = ViewService.ping
+
+        def ping(self, name, viewnum, now, ready=False, addr=None, incarnation=None, suspect=None):
+            # The old rule 5: any ping with view 0 from a known node is a restart.
+            return orig(self, name, viewnum, now, ready, addr, None, suspect)
+        _ORIGINALS[(ViewService, "ping")] = orig
+        ViewService.ping = ping
     elif name == "old_retransmit":
         orig = P.NodeCore._retransmit
 
