@@ -27,7 +27,7 @@ from ..record import Recorder
 from ..replay import Replayer, StreamSource
 from ..sources.interrupts import HostEvents
 from ..uc import lib
-from . import core
+from . import core, faults
 from . import protocol as P
 from .transport import Endpoint
 
@@ -42,9 +42,7 @@ def node_id(name: str) -> str:
     return name
 
 
-# Test hook (FTVM_TEST_CLOCK_SKEW_NS_<node name>): make this node's clock disagree with
-# its peer's, as two hosts' clocks do. Guest time and every clock of the node move with it.
-_SKEW_NS = 0
+_SKEW_NS = 0        # tests only: this node's clock disagrees with its peer's (faults.clock_skew_ns)
 
 
 def now_ns() -> int:
@@ -540,7 +538,7 @@ class Node:
         sys.setswitchinterval(0.0001)
         self.main_tid = threading.get_native_id()
         global _SKEW_NS
-        _SKEW_NS = int(os.environ.get(f"FTVM_TEST_CLOCK_SKEW_NS_{self.name}", "0"))
+        _SKEW_NS = faults.clock_skew_ns(self.name)
         lib.ftvm_set_clock_skew(_SKEW_NS)
         self.started = now_ns()
         with self.lock:
