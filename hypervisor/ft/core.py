@@ -260,12 +260,17 @@ def percentile(sorted_values, p):
     return sorted_values[k]
 
 
-def go_live_offset(primary_offset_ns: int, skew_ns: int, host_now_ns: int, tsc_last: int):
+def go_live_offset(primary_offset_ns: int | None, skew_ns: int, host_now_ns: int, tsc_last: int):
     """The virtual-time offset a backup takes when it goes live, and the excess to slew.
 
     The primary's guest time was host_p + primary_offset; host_p = host_b + skew. So
     the backup's offset is primary_offset + skew. If that would put guest time at or
-    behind the last value the guest saw, start just after it and slew the excess."""
+    behind the last value the guest saw, start just after it and slew the excess.
+    ``primary_offset_ns`` None: no log message of the primary told it (a backup that got
+    the state and nothing after): guest time goes on just after the last value the
+    guest saw, rather than from the host clock's own zero (a jump of the host's uptime)."""
+    if primary_offset_ns is None:
+        return tsc_last + 1 - host_now_ns, 0
     offset = primary_offset_ns + skew_ns
     if host_now_ns + offset > tsc_last:
         return offset, 0

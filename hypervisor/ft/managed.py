@@ -73,7 +73,7 @@ class ManagedNode(Node):
         incarnation = time.time_ns()    # a restart pings with a larger one (rule 5 of views.py)
         while not self.stop_requested and not self.rejoin:
             with self.lock:
-                ping_num, ready, suspect = self.core.acked_view, self.core.ready, self.core.suspect
+                ping_num, ready, suspect = self.core.acked_view, self.core.ready, self.core.silent_backup
             asked_at = now_ns()
             rep = client.ping(self.name, ping_num, ready, self.my_addr, incarnation, suspect)
             if rep is not None:

@@ -298,7 +298,7 @@ class NodeCore:
         self.received = 0
         self.log_clock = 0              # the primary's clock in its latest log message
         self.failover = False
-        self.primary_tsc_offset = 0
+        self.primary_tsc_offset = None  # the primary's guest-time offset, from its latest log message
         # observer link
         self.console = OffsetSender()
         self.netout = OffsetSender()
@@ -315,7 +315,7 @@ class NodeCore:
         self.acked_view = 0
         self.ready = False
         self.from_start = False         # managed backup of view 1: follows the log from record 0
-        self.suspect = None             # managed primary: the backup it cannot hear (told to the service)
+        self.silent_backup = None       # managed primary: the backup it cannot hear (told to the service)
         self.transfer_done = False
         self.sync_point = 0             # managed: records a new backup must have before it counts as ready
         self.logged_view = 0
@@ -595,7 +595,7 @@ class NodeCore:
             # silent one is still in the view, and the service may promote it.
             out.append(Say(f"backup {self.peer} is silent: holding output until the view service replaces it"))
             self.protected = False
-            self.suspect = self.peer
+            self.silent_backup = self.peer
             return
         # The pair: race the backup for the next view. Winning means carrying on
         # unprotected; losing means the backup went live and this node is stale.
@@ -742,8 +742,8 @@ class NodeCore:
                 self.become_idle(f"the view service made {primary} primary of view {num}", out)
                 return
             self.view = num
-            if backup != self.suspect:
-                self.suspect = None
+            if backup != self.silent_backup:
+                self.silent_backup = None
             if backup != self.peer:
                 self.protected = False
                 self.transferring = False
@@ -763,8 +763,12 @@ class NodeCore:
             elif backup != me:
                 self.become_idle(f"view {num} no longer has this node as backup", out)
                 return
-            else:
-                self.view = num
+            elif num != self.view:
+                # The service changes a view only to change its primary or backup: a
+                # later view naming this node backup again came after one without it,
+                # in which the primary released output this node does not have.
+                self.become_idle(f"view {num} names this node backup again after a view without it", out)
+                return
             self.acked_view = num
         elif self.role == IDLE:
             if primary == me and num == 1:

@@ -392,7 +392,7 @@ class Sim:
             node.step(P.Claimed(arg, won))
         elif kind == "ping":
             c = node.core
-            self.send(node.name, "vs", (node.name, c.acked_view, c.ready, node.clock(), node.incarnation, c.suspect))
+            self.send(node.name, "vs", (node.name, c.acked_view, c.ready, node.clock(), node.incarnation, c.silent_backup))
             self.later(PING_NS, node, "ping", None)
         elif kind == "snapshot":
             self.snapshot(node, arg)
@@ -640,13 +640,26 @@ def apply_broken(name):
                 self.vs_view = saved
         _ORIGINALS[(P.NodeCore, "_release")] = orig
         P.NodeCore._release = release
-    elif name == "late_ping_restarts":
-        orig = ViewService.ping
+    elif name == "backup_named_again":
+        orig = P.NodeCore._on_view
+
+        def on_view(self, now, out):
+            # The old rule: a backup named again in a later view stays backup with the
+            # state it had (and the view service keeps its old readiness report).
+            num, primary, backup = self.vs_view
+            if self.role == P.BACKUP and backup == self.name and primary != self.name and num != self.view:
+                self.view = self.acked_view = num
+                return
+            return orig(self, now, out)
+        _ORIGINALS[(P.NodeCore, "_on_view")] = orig
+        P.NodeCore._on_view = on_view
+        orig_ping = ViewService.ping
 
         def ping(self, name, viewnum, now, ready=False, addr=None, incarnation=None, suspect=None):
-            # The old rule 5: any ping with view 0 from a known node is a restart.
-            return orig(self, name, viewnum, now, ready, addr, None, suspect)
-        _ORIGINALS[(ViewService, "ping")] = orig
+            v = orig_ping(self, name, viewnum, now, ready, addr, incarnation, suspect)
+            self.ready[name] = ready
+            return v
+        _ORIGINALS[(ViewService, "ping")] = orig_ping
         ViewService.ping = ping
     elif name == "old_retransmit":
         orig = P.NodeCore._retransmit

@@ -11,8 +11,8 @@ the view they know (0 after a restart). Rules:
    that dies before acknowledging leaves the service stuck: that is the price of never
    promoting a node that may not have the state.
 3. Only the backup of the current view can become primary, and only if it reported
-   itself up to date (``ready``: its state transfer finished). An idle node never
-   becomes primary directly.
+   itself up to date (``ready``: its state transfer finished) in a ping of that view.
+   An idle node never becomes primary directly.
 4. Idle nodes become backup; a view may have a primary and no backup.
 5. A primary or backup that pings with view 0 has restarted and lost its state: it is
    treated as failed.
@@ -82,7 +82,9 @@ class ViewService:
             restarted = known is not None and incarnation > known
             self.incarnation[name] = incarnation
         self.last_ping[name] = now
-        self.ready[name] = ready
+        # Up to date in this view: a report from an earlier view says nothing about what
+        # the primary released since (a backup dropped and named again needs new state).
+        self.ready[name] = ready and viewnum == self.view.num
         if addr is not None:
             self.addr[name] = addr
         v = self.view
@@ -140,6 +142,7 @@ class ViewService:
                 self.stuck_since = now
             return False
         self.view = View(self.view.num + 1, primary, backup)
+        self.ready = {n: False for n in self.ready}     # readiness is reported per view
         self.acked = False
         self.stuck_since = None
         since_missed = None
