@@ -160,7 +160,7 @@ class Node:
         self._rate_mark = (0, 0)
         self.after_stop_ns = 0          # time the emulation thread spent handing over at stops
         self.paced_ns = 0               # time the primary waited for the backup (flow control)
-        self.rule_ns = []               # what the Output Rule added to each output (held -> released)
+        self.rule = core.Histogram()    # what the Output Rule added to each output (held -> released)
         self.failover_from = self.started
         self.view_target = None
         self.rejoin = False
@@ -231,8 +231,8 @@ class Node:
                 self.sink.acked(e.acked)
                 self.sink.sent = max(self.sink.sent, min(e.acked, self.sink.records))
         elif isinstance(e, P.Released):
-            if self.core.protected and len(self.rule_ns) < 1_000_000:
-                self.rule_ns.append(e.waited_ns)
+            if self.core.protected:
+                self.rule.add(e.waited_ns)
             self.last_release_unix = time.time()
         elif isinstance(e, P.Deliver):
             if e.held.stream == "disk":
@@ -392,10 +392,10 @@ class Node:
             pass
 
     def _rule_stats(self):
-        v = sorted(self.rule_ns)
-        if not v:
+        h = self.rule
+        if not h.n:
             return None
-        return {"n": len(v), "p50": core.percentile(v, 50) / 1000, "p99": core.percentile(v, 99) / 1000}
+        return {"n": h.n, "p50": h.percentile(50), "p99": h.percentile(99)}
 
     # --- main thread: the primary's output protocol (Recorder.out) -------------------
     def output(self, offset, data, cover):
