@@ -17,9 +17,14 @@ Keys under the prefix P (values are JSON with a version field ``v``):
   of views.py: the view moves on only after its primary knew it). Written by that
   primary in a transaction that compares ``P/view``'s revision, so a stale primary
   cannot acknowledge a view it is not primary of.
-- ``P/member/NAME``: ``{v, addr, ready, acked}`` attached to the node's lease: the key
-  exists while the node keeps its lease alive (liveness at the lease's granularity,
-  seconds). ``ready``: a backup that reported itself up to date in view ``acked``.
+- ``P/member/NAME``: ``{v, addr, ready, acked, lease}`` attached to the node's lease:
+  the key exists while the node keeps its lease alive (liveness at the lease's
+  granularity, seconds). ``ready``: a backup that reported itself up to date in view
+  ``acked``. ``lease`` tells one incarnation of the node from the next.
+- ``P/dead/NAME``: ``{v, lease}``, written with a view that dropped NAME from its role:
+  that incarnation of NAME counts as dead from then on, though its lease may live on
+  for seconds (a killed process cannot revoke it). A node that starts again has a new
+  lease and counts as alive.
 - ``P/golive/NUM``: the node that went live as primary of view NUM; created by a
   transaction that also compares ``P/view``'s revision with the one that carried view
   NUM, so there is exactly one winner, and none once a newer view exists.
@@ -53,6 +58,7 @@ class Member:
     addr: str = ""
     ready: bool = False
     acked: int = 0
+    lease: int = 0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -63,6 +69,7 @@ class Reading:
     acked: int                      # the view number in P/acked (0: none)
     members: dict                   # name -> Member (the live ones)
     revision: int = 0
+    dead: dict = dataclasses.field(default_factory=dict)    # name -> lease of its dead incarnation
 
 
 @dataclasses.dataclass(frozen=True)
@@ -73,13 +80,14 @@ class Proposal:
     view: View
     why: str
     by: str
+    failed: dict = dataclasses.field(default_factory=dict)  # name -> lease: dropped from a role
 
 
 # --- keys and values ----------------------------------------------------------------------------
 def keys(prefix: str) -> dict:
     p = prefix.rstrip("/")
     return {"view": f"{p}/view", "acked": f"{p}/acked", "member": f"{p}/member/",
-            "golive": f"{p}/golive/", "history": f"{p}/history/"}
+            "golive": f"{p}/golive/", "history": f"{p}/history/", "dead": f"{p}/dead/"}
 
 
 def member_key(prefix, name):
@@ -121,13 +129,14 @@ def parse_view(raw, key="view") -> View:
 
 def parse_member(name, raw) -> Member:
     o = decode(raw, f"member/{name}")
-    return Member(name, str(o.get("addr", "")), bool(o.get("ready", False)), int(o.get("acked", 0)))
+    return Member(name, str(o.get("addr", "")), bool(o.get("ready", False)), int(o.get("acked", 0)),
+                  int(o.get("lease", 0)))
 
 
 def reading_from(kvs, prefix, revision=0) -> Reading:
     """A Reading from (key, value, mod_revision) triples of one range over the prefix."""
     k = keys(prefix)
-    view, view_rev, acked, members = None, 0, 0, {}
+    view, view_rev, acked, members, dead = None, 0, 0, {}, {}
     for key, value, mod_rev in kvs:
         if key == k["view"]:
             view, view_rev = parse_view(value, key), mod_rev
@@ -136,7 +145,9 @@ def reading_from(kvs, prefix, revision=0) -> Reading:
         elif key.startswith(k["member"]):
             name = key[len(k["member"]):]
             members[name] = parse_member(name, value)
-    return Reading(view, view_rev, acked, members, revision)
+        elif key.startswith(k["dead"]):
+            dead[key[len(k["dead"]):]] = int(decode(value, key).get("lease", 0))
+    return Reading(view, view_rev, acked, members, revision, dead)
 
 
 # --- the decision ---------------------------------------------------------------------------------
@@ -155,7 +166,7 @@ def decide(r: Reading, me: str, suspects=frozenset()) -> Proposal | None:
     vs.view = r.view
     vs.acked = r.acked >= r.view.num
     for name, m in r.members.items():
-        if name in suspects:
+        if name in suspects or r.dead.get(name, -1) == m.lease:
             continue
         vs.last_ping[name] = now
         # A backup counts as up to date only for the view it acknowledged.
@@ -167,7 +178,9 @@ def decide(r: Reading, me: str, suspects=frozenset()) -> Proposal | None:
     if vs.view == r.view:
         return None
     _t, new, why, _since = vs.history[-1]
-    return Proposal(r.view_rev, new, why, me)
+    dropped = {r.view.primary, r.view.backup} - {new.primary, new.backup, None}
+    failed = {n: r.members[n].lease for n in dropped if n in r.members}
+    return Proposal(r.view_rev, new, why, me, failed)
 
 
 def should_ack(r: Reading, me: str) -> bool:
@@ -183,7 +196,8 @@ def txn_propose(prefix, p: Proposal, unix_s: float) -> dict:
     hist = encode({"num": p.view.num, "primary": p.view.primary, "backup": p.view.backup, "why": p.why,
                    "by": p.by, "unix": round(unix_s, 3)})
     return {"compare": [cmp],
-            "success": [_put(k["view"], view_value(p.view)), _put(history_key(prefix, p.view.num), hist)],
+            "success": [_put(k["view"], view_value(p.view)), _put(history_key(prefix, p.view.num), hist)]
+            + [_put(k["dead"] + n, encode({"lease": lease})) for n, lease in sorted(p.failed.items())],
             "failure": []}
 
 

@@ -135,9 +135,13 @@ class Store:
 
 
 def _one_line(e):
-    text = str(e) if e is not None else "no endpoint"
+    if e is None:
+        return "no endpoint"
+    text = " ".join(str(x) for x in (getattr(e, "detail_text", None), *e.args) if x) or str(e)
     if "Connection refused" in text:
         return "connection refused"
+    if "NameResolutionError" in text or "Name or service not known" in text:
+        return "host name does not resolve"
     if "timed out" in text.lower() or "timeout" in text.lower():
         return "timed out"
     return text.splitlines()[0][:160] if text else type(e).__name__
@@ -184,6 +188,7 @@ class EtcdViewClient:
         self.suspects = suspects
         self.say = say or (lambda m: None)
         self.local = threading.local()
+        self.stores = []
         self.lock = threading.Lock()
         self.view_rev = {}              # view number -> mod revision of P/view that carried it
         self.lease = None
@@ -196,10 +201,12 @@ class EtcdViewClient:
         s = getattr(self.local, "store", None)
         if s is None:
             s = self.local.store = Store(self.eps)
+            self.stores.append(s)
         return s
 
     def ops(self):
-        return self.store().ops
+        """Requests this node made to etcd so far (every thread)."""
+        return sum(s.ops for s in list(self.stores))
 
     # --- the view service client's interface ---------------------------------------------------
     def ping(self, name, viewnum, ready, addr):
@@ -211,7 +218,7 @@ class EtcdViewClient:
     def _ping(self, viewnum, ready, addr):
         s = self.store()
         self._keep_lease(s)
-        value = C.encode({"addr": addr, "ready": bool(ready), "acked": viewnum})
+        value = C.encode({"addr": addr, "ready": bool(ready), "acked": viewnum, "lease": self.lease})
         if value != self.written:
             s.put(C.member_key(self.prefix, self.name), value, self.lease)
             self.written = value
@@ -230,7 +237,7 @@ class EtcdViewClient:
             if won:
                 self.proposed += 1
                 self.say(f"etcd: {p.view} ({p.why})")
-                r = C.Reading(p.view, new_rev, r.acked, r.members, new_rev)
+                r = C.Reading(p.view, new_rev, r.acked, r.members, new_rev, r.dead)
                 self._note(r)
         v = r.view
         addrs = {n: m.addr for n, m in r.members.items() if m.addr}

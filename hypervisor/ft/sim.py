@@ -162,7 +162,8 @@ class SimNode:
                 sim.later(10 * MS, self, "rejoin", None)
         elif isinstance(e, P.StartTransfer):
             sim.later(sim.rng.randint(0, 3 * MS), self, "snapshot", e.to)
-        elif isinstance(e, (P.Trim, P.Wake, P.StopSoon, P.Connect, P.Deliver, P.PushInput, P.PushNet, P.StopRun)):
+        elif isinstance(e, (P.Trim, P.Wake, P.StopSoon, P.Connect, P.Deliver, P.PushInput, P.PushNet, P.StopRun,
+                            P.Suspect)):
             pass
         elif isinstance(e, P.Say):
             if sim.trace:
