@@ -195,6 +195,7 @@ class EtcdViewClient:
         self.lease_at = 0.0
         self.written = None             # the member value etcd has
         self.proposed = 0               # proposals that committed (for status)
+        self.unavailable = 0            # pings etcd did not answer (no quorum, unreachable)
         self.last_reading = None
 
     def store(self) -> Store:
@@ -213,6 +214,7 @@ class EtcdViewClient:
         try:
             return self._ping(viewnum, ready, addr)
         except Unavailable:
+            self.unavailable += 1
             return None
 
     def _ping(self, viewnum, ready, addr):

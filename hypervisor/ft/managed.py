@@ -142,7 +142,8 @@ class ManagedNode(Node):
     def _status(self, now):
         st = super()._status(now)
         if self.coord is not None:
-            st["coordinator"] = {"kind": "etcd", "ops": self.coord.ops(), "proposed": self.coord.proposed}
+            st["coordinator"] = {"kind": "etcd", "ops": self.coord.ops(), "proposed": self.coord.proposed,
+                                 "unavailable": self.coord.unavailable}
         st.update(managed=True, vs_view=list(self.core.vs_view[:3]), ready=self.core.ready,
                   transfer=list(self.snap_progress), transfer_ms=self.transfer_ms,
                   protected_unix=self.protected_unix, transferring=self.core.transferring)
