@@ -182,8 +182,14 @@ class EtcdViewClient:
     """One node's view of the run in etcd. ``ping`` runs on the node's coordinator
     thread; ``claim`` on its main thread (each thread has its own Store)."""
 
-    def __init__(self, url: str, name: str, suspects=lambda: frozenset(), say=None):
+    def __init__(self, url: str, name: str, suspects=lambda: frozenset(), say=None, store=None,
+                 clock=time.monotonic, wall=time.time):
+        """``store``, ``clock`` and ``wall``: the simulation's (sim.py) in place of etcd
+        and the process's clocks."""
         self.eps, self.prefix = parse_url(url)
+        self.fixed_store = store
+        self.clock = clock
+        self.wall = wall
         self.name = name
         self.suspects = suspects
         self.say = say or (lambda m: None)
@@ -199,6 +205,8 @@ class EtcdViewClient:
         self.last_reading = None
 
     def store(self) -> Store:
+        if self.fixed_store is not None:
+            return self.fixed_store
         s = getattr(self.local, "store", None)
         if s is None:
             s = self.local.store = Store(self.eps)
@@ -218,6 +226,12 @@ class EtcdViewClient:
             return None
 
     def _ping(self, viewnum, ready, addr):
+        r, p = self.read_and_decide(viewnum, ready, addr)
+        return self.propose(r, p)
+
+    def read_and_decide(self, viewnum, ready, addr):
+        """The first half of a ping: report, read, acknowledge, decide. (The simulation
+        lets time pass between the halves, as the network does between requests.)"""
         s = self.store()
         self._keep_lease(s)
         value = C.encode({"addr": addr, "ready": bool(ready), "acked": viewnum, "lease": self.lease})
@@ -229,13 +243,17 @@ class EtcdViewClient:
             r = C.reading_from(kvs, self.prefix, rev)
         except C.BadValue as e:
             self.say(f"etcd: {e}; ignored")
-            return None
+            raise Unavailable(str(e)) from None
         self._note(r)
         if C.should_ack(r, self.name) and viewnum == r.view.num:
             s.txn(C.txn_ack(self.prefix, r.view_rev, r.view.num))
-        p = C.decide(r, self.name, frozenset(self.suspects()))
+        return r, C.decide(r, self.name, frozenset(self.suspects()))
+
+    def propose(self, r, p):
+        """The second half: attempt the proposal, if any; the view as it now stands."""
+        s = self.store()
         if p is not None:
-            won, new_rev = s.txn(C.txn_propose(self.prefix, p, time.time()))
+            won, new_rev = s.txn(C.txn_propose(self.prefix, p, self.wall()))
             if won:
                 self.proposed += 1
                 self.say(f"etcd: {p.view} ({p.why})")
@@ -254,7 +272,7 @@ class EtcdViewClient:
                 self.view_rev[r.view.num] = r.view_rev
 
     def _keep_lease(self, s):
-        now = time.monotonic()
+        now = self.clock()
         if self.lease is not None and now - self.lease_at < KEEPALIVE_S:
             return
         if self.lease is not None and s.keepalive(self.lease) > 0:
@@ -269,15 +287,22 @@ class EtcdViewClient:
         """Go-live for ``view``: True if this node won it. Waits while etcd is
         unavailable (a failover never happens without quorum)."""
         while True:
-            with self.lock:
-                rev = self.view_rev.get(view)
-            if rev is None:
-                return False            # never saw this view as current: not ours to claim
-            try:
-                won, _ = self.store().txn(C.txn_golive(self.prefix, rev, view, node, time.time()))
+            won = self.try_claim(view, node)
+            if won is not None:
                 return won
-            except Unavailable:
-                time.sleep(0.05)        # retry interval: etcd has no quorum or is unreachable
+            time.sleep(0.05)            # retry interval: etcd has no quorum or is unreachable
+
+    def try_claim(self, view: int, node: str):
+        """One attempt: True (won), False (lost), None (etcd unavailable)."""
+        with self.lock:
+            rev = self.view_rev.get(view)
+        if rev is None:
+            return False                # never saw this view as current: not ours to claim
+        try:
+            won, _ = self.store().txn(C.txn_golive(self.prefix, rev, view, node, self.wall()))
+            return won
+        except Unavailable:
+            return None
 
     def owner(self, view: int):
         try:
