@@ -236,7 +236,12 @@ class EtcdViewClient:
         self._keep_lease(s)
         value = C.encode({"addr": addr, "ready": bool(ready), "acked": viewnum, "lease": self.lease})
         if value != self.written:
-            s.put(C.member_key(self.prefix, self.name), value, self.lease)
+            try:
+                s.put(C.member_key(self.prefix, self.name), value, self.lease)
+            except Unavailable as e:
+                if "lease" in str(e):
+                    self.lease = None   # it expired (a long pause): a new one at the next ping
+                raise
             self.written = value
         kvs, rev = s.range_prefix(self.prefix + "/")
         try:
