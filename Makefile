@@ -15,10 +15,12 @@ setup: $(STAMP) $(UC_STAMP) tools guests
 # Debian packages the tests and `ftvm bench` use: redis-cli, redis-benchmark and
 # redis-server drive the kv guest; busybox-static, bash-static, musl-gcc (for the .musl
 # test programs), qemu-x86_64 (the bench baseline) and strace serve the Linux programs;
-# cmake and ninja build the patched Unicorn.
+# cmake and ninja build the patched Unicorn; etcd-server runs the local three-member etcd
+# cluster that `ftvm run --coordinator etcd-local` and the coordinator tests start.
 # Installs only what is missing (as root; otherwise prints the command), waits for
 # another apt run's lock, and updates the package lists only if the first try fails.
-APT_PACKAGES := redis-tools redis-server busybox-static bash-static musl-tools qemu-user strace cmake ninja-build
+APT_PACKAGES := redis-tools redis-server busybox-static bash-static musl-tools qemu-user strace cmake ninja-build \
+                etcd-server
 APT_GET := apt-get -y -q -o DPkg::Lock::Timeout=600
 
 tools:
@@ -35,7 +37,7 @@ tools:
 $(STAMP): setup.py pyproject.toml hypervisor/fastpath.c hypervisor/fastpath.h hypervisor/_fastpath_build.py
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e '.[test,plot]'
+	$(PY) -m pip install -q -e '.[test,plot,etcd]'
 	touch $@
 
 # Unicorn with the inline block counter (unicorn-patch/), built once and cached in

@@ -26,6 +26,8 @@ setup(
         "rich>=13",
     ],
     extras_require={"test": ["pytest>=7", "pytest-timeout", "hypothesis>=6", "redis>=5"],
-                    "plot": ["matplotlib>=3.5"]},
+                    "plot": ["matplotlib>=3.5"],
+                    # --coordinator etcd://...: the gateway's JSON API (no protobuf or gRPC pin)
+                    "etcd": ["etcd3gw>=2.4"]},
     entry_points={"console_scripts": ["ftvm=hypervisor.cli:main"]},
 )

@@ -322,12 +322,16 @@ def _opts(hb_interval_ms, fail_timeout_ms, max_lag_ms):
 @click.option("--nodes", type=click.IntRange(2, 26), default=2, show_default=True,
               help="Nodes to run. More than 2 starts the view service, which restores redundancy "
                    "after a failure by transferring state to an idle node.")
+@click.option("--coordinator", metavar="etcd://HOST:PORT[,...]|etcd-local", default=None,
+              help="Keep the views, membership and go-live in etcd instead of the embedded view service "
+                   "(no process of the run is then a single point of failure). etcd-local starts a "
+                   "three-member etcd cluster in the run directory and stops it with the run.")
 @_device_options
 @_linux_options
 @_ft_options
 @operating_errors
-def run(program, log_path, kill_after, progress, run_dir, nodes, hb_interval_ms, fail_timeout_ms, max_lag_ms,
-        listen, disk, disk_size, disk_reads, root, data, cwd, env, personality):
+def run(program, log_path, kill_after, progress, run_dir, nodes, coordinator, hb_interval_ms, fail_timeout_ms,
+        max_lag_ms, listen, disk, disk_size, disk_reads, root, data, cwd, env, personality):
     """Run PROGRAM fault-tolerantly: a primary and a backup process joined by the logging
     channel, and this process as the observer.
 
@@ -352,6 +356,7 @@ def run(program, log_path, kill_after, progress, run_dir, nodes, hb_interval_ms,
     """
     from .ft.observer import run_local
     import tempfile
+    _coordinator_ok(coordinator, allow_local=True)
     g = _guest(program, personality, root, data, cwd, env, listen=listen)
     guest = program[0]
     if g.personality == "linux":
@@ -364,8 +369,19 @@ def run(program, log_path, kill_after, progress, run_dir, nodes, hb_interval_ms,
         g.spec.save(guest)
     status = run_local(guest, log_path=log_path, kill_after=kill_after, progress=progress, run_dir=run_dir,
                        opts=_opts(hb_interval_ms, fail_timeout_ms, max_lag_ms), say=say, nodes=nodes,
-                       devices=_devices(listen, disk, disk_size, disk_reads))
+                       devices=_devices(listen, disk, disk_size, disk_reads), coordinator=coordinator)
     sys.exit(status)
+
+
+def _coordinator_ok(url, allow_local=False):
+    """A --coordinator value that cannot be an etcd address: a usage error, one line."""
+    if url is None or (allow_local and url == "etcd-local"):
+        return
+    from .ft.etcd import BadAddress, parse_url
+    try:
+        parse_url(url)
+    except BadAddress as e:
+        raise click.BadParameter(str(e), param_hint="--coordinator") from None
 
 
 def _use_key(key_file):
@@ -379,6 +395,9 @@ def _use_key(key_file):
 @click.option("--name", required=True, help="This node's name (A, B, ...).")
 @click.option("--role", type=click.Choice(["primary", "backup"]), help="Fixed role (a pair without view service).")
 @click.option("--viewservice", metavar="ADDR", help="Take roles from the view service at ADDR instead.")
+@click.option("--coordinator", metavar="etcd://HOST:PORT[,...][/PREFIX]", default=None,
+              help="Take roles from views kept in etcd under PREFIX (the run's; default /ftvm/default); "
+                   "go-live is a transaction there instead of the shared-directory test-and-set.")
 @click.option("--listen", required=True, metavar="ADDR", help="ZeroMQ address to bind, e.g. tcp://0.0.0.0:7001.")
 @click.option("--peer", metavar="ADDR", help="The other node's address (with --role).")
 @click.option("--peer-name", default=None, help="The other node's name (default: B for A, A otherwise).")
@@ -398,8 +417,8 @@ def _use_key(key_file):
                    "its tag are refused.")
 @_ft_options
 @operating_errors
-def node(name, role, viewservice, listen, peer, peer_name, observer, shared_dir, run_dir, log_path, guest,
-         disk, disk_reads, net, key_file, hb_interval_ms, fail_timeout_ms, max_lag_ms):
+def node(name, role, viewservice, coordinator, listen, peer, peer_name, observer, shared_dir, run_dir, log_path,
+         guest, disk, disk_reads, net, key_file, hb_interval_ms, fail_timeout_ms, max_lag_ms):
     """Run one node (used by `ftvm run`; start nodes by hand to put them on different
     machines). Either a fixed --role with its --peer, or --viewservice."""
     from logging_channel.messages import sender_name_ok
@@ -409,6 +428,13 @@ def node(name, role, viewservice, listen, peer, peer_name, observer, shared_dir,
         raise click.BadParameter(f"{name!r}: a node's name has 1 to 16 bytes (UTF-8, no NUL)", param_hint="--name")
     _use_key(key_file)
     os.makedirs(run_dir, exist_ok=True)
+    if coordinator:
+        if viewservice or role:
+            raise click.UsageError("--coordinator replaces --viewservice and --role; give only one")
+        _coordinator_ok(coordinator)
+        from .ft.etcd import check_reachable
+        check_reachable(coordinator)
+        viewservice = coordinator
     if viewservice:
         from .ft.managed import ManagedNode
         if not guest:
@@ -521,8 +547,11 @@ def kill(which, run_dir, signame):
 @click.option("--json", "as_json", is_flag=True)
 @click.option("--plot", "plot_path", type=click.Path(dir_okay=False), default=None,
               help="Instead of the table, draw the run (its most complete log) into this .svg/.png file.")
+@click.option("--coordinator", metavar="etcd://HOST:PORT[,...][/PREFIX]", default=None,
+              help="Also show this etcd coordinator: members, leader, revision, views (default: the run's, "
+                   "from its run.json, if it has one).")
 @operating_errors
-def status(run_dir, as_json, plot_path):
+def status(run_dir, as_json, plot_path, coordinator):
     """Role, view, lag, log, held output, failovers and clock offset of each node."""
     import json as _json
     if plot_path:
@@ -531,9 +560,20 @@ def status(run_dir, as_json, plot_path):
         return
 
     from .ft.observer import read_status, transfer_cell
+    _coordinator_ok(coordinator)
     sts = read_status(run_dir)
+    if coordinator is None:
+        try:
+            with open(os.path.join(run_dir, "run.json")) as f:
+                coordinator = _json.load(f).get("coordinator")
+        except (OSError, ValueError):
+            pass
+    coord = None
+    if coordinator:
+        from .ft.etcd import describe
+        coord = describe(coordinator)
     if as_json:
-        click.echo(_json.dumps(sts, indent=2))
+        click.echo(_json.dumps({"nodes": sts, "coordinator": coord} if coord else sts, indent=2))
         return
     from rich.console import Console as RichConsole
     from rich.table import Table
@@ -563,6 +603,31 @@ def status(run_dir, as_json, plot_path):
             h.add_row(str(e["num"]), e["primary"] or "-", e["backup"] or "-", e["why"],
                       "" if e["after_missed_ping_ms"] is None else f"{e['after_missed_ping_ms']:.0f}")
         con.print(h)
+    if coord:
+        _print_coordinator(con, coord)
+
+
+def _print_coordinator(con, coord):
+    from rich.table import Table
+    t = Table(title=f"coordinator: etcd, prefix {coord['prefix']}, revision {coord.get('revision') or '-'}"
+                    + (f" ({coord['error']})" if coord.get("error") else ""))
+    for col in ("member", "reachable", "leader", "revision", "raft term", "version"):
+        t.add_column(col)
+    for m in coord["members"]:
+        t.add_row(m["endpoint"], "yes" if m["reachable"] else f"no ({m.get('error', '')})",
+                  "leader" if m.get("is_leader") else "", str(m.get("revision", "")), str(m.get("raft_term", "")),
+                  m.get("version") or "")
+    con.print(t)
+    v = coord.get("view")
+    h = Table(title=f"views in etcd (now: view {v[0]}, primary {v[1]}, backup {v[2] or '-'})" if v else
+              "views in etcd (none yet)")
+    for col in ("view", "primary", "backup", "why", "decided by", "went live"):
+        h.add_column(col)
+    golive = coord.get("golive", {})
+    for e in coord["history"]:
+        h.add_row(str(e["num"]), e.get("primary") or "-", e.get("backup") or "-", e.get("why", ""),
+                  e.get("by", ""), golive.get(e["num"], "") or "")
+    con.print(h)
 
 
 @main.command()

@@ -13,6 +13,7 @@ EXIT_LOG_TRUNCATED = 4    # the log ends before its end record
 EXIT_DIVERGED = 5         # replay did not reproduce the recording
 EXIT_GUEST_STUCK = 6      # the guest halted and no interrupt can ever wake it
 EXIT_IO = 7               # ftvm could not read or write a file (disk full, ...)
+EXIT_COORDINATOR = 11     # the coordinator (etcd) is unreachable, or is not an etcd ftvm can use
 EXIT_INTERRUPTED = 130    # SIGINT/SIGTERM: stopped on request, log closed
 EXIT_GUEST_ILLEGAL = 132  # guest executed an invalid instruction (as SIGILL would give)
 EXIT_GUEST_SEGV = 139     # guest touched unmapped or protected memory (as SIGSEGV would give)
@@ -77,3 +78,12 @@ class IoFailure(FtvmError):
     """A file ftvm needs could not be read or written (missing, disk full, ...)."""
 
     exit_status = EXIT_IO
+
+
+class CoordinatorFailed(FtvmError):
+    """The coordinator given by --coordinator (an etcd cluster) cannot be used: no
+    endpoint answers, it is not etcd, or the run's prefix holds values ftvm did not
+    write. Raised at start, before a node takes any role; once a run is going, an
+    unreachable etcd only delays view changes (see docs/views.md)."""
+
+    exit_status = EXIT_COORDINATOR

@@ -168,3 +168,38 @@ def test_three_node_rules_found_by_the_simulation(broken, seed):
             S.run_seed(seed, nodes=3, broken=broken)
         finally:
             S.restore()
+# --- etcd as the coordinator (simstore.SimStore through etcd.EtcdViewClient) -------------------------
+
+def _etcd_seed(start=0):
+    return next(s for s in range(start, start + 1000) if S.Scenario(s, 3).coord == "etcd")
+
+
+def test_default_seeds_include_etcd_with_lost_quorum():
+    scs = [S.Scenario(s) for s in range(SEEDS)]
+    etcd = [sc for sc in scs if sc.coord == "etcd"]
+    assert len(etcd) > SEEDS // 5
+    assert sum(any(f[1] == "quorum" for f in sc.faults) for sc in etcd) > len(etcd) // 2
+
+
+def test_without_cas_two_deciders_both_advance_the_view_and_are_caught():
+    """The negative control for the store: proposals that commit without comparing
+    the view key's revision are caught within the default seeds."""
+    failure = _first_failure(200, broken="no_cas")
+    assert failure is not None and "etcd's view went from" in failure[1], failure
+
+
+@pytest.mark.parametrize("seed_from", [0, 100, 200])
+def test_lost_quorum_delays_the_failover_and_the_run_ends(seed_from):
+    """The primary dies while etcd has no quorum: no view changes until the quorum is
+    back, then the backup is promoted and the run ends with every line once."""
+    seed = _etcd_seed(seed_from)
+    sc = _load_scenario(seed, 3, [(300 * MS, "quorum", "etcd", 2000 * MS), (400 * MS, "kill", "primary")])
+    sc.coord = "etcd"
+    sc.records = 200
+    sc.stop_ns = 2 * MS
+    sim = S.Sim(sc)
+    sim.run()
+    assert sim.finished_at is not None and sim.last_line == sc.records - 1
+    during = [t for t in sim.store_view_at if 300 * MS < t < 2300 * MS]
+    assert not during, f"views committed without quorum at {during}"
+    assert any(t >= 2300 * MS for t in sim.store_view_at), "the failover happened once the quorum was back"

@@ -212,7 +212,88 @@ def run_views_bench(runs, gdir, tmp, say):
                 if e["why"].startswith("primary") and e["after_missed_ping_ms"] is not None:
                     res["view_change_ms"].append(e["after_missed_ping_ms"])
         res["restore_s"][mb] = sorted(vals)
+    res["etcd"] = run_etcd_views_bench(runs, gdir, tmp, say)
     return res
+
+
+def _restore_once(ftvm, guest, run_dir, extra=()):
+    """Kill the primary once a backup is up to date; seconds until the new backup has
+    the state (None if it never did)."""
+    p = subprocess.Popen([str(ftvm), "run", str(guest), "--nodes", "3", "--run-dir", str(run_dir), *extra],
+                         stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+
+    def st(n):
+        try:
+            return json.loads((run_dir / f"{n}.status.json").read_text())
+        except (OSError, ValueError):
+            return {}
+    deadline = time.monotonic() + 120
+    killed = None
+    while time.monotonic() < deadline and p.poll() is None:
+        nodes = {n: st(n) for n in "ABC"}
+        if any(s.get("role") == "backup" and s.get("ready") for s in nodes.values()):
+            prim = [s for s in nodes.values() if s.get("role") == "primary"]
+            if prim:
+                killed = time.time()
+                os.kill(prim[0]["pid"], 9)
+                break
+        time.sleep(0.02)
+    p.communicate(timeout=300)
+    after = sorted(t for n in "ABC" for t in st(n).get("protected_unix") or [] if killed and t > killed)
+    return after[0] - killed if after else None
+
+
+def run_etcd_views_bench(runs, gdir, tmp, say):
+    """The etcd coordinator beside the embedded view service, runs interleaved: the
+    failover outage the observer sees (kill to next output), the time to restore
+    redundancy for a 64 MiB guest, and etcd requests per second during steady runs of
+    two guests with different output rates (the rate must not follow the output)."""
+    from ..ft.etcd_local import LocalCluster
+    import shutil
+    if not shutil.which("etcd") and not os.path.exists("/usr/bin/etcd"):
+        say("bench: etcd-server not installed; the etcd figures are skipped")
+        return None
+    ftvm = pathlib.Path(sys.executable).parent / "ftvm"
+    out = {"outage_ms": {"embedded": [], "etcd": []}, "restore64_s": {"embedded": [], "etcd": []},
+           "ops_per_s": {}}
+    with LocalCluster(pathlib.Path(tmp) / "etcd") as cluster:
+        for i in range(runs):
+            for kind in ("embedded", "etcd"):
+                extra = ["--coordinator", f"{cluster.url}/bench/o{i}"] if kind == "etcd" else []
+                say(f"bench: failover outage, {kind} coordinator, run {i + 1}")
+                run_dir = pathlib.Path(tmp) / f"eo-{kind}-{i}"
+                p = subprocess.run([str(ftvm), "run", str(gdir / "lines_long.elf"), "--nodes", "3", "--run-dir",
+                                    str(run_dir), "--kill-primary-after", "1.0", *extra],
+                                   stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+                if p.returncode == 0:
+                    obs = json.loads((run_dir / "observer.json").read_text())
+                    for k in obs.get("kills", []):
+                        if k.get("next_output_s") is not None:
+                            out["outage_ms"][kind].append((k["next_output_s"] - k["t"]) * 1000)
+                extra = ["--coordinator", f"{cluster.url}/bench/r{i}"] if kind == "etcd" else []
+                say(f"bench: restore redundancy, 64 MiB guest, {kind} coordinator, run {i + 1}")
+                r = _restore_once(ftvm, gdir / "bigmem64.elf", pathlib.Path(tmp) / f"er-{kind}-{i}", extra)
+                if r is not None:
+                    out["restore64_s"][kind].append(r)
+        for guest in ("lines_long.elf", "lines.elf"):
+            say(f"bench: etcd requests during a steady run of {guest}")
+            run_dir = pathlib.Path(tmp) / f"eops-{guest}"
+            t = time.monotonic()
+            p = subprocess.run([str(ftvm), "run", str(gdir / guest), "--nodes", "3", "--run-dir", str(run_dir),
+                                "--coordinator", f"{cluster.url}/bench/ops-{guest}"],
+                               stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+            wall = time.monotonic() - t
+            ops = 0
+            for n in "ABC":
+                try:
+                    ops += json.loads((run_dir / f"{n}.status.json").read_text()).get("coordinator", {}).get("ops", 0)
+                except (OSError, ValueError):
+                    pass
+            out["ops_per_s"][guest] = {"ops_per_s": ops / wall, "output_bytes_per_s": len(p.stdout) / wall}
+    for d in (out["outage_ms"], out["restore64_s"]):
+        for k in d:
+            d[k].sort()
+    return out
 
 
 def run_ft_bench(runs, gdir, tmp, say):
@@ -421,6 +502,25 @@ def _views_rows(v):
     vc = sorted(v["view_change_ms"])
     rows.append(("view change, first missed ping -> new view", "", "-" if not vc else f"median {vc[len(vc) // 2]:.0f} ms",
                  " ".join(f"{x:.0f}" for x in vc), "printed", None))
+    e = v.get("etcd")
+    if e:
+        def med(xs):
+            return xs[len(xs) // 2] if xs else None
+        emb, etc = e["outage_ms"]["embedded"], e["outage_ms"]["etcd"]
+        rows.append(("failover outage seen by the observer, embedded view service", "",
+                     "-" if not emb else f"median {med(emb):.0f} ms", " ".join(f"{x:.0f}" for x in emb), "printed", None))
+        rows.append(("failover outage seen by the observer, etcd coordinator", "",
+                     "-" if not etc else f"median {med(etc):.0f} ms", " ".join(f"{x:.0f}" for x in etc), "≤ 300 ms",
+                     None if not etc else med(etc) <= 300))
+        remb, retc = e["restore64_s"]["embedded"], e["restore64_s"]["etcd"]
+        ok = None if not (remb and retc) else abs(med(retc) - med(remb)) <= 0.2 * med(remb)
+        rows.append(("restore redundancy, 64 MiB guest, embedded / etcd", "",
+                     "-" if not (remb and retc) else f"median {med(remb):.2f} / {med(retc):.2f} s",
+                     " ".join(f"{x:.2f}" for x in remb) + " / " + " ".join(f"{x:.2f}" for x in retc),
+                     "etcd within 20%", ok))
+        for guest, o in e["ops_per_s"].items():
+            rows.append((f"etcd requests per second, steady run of {guest}", "", f"{o['ops_per_s']:.0f}/s",
+                         f"output {o['output_bytes_per_s'] / 1e3:.0f} kB/s", "printed", None))
     return rows
 
 

@@ -16,6 +16,12 @@ Every node pings the view service (ft/viewservice.py) and does what the view say
 Outputs released without a backup need a fresh answer from the view service (a lease:
 less than half the time after which the service declares a node dead), so a primary cut
 off from the service stops releasing before the service can promote anyone else.
+
+With ``etcd://...`` in place of the view service's address (--coordinator), the node
+reaches etcd through ft/etcd.py instead: the same ping, and go-live is a transaction
+there rather than the shared-directory test-and-set. The core is then *arbitrated*:
+a peer silent on the channel is suspected, and the coordinator thread is woken to
+propose the view change at once (docs/views.md, "Coordination on etcd").
 """
 from __future__ import annotations
 
@@ -47,6 +53,13 @@ class ManagedNode(Node):
         self.managed = True
         self.core.managed = True
         self.vs_addr = viewservice
+        self.coord = None
+        self.coord_wake = threading.Event()
+        if viewservice.startswith("etcd://"):
+            from .etcd import EtcdViewClient
+            self.coord = EtcdViewClient(viewservice, name, suspects=self._suspects, say=self.say)
+            self.arbiter = self.coord           # go-live: a transaction in etcd
+            self.core.arbitrated = True
         self.ping_interval_s = ping_interval_ms / 1000
         # Without a backup, release only this soon after a view-service answer: the
         # service declares a node dead after ping_interval * dead_pings.
@@ -68,21 +81,33 @@ class ManagedNode(Node):
     vs_view = property(lambda self: self.core.vs_view)
 
     # --- view service ---------------------------------------------------------------------
+    def _suspects(self):
+        with self.lock:
+            p = self.core.suspect(now_ns())
+        return {p} if p else set()
+
+    def on_suspect(self):
+        self.coord_wake.set()           # ask the coordinator now, not at the next ping
+
     def _pinger(self):
-        client = ViewClient(self.vs_addr, timeout_ms=int(self.ping_interval_s * 4000))
+        client = self.coord or ViewClient(self.vs_addr, timeout_ms=int(self.ping_interval_s * 4000))
         incarnation = time.time_ns()    # a restart pings with a larger one (rule 5 of views.py)
         while not self.stop_requested and not self.rejoin:
             with self.lock:
                 ping_num, ready, suspect = self.core.acked_view, self.core.ready, self.core.silent_backup
             asked_at = now_ns()
-            rep = client.ping(self.name, ping_num, ready, self.my_addr, incarnation, suspect)
+            if self.coord is not None:
+                rep = client.ping(self.name, ping_num, ready, self.my_addr)    # suspects: self._suspects
+            else:
+                rep = client.ping(self.name, ping_num, ready, self.my_addr, incarnation, suspect)
             if rep is not None:
                 with self.lock:
                     self.addrs.update(rep[3] or {})
                     self.step(P.ViewReply(rep[0], rep[1], rep[2], asked_at))
                     if self.core.acked_view != ping_num or self.core.ready != ready:
                         continue        # tell the service at once (it waits for the primary's word)
-            time.sleep(self.ping_interval_s)
+            self.coord_wake.wait(self.ping_interval_s)
+            self.coord_wake.clear()
         client.close()
 
     # --- I/O thread additions -------------------------------------------------------------
@@ -122,6 +147,9 @@ class ManagedNode(Node):
 
     def _status(self, now):
         st = super()._status(now)
+        if self.coord is not None:
+            st["coordinator"] = {"kind": "etcd", "ops": self.coord.ops(), "proposed": self.coord.proposed,
+                                 "unavailable": self.coord.unavailable}
         st.update(managed=True, vs_view=list(self.core.vs_view[:3]), ready=self.core.ready,
                   transfer=list(self.snap_progress), transfer_ms=self.transfer_ms,
                   protected_unix=self.protected_unix, transferring=self.core.transferring)
@@ -162,8 +190,8 @@ class ManagedNode(Node):
         from .node import FtSink
         from ..guest import open_guest
         guest = open_guest(self.guest)
-        if not claimed:
-            self.arbiter.claim(self.view, self.name)
+        if not claimed and not self.arbiter.claim(self.view, self.name) and self.coord is not None:
+            raise Halted(f"lost go-live for view {self.view} (node {self.arbiter.owner(self.view)} has it)")
         self._wait_for_backup()         # view 1 may have a backup from the start
         self.sink = FtSink(self.writer)
         console = Console()

@@ -256,6 +256,8 @@ class Node:
             self.view_target = e.view
             self.stream.end()
             self._poke()
+        elif isinstance(e, P.Suspect):
+            self.on_suspect()
         elif isinstance(e, P.Halt):
             if e.rejoin:
                 self.say(f"stale: {e.why}; releasing nothing more, rejoining as idle")
@@ -282,6 +284,9 @@ class Node:
             self.cond.notify_all()
         else:
             raise AssertionError(f"effect {e!r} not performed")
+
+    def on_suspect(self):
+        """A peer is suspected (arbitrated nodes only: managed.py asks etcd now)."""
 
     def _poke(self):
         self.cond.notify_all()

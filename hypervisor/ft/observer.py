@@ -398,7 +398,7 @@ def read_status(run_dir):
 
 
 def run_local(guest, log_path=None, kill_after=(), progress=False, run_dir=None, opts: FtOptions | None = None,
-              host="127.0.0.1", say=None, stdin_fd=0, out_fd=1, nodes=2, devices=None):
+              host="127.0.0.1", say=None, stdin_fd=0, out_fd=1, nodes=2, devices=None, coordinator=None):
     """`ftvm run`: observer, primary and backup as three processes on this machine (with
     nodes > 2: the view service and that many nodes)."""
     import tempfile
@@ -424,9 +424,9 @@ def run_local(guest, log_path=None, kill_after=(), progress=False, run_dir=None,
             dev_args += ["--disk", os.path.abspath(devices.disk), "--disk-reads", devices.disk_reads]
         if devices.listen:
             dev_args += ["--net"]
-    if nodes > 2:
+    if nodes > 2 or coordinator:
         return _run_managed(guest, log_path, kill_after, progress, run_dir, opts, host, say, stdin_fd, out_fd,
-                            nodes, shared, obs_addr, dev_args, listen_net)
+                            nodes, shared, obs_addr, dev_args, listen_net, coordinator)
     addrs = {"A": f"tcp://{host}:{free_tcp_port(host)}", "B": f"tcp://{host}:{free_tcp_port(host)}"}
     procs = {}
     for name, role, peer in (("B", "backup", "A"), ("A", "primary", "B")):
@@ -447,19 +447,41 @@ def run_local(guest, log_path=None, kill_after=(), progress=False, run_dir=None,
 
 
 def _run_managed(guest, log_path, kill_after, progress, run_dir, opts, host, say, stdin_fd, out_fd, n, shared,
-                 obs_addr, dev_args=(), listen_net=None):
+                 obs_addr, dev_args=(), listen_net=None, coordinator=None):
     names = [chr(ord("A") + i) for i in range(n)]
-    vs_addr = f"tcp://{host}:{free_tcp_port(host)}"
     addrs = {name: f"tcp://{host}:{free_tcp_port(host)}" for name in names}
     procs = {}
-    with open(os.path.join(run_dir, "viewservice.stderr"), "wb") as err:
-        vs = subprocess.Popen([sys.executable, "-m", "hypervisor.cli", "viewservice", "--listen", vs_addr,
-                               "--ping-interval-ms", "50", "--dead-pings", "6", "--first-backup-wait-ms", "5000",
-                               "--state-file", os.path.join(run_dir, "viewservice.json")],
-                              stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=err)
+    vs = cluster = None
+    if coordinator:
+        # etcd holds the views: no view service process. A per-run prefix keeps runs
+        # that share a cluster apart.
+        from .etcd import check_reachable
+        if coordinator == "etcd-local":
+            from .etcd_local import LocalCluster
+            cluster = LocalCluster(os.path.join(run_dir, "etcd"))
+            say and say(f"starting a local etcd cluster of 3 members in {cluster.dir}")
+            cluster.start()
+            coordinator = cluster.url
+        if "/" not in coordinator[len("etcd://"):]:
+            coordinator += f"/ftvm/run-{os.path.basename(os.path.abspath(run_dir))}-{os.getpid()}"
+        try:
+            check_reachable(coordinator)
+        except BaseException:
+            if cluster is not None:
+                cluster.stop()
+            raise
+        vs_addr = coordinator
+    else:
+        vs_addr = f"tcp://{host}:{free_tcp_port(host)}"
+        with open(os.path.join(run_dir, "viewservice.stderr"), "wb") as err:
+            vs = subprocess.Popen([sys.executable, "-m", "hypervisor.cli", "viewservice", "--listen", vs_addr,
+                                   "--ping-interval-ms", "50", "--dead-pings", "6", "--first-backup-wait-ms", "5000",
+                                   "--state-file", os.path.join(run_dir, "viewservice.json")],
+                                  stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=err)
     try:
         for i, name in enumerate(names):
-            cmd = [sys.executable, "-m", "hypervisor.cli", "node", "--name", name, "--viewservice", vs_addr,
+            cmd = [sys.executable, "-m", "hypervisor.cli", "node", "--name", name,
+                   "--viewservice" if vs is not None else "--coordinator", vs_addr,
                    "--listen", addrs[name], "--observer", obs_addr, "--shared-dir", shared, "--run-dir", run_dir,
                    "--log", os.path.join(run_dir, f"{name}.ftlog"), "--guest", os.path.abspath(guest),
                    *opts.to_args(), *dev_args]
@@ -468,14 +490,17 @@ def _run_managed(guest, log_path, kill_after, progress, run_dir, opts, host, say
             if i == 0:
                 time.sleep(0.3)     # let the first node become primary of view 1
         with open(os.path.join(run_dir, "run.json"), "w") as f:
-            json.dump({"observer": obs_addr, "viewservice": vs_addr, "nodes": addrs,
+            json.dump({"observer": obs_addr, "viewservice" if vs else "coordinator": vs_addr, "nodes": addrs,
                        "pids": {k: p.pid for k, p in procs.items()}, "observer_pid": os.getpid()}, f)
         obs = Observer(obs_addr, addrs, run_dir, procs, kill_after, progress, log_path, stdin_fd, say, out_fd,
                        listen_net=listen_net)
         return obs.run()
     finally:
-        vs.terminate()
-        try:
-            vs.wait(timeout=5)
-        except subprocess.TimeoutExpired:
-            vs.kill()
+        if vs is not None:
+            vs.terminate()
+            try:
+                vs.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                vs.kill()
+        if cluster is not None:
+            cluster.stop()

@@ -214,6 +214,16 @@ class Failover:
 
 
 @dataclasses.dataclass(frozen=True)
+class Suspect:
+    """Arbitrated (etcd): the channel says ``name``, this node's peer in ``view``, is
+    dead. The shell asks the coordinator now instead of at its next ping; what it
+    proposes comes from ``NodeCore.suspect`` (a query, so a peer heard again is no
+    longer suspected)."""
+    name: str
+    view: int
+
+
+@dataclasses.dataclass(frozen=True)
 class Halt:
     """This node is stale: it releases nothing more. ``rejoin``: start again as idle."""
     why: str
@@ -268,6 +278,10 @@ class NodeCore:
         self.name = name
         self.t = timing or Timing()
         self.managed = managed
+        # Arbitrated: views change by the node's own compare-and-swap proposals in a
+        # consensus store (etcd), so failure detection stays here, on the channel:
+        # a silent peer is suspected (Suspect, then ``suspect``) and the store decides.
+        self.arbitrated = False
         self.pid = pid
         self.net = net                  # the observer runs a network front end
         self.started = now
@@ -428,6 +442,7 @@ class NodeCore:
         self.backup_blocks = self.backup_records = self.backup_disk_reads = 0
         self.last_ack_progress = now
         self.watch_started = now
+        self.suspect_sent = False
 
     # --- messages --------------------------------------------------------------------------------
     def _recv(self, m: Recv, now: int, out: list):
@@ -552,9 +567,12 @@ class NodeCore:
             self._retransmit(now, out)
             if self.claiming is None and self.watch.dead(now, self.watch_started, self.t.startup_grace_ns):
                 self._backup_lost(now, out)
-        elif self.role == BACKUP and self.protected and not self.failover and not self.managed:
+        elif self.role == BACKUP and self.protected and not self.failover and (self.arbitrated or not self.managed):
             if self.watch.dead(now, self.watch_started, self.t.startup_grace_ns):
-                self._primary_lost(now, out)
+                if self.arbitrated:
+                    self._suspect(out)
+                else:
+                    self._primary_lost(now, out)
         if self.role == PRIMARY:
             self._release(now, out)
             if self.recording and now - self.hello_at > HELLO_EVERY_NS:
@@ -588,6 +606,12 @@ class NodeCore:
             self.last_ack_progress = now
 
     def _backup_lost(self, now: int, out: list):
+        if self.arbitrated:
+            # No unprotected release until the store has a view without this backup:
+            # it may be alive, cut off from us only, and about to be promoted. The
+            # lease (its echoes) runs out meanwhile, so nothing is released.
+            self._suspect(out)
+            return
         if self.managed:
             # The view service decides who replaces it; meanwhile run unprotected,
             # releasing output only under the service's lease.
@@ -602,6 +626,22 @@ class NodeCore:
         self.claiming = self.view + 1
         self.silent_at_claim = self.watch.silent_ns(now)
         out.append(Claim(self.view + 1))
+
+    def _suspect(self, out: list):
+        if not self.suspect_sent:
+            self.suspect_sent = True
+            out.append(Suspect(self.peer, self.view))
+            out.append(Say(f"{self.peer} is silent on the channel: asking the coordinator for a new view"))
+
+    def suspect(self, now: int):
+        """Arbitrated: the peer the channel says is dead now, or None."""
+        if not self.arbitrated or self.halted or self.peer is None or self.role not in (PRIMARY, BACKUP):
+            return None
+        if self.role == PRIMARY and not self.protected:
+            return None             # no backup to watch yet (a state transfer is under way)
+        if self.failover:
+            return None
+        return self.peer if self.watch.dead(now, self.watch_started, self.t.startup_grace_ns) else None
 
     def _primary_lost(self, now: int, out: list):
         self.failover = True

@@ -17,7 +17,14 @@ After every step the invariants are checked (``Violation`` names the first broke
 - at most one node releases in any view;
 - views only grow, at every node and at the observer;
 - the primary of view i was primary or backup of view i-1;
+- at most one node goes live in any view;
 - and at the end, liveness: when the faults stop and a node is alive, the run ends.
+
+Runs of three nodes take their views either from the view service's core or, for
+about half the seeds, from etcd (simstore.SimStore: revisions, compare-and-swap,
+leases that expire, a lost quorum) through the real etcd shell's logic
+(etcd.EtcdViewClient); those seeds add quorum losses to the faults, and kills of
+primaries and backups are kills of the nodes that decide views.
 
     python -m hypervisor.ft.sim --seed 17 --trace       # replay one scenario step by step
     python -m hypervisor.ft.sim --seeds 1000000         # a long campaign
@@ -33,11 +40,16 @@ import sys
 from logging_channel.messages import ACK, HEARTBEAT, LOG, SNAP, TYPE_NAMES
 from .views import ViewService
 
+from . import coordination as CO
 from . import core
 from . import protocol as P
+from .etcd import EtcdViewClient, Unavailable
+from .simstore import SimStore
 
 MS = 1_000_000
 PING_NS = 50 * MS
+SIM_PREFIX = "/sim"
+SIM_URL = "etcd://sim:1" + SIM_PREFIX
 DEAD_PINGS = 6
 
 
@@ -83,6 +95,13 @@ class Scenario:
             # or partition may have already cost the redundancy.
             kills = [f for f in faults if f[1] == "kill"]
             faults = [f for f in faults if f[1] != "kill"] + kills[:1]
+        # The coordinator, drawn from a generator of its own so that the scenarios of
+        # the view-service seeds stay what they were.
+        er = random.Random(seed * 104729 + 3)
+        self.coord = er.choice(("vs", "etcd")) if self.nodes > 2 else "vs"
+        if self.coord == "etcd":
+            for _ in range(er.choice((0, 1, 1, 2))):
+                faults.append((er.randint(0, t_end), "quorum", "etcd", er.choice((100, 500, 2000, 5000)) * MS))
         self.faults = sorted(faults)
         self.faults_end = max((f[0] + (f[3] if len(f) > 3 else 0) for f in faults), default=0)
         # Managed runs: the first view waits for a second node, which follows the log
@@ -90,8 +109,9 @@ class Scenario:
         self.first_backup_wait_ns = r.choice((0, 1000 * MS))
 
     def __str__(self):
-        return (f"seed {self.seed}: {self.nodes} nodes, {self.records} records, max_lag {self.max_lag_ns // MS} ms, "
-                f"latency {self.latency_ns / MS} ms, drop {self.drop}, dup {self.dup}, faults {self.faults}")
+        return (f"seed {self.seed}: {self.nodes} nodes ({self.coord}), {self.records} records, max_lag "
+                f"{self.max_lag_ns // MS} ms, latency {self.latency_ns / MS} ms, drop {self.drop}, dup {self.dup}, "
+                f"faults {self.faults}")
 
 
 class SimNode:
@@ -114,6 +134,12 @@ class SimNode:
         self.snap = None
         self.views_seen = [view]
         self.incarnation = 0
+        self.failover_at = None
+        self.coord = None
+        if managed and sim.store is not None:
+            self.core.arbitrated = True
+            self.coord = EtcdViewClient(SIM_URL, name, store=sim.store, clock=lambda: sim.now / 1e9,
+                                        wall=lambda: sim.now / 1e9)
 
     def clock(self):
         return self.sim.now + self.sim.skew[self.name]
@@ -154,6 +180,7 @@ class SimNode:
         elif isinstance(e, P.Claim):
             sim.later(sim.rng.randint(0, 2 * MS), self, "claim", e.view)
         elif isinstance(e, P.Failover):
+            self.failover_at = self.clock()
             # Replay what came (instant here), then claim the view.
             sim.later(sim.rng.randint(0, 5 * MS), self, "claim", e.view)
         elif isinstance(e, P.GoLive):
@@ -165,6 +192,9 @@ class SimNode:
                 sim.later(10 * MS, self, "rejoin", None)
         elif isinstance(e, P.StartTransfer):
             sim.later(sim.rng.randint(0, 3 * MS), self, "snapshot", e.to)
+        elif isinstance(e, P.Suspect):
+            if sim.store is not None:
+                sim.later(0, self, "ping_now", None)     # the shell wakes its coordinator thread
         elif isinstance(e, (P.Trim, P.Wake, P.StopSoon, P.Connect, P.Deliver, P.PushInput, P.PushNet, P.StopRun)):
             pass
         elif isinstance(e, P.Say):
@@ -186,7 +216,11 @@ class SimNode:
         # Guest time carries on from the old primary's offset, never backwards.
         last = self.log[-1] if self.log else 0
         offset, _excess = core.go_live_offset(e.primary_offset_ns, e.skew_ns or 0, self.clock(), last)
-        if self.log and e.skew_ns is not None and self.clock() + offset - last > 2 * sim.timing.fail_timeout_ns * core.FailureDetector.CAP_FACTOR:
+        # Guest time runs on through the outage; a go-live that waited for etcd's
+        # quorum after the failover began has that much more to show.
+        waited = self.clock() - self.failover_at if self.failover_at is not None else 0
+        if self.log and e.skew_ns is not None and \
+                self.clock() + offset - last > 2 * sim.timing.fail_timeout_ns * core.FailureDetector.CAP_FACTOR + waited:
             raise Violation(f"{self.name} went live with guest time {(self.clock() + offset - last) / MS:.0f} ms "
                             f"past the last record: the host clock offset was not applied")
         self.tsc_offset = offset
@@ -251,12 +285,17 @@ class Sim:
         self.skew = dict(zip(names, scenario.skew_ns))
         self.skew[P.OBSERVER] = 0
         self.managed = scenario.nodes > 2
+        self.store = SimStore(lambda: self.now) if self.managed and scenario.coord == "etcd" else None
+        self._changes_checked = 0
+        self.store_views = []
+        self.store_view_at = []         # simulated time each view was committed
         self.nodes = {}
         if self.managed:
             for n in names:
                 self.nodes[n] = SimNode(self, n, P.IDLE, 0, None, True)
-            self.vs = ViewService(ping_interval_ns=PING_NS, dead_pings=DEAD_PINGS,
-                                  first_backup_wait_ns=scenario.first_backup_wait_ns)
+            self.vs = (ViewService(ping_interval_ns=PING_NS, dead_pings=DEAD_PINGS,
+                                   first_backup_wait_ns=scenario.first_backup_wait_ns)
+                       if self.store is None else None)
         else:
             self.nodes["A"] = SimNode(self, "A", P.PRIMARY, 1, "B", False)
             self.nodes["B"] = SimNode(self, "B", P.BACKUP, 1, "A", False)
@@ -327,7 +366,7 @@ class Sim:
             if self.managed:
                 self.later(self.rng.randint(0, PING_NS), node, "ping", None)
         self.later(50 * MS, P.OBSERVER, "tick", None)
-        if self.managed:
+        if self.managed and self.store is None:
             self.later(PING_NS, "vs", "tick", None)
         else:
             self.nodes["A"].start_guest("primary")
@@ -353,6 +392,13 @@ class Sim:
             if kind == "tick":
                 self.later(50 * MS, P.OBSERVER, "tick", None)
             self.check_observer()
+            return
+        if target == "vs" and self.store is not None:
+            if kind == "msg":
+                self.etcd_request(arg)
+            else:
+                self.etcd_propose(arg)
+            self.check_store_views()
             return
         if target == "vs":
             if kind == "tick":
@@ -388,12 +434,26 @@ class Sim:
         elif kind == "guest":
             node.guest_step()
         elif kind == "claim":
-            won = self.claims.setdefault(arg, node.name) == node.name
+            if self.store is not None:
+                won = None if (node.name in self.vs_cut or node.name in self.cut) else node.coord.try_claim(arg, node.name)
+                if won is None:
+                    self.later(20 * MS, node, "claim", arg)     # etcd unavailable: a failover waits for it
+                    return
+                if won and self.claims.setdefault(arg, node.name) != node.name:
+                    raise Violation(f"two nodes went live in view {arg}: {self.claims[arg]} and {node.name}")
+            else:
+                won = self.claims.setdefault(arg, node.name) == node.name
             node.step(P.Claimed(arg, won))
-        elif kind == "ping":
+        elif kind in ("ping", "ping_now"):
             c = node.core
-            self.send(node.name, "vs", (node.name, c.acked_view, c.ready, node.clock(), node.incarnation, c.silent_backup))
-            self.later(PING_NS, node, "ping", None)
+            if self.store is not None:
+                self.send(node.name, "vs", ("etcd", node, c.acked_view, c.ready, node.clock(),
+                                            node.core.suspect(node.clock())))
+            else:
+                self.send(node.name, "vs", (node.name, c.acked_view, c.ready, node.clock(), node.incarnation,
+                                            c.silent_backup))
+            if kind == "ping":
+                self.later(PING_NS, node, "ping", None)
         elif kind == "snapshot":
             self.snapshot(node, arg)
         elif kind == "resnap":
@@ -404,6 +464,45 @@ class Sim:
             self.restart(node)
         else:
             raise AssertionError(kind)
+
+    # --- etcd -------------------------------------------------------------------------------------------
+    def etcd_request(self, msg):
+        """A node's coordinator request reached etcd (it is processed even if the node
+        died since it sent it, as a real request in flight would be)."""
+        _, node, acked, ready, asked_at, suspect = msg
+        node.coord.suspects = lambda: {suspect} if suspect else set()
+        try:
+            r, p = node.coord.read_and_decide(acked, ready, node.name)
+        except Unavailable:
+            return
+        # The proposal is a second request: other nodes' requests may come between.
+        delay = self.sc.latency_ns * 2 + (self.rng.randint(0, self.sc.jitter_ns) if self.sc.jitter_ns else 0)
+        self.later(delay, "vs", "propose", (node, r, p, asked_at))
+
+    def etcd_propose(self, arg):
+        node, r, p, asked_at = arg
+        try:
+            rep = node.coord.propose(r, p)
+        except Unavailable:
+            return
+        self.send("vs", node.name, ("view", rep[0], rep[1], rep[2], asked_at))
+
+    def check_store_views(self):
+        key = CO.keys(SIM_PREFIX)["view"]
+        for rev, k, value in self.store.changes[self._changes_checked:]:
+            if k != key:
+                continue
+            v = CO.parse_view(value)
+            if self.store_views:
+                prev = self.store_views[-1]
+                if v.num != prev.num + 1:
+                    raise Violation(f"etcd's view went from {prev.num} to {v.num}")
+                if v.primary not in (prev.primary, prev.backup):
+                    raise Violation(f"{v.primary} became primary of view {v.num} without being primary or backup "
+                                    f"of view {prev.num}")
+            self.store_views.append(v)
+            self.store_view_at.append(self.now)
+        self._changes_checked = len(self.store.changes)
 
     # --- managed: state transfer ----------------------------------------------------------------------
     def snapshot(self, node, to):
@@ -488,6 +587,12 @@ class Sim:
             n = self.nodes.get(f[2])
             if n is not None:
                 n.sched_delay_ns = 0
+        elif kind == "quorum":
+            self.say(f"fault: etcd loses its quorum for {f[3] // MS} ms") if self.trace else None
+            self.store.lost_quorum()
+            self.later(f[3], None, "fault", (0, "quorum_back", f[3]))
+        elif kind == "quorum_back":
+            self.store.regained_quorum(f[2])
 
     # --- the observer's effects -------------------------------------------------------------------------
     def perform_observer(self, e):
@@ -580,9 +685,19 @@ class Sim:
         """Whether the run must end: some node holds the whole state."""
         if not self.managed:
             return any(n.alive and not n.core.halted for n in self.nodes.values())
-        v = self.vs.view
+        if self.store is not None:
+            k = CO.keys(SIM_PREFIX)
+            e = self.store.kv.get(k["view"])
+            if e is None:
+                return False
+            v = CO.parse_view(e[0])
+            a = self.store.kv.get(k["acked"])
+            acked = a is not None and CO.decode(a[0]).get("num") == v.num
+        else:
+            v, acked = self.vs.view, self.vs.acked
         p = self.nodes.get(v.primary)
-        if not self.vs.acked and not (p is not None and p.alive) and not (v.num == 1 and self.vs.formed):
+        if not acked and not (p is not None and p.alive) and not (v.num == 1 and self.vs is not None
+                                                                 and self.vs.formed):
             return False            # the classic stuck case: the primary died before it acknowledged the view
         for name in (v.primary, v.backup):
             n = self.nodes.get(name)
@@ -661,6 +776,11 @@ def apply_broken(name):
             return v
         _ORIGINALS[(ViewService, "ping")] = orig_ping
         ViewService.ping = ping
+    elif name == "no_cas":
+        # etcd without compare-and-swap: every proposal commits, whatever was read.
+        orig = SimStore._compare
+        _ORIGINALS[(SimStore, "_compare")] = orig
+        SimStore._compare = lambda self, c: True
     elif name == "old_retransmit":
         orig = P.NodeCore._retransmit
 

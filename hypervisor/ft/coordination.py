@@ -1,0 +1,223 @@
+"""What a node asks of a consensus store (etcd) to change the view: pure decisions.
+
+The store holds the run's state under a per-run prefix; this module turns what a node
+read of it into the one transaction to attempt, as data. It makes no decision of its
+own about views: it rebuilds the view service's core (views.py) from what was read
+and lets it decide. Nothing here does I/O; ft/etcd.py is the shell that reads, sends
+the transaction and reports the outcome.
+
+Keys under the prefix P (values are JSON with a version field ``v``):
+
+- ``P/view``: the current view ``{v, num, primary, backup}``. It changes only by a
+  transaction that compares its modification revision with the one the proposer read
+  (``create_revision == 0`` for view 1): of two proposals made from the same reading,
+  exactly one commits, so views form one chain and two deciders can never both
+  advance the view.
+- ``P/acked``: ``{v, num}``, the view the primary of ``P/view`` acknowledged (rule 2
+  of views.py: the view moves on only after its primary knew it). Written by that
+  primary in a transaction that compares ``P/view``'s revision, so a stale primary
+  cannot acknowledge a view it is not primary of.
+- ``P/member/NAME``: ``{v, addr, ready, acked, lease}`` attached to the node's lease:
+  the key exists while the node keeps its lease alive (liveness at the lease's
+  granularity, seconds). ``ready``: a backup that reported itself up to date in view
+  ``acked``. ``lease`` tells one incarnation of the node from the next.
+- ``P/dead/NAME``: ``{v, lease}``, written with a view that dropped NAME from its role:
+  that incarnation of NAME counts as dead from then on, though its lease may live on
+  for seconds (a killed process cannot revoke it). A node that starts again has a new
+  lease and counts as alive.
+- ``P/golive/NUM``: the node that went live as primary of view NUM; created by a
+  transaction that also compares ``P/view``'s revision with the one that carried view
+  NUM, so there is exactly one winner, and none once a newer view exists.
+- ``P/history/NUM``: why view NUM was made and by whom, written in the transaction that
+  made it (``ftvm status`` prints it; it matches the VIEW records of the log).
+
+Failure detection stays on the logging channel: a node whose peer is silent there
+(protocol.NodeCore.suspect) passes that peer as ``suspects``, and the view service's
+core treats a suspect like a node whose pings stopped. A node whose lease expired is
+absent from the members and counts as dead for everyone, which is how idle nodes, and
+nodes nobody hears any more, drop out.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+
+from .views import View, ViewService
+
+FORMAT = 1                      # the version of the values below; others are refused
+
+
+class BadValue(ValueError):
+    """A value under the run's prefix that is not one ftvm wrote (another format, or
+    not JSON): the prefix belongs to something else."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Member:
+    name: str
+    addr: str = ""
+    ready: bool = False
+    acked: int = 0
+    lease: int = 0
+
+
+@dataclasses.dataclass(frozen=True)
+class Reading:
+    """One consistent read of the prefix (one range request at ``revision``)."""
+    view: View | None               # None: no view yet
+    view_rev: int                   # mod revision of P/view (0: absent)
+    acked: int                      # the view number in P/acked (0: none)
+    members: dict                   # name -> Member (the live ones)
+    revision: int = 0
+    dead: dict = dataclasses.field(default_factory=dict)    # name -> lease of its dead incarnation
+
+
+@dataclasses.dataclass(frozen=True)
+class Proposal:
+    """Put ``view`` at P/view if P/view's mod revision is still ``expect_rev`` (0: if
+    it does not exist), with its history entry, in one transaction."""
+    expect_rev: int
+    view: View
+    why: str
+    by: str
+    failed: dict = dataclasses.field(default_factory=dict)  # name -> lease: dropped from a role
+
+
+# --- keys and values ----------------------------------------------------------------------------
+def keys(prefix: str) -> dict:
+    p = prefix.rstrip("/")
+    return {"view": f"{p}/view", "acked": f"{p}/acked", "member": f"{p}/member/",
+            "golive": f"{p}/golive/", "history": f"{p}/history/", "dead": f"{p}/dead/"}
+
+
+def member_key(prefix, name):
+    return keys(prefix)["member"] + name
+
+
+def golive_key(prefix, num):
+    return f"{keys(prefix)['golive']}{num:08d}"
+
+
+def history_key(prefix, num):
+    return f"{keys(prefix)['history']}{num:08d}"
+
+
+def encode(obj: dict) -> str:
+    return json.dumps({"v": FORMAT, **obj}, sort_keys=True, separators=(",", ":"))
+
+
+def decode(raw, key="") -> dict:
+    try:
+        obj = json.loads(raw)
+    except (ValueError, UnicodeDecodeError):
+        raise BadValue(f"{key}: not a value ftvm wrote (not JSON)") from None
+    if not isinstance(obj, dict) or obj.get("v") != FORMAT:
+        raise BadValue(f"{key}: format {obj.get('v') if isinstance(obj, dict) else '?'}, ftvm writes {FORMAT}")
+    return obj
+
+
+def view_value(v: View) -> str:
+    return encode({"num": v.num, "primary": v.primary, "backup": v.backup})
+
+
+def parse_view(raw, key="view") -> View:
+    o = decode(raw, key)
+    if type(o.get("num")) is not int or o["num"] < 1:
+        raise BadValue(f"{key}: no view number")
+    return View(o["num"], o.get("primary"), o.get("backup"))
+
+
+def parse_member(name, raw) -> Member:
+    o = decode(raw, f"member/{name}")
+    return Member(name, str(o.get("addr", "")), bool(o.get("ready", False)), int(o.get("acked", 0)),
+                  int(o.get("lease", 0)))
+
+
+def reading_from(kvs, prefix, revision=0) -> Reading:
+    """A Reading from (key, value, mod_revision) triples of one range over the prefix."""
+    k = keys(prefix)
+    view, view_rev, acked, members, dead = None, 0, 0, {}, {}
+    for key, value, mod_rev in kvs:
+        if key == k["view"]:
+            view, view_rev = parse_view(value, key), mod_rev
+        elif key == k["acked"]:
+            acked = int(decode(value, key).get("num", 0))
+        elif key.startswith(k["member"]):
+            name = key[len(k["member"]):]
+            members[name] = parse_member(name, value)
+        elif key.startswith(k["dead"]):
+            dead[key[len(k["dead"]):]] = int(decode(value, key).get("lease", 0))
+    return Reading(view, view_rev, acked, members, revision, dead)
+
+
+# --- the decision ---------------------------------------------------------------------------------
+def decide(r: Reading, me: str, suspects=frozenset()) -> Proposal | None:
+    """The view change node ``me`` should propose after reading ``r``, or None.
+
+    The view service's core decides, rebuilt from the reading: live members have just
+    pinged (with their readiness), suspects and absent nodes have not pinged for ever,
+    and the current primary has acknowledged the view if P/acked says so."""
+    if r.view is None:
+        if me in r.members:
+            return Proposal(0, View(1, me, None), f"first node {me}", me)
+        return None
+    now = 1 << 40                   # any time: liveness is decided below, not by the clock
+    vs = ViewService(ping_interval_ns=1, dead_pings=1)
+    vs.view = r.view
+    vs.acked = r.acked >= r.view.num
+    for name, m in r.members.items():
+        if name in suspects or r.dead.get(name, -1) == m.lease:
+            continue
+        vs.last_ping[name] = now
+        # A backup counts as up to date only for the view it acknowledged.
+        vs.ready[name] = m.ready and m.acked == r.view.num
+        vs.addr[name] = m.addr
+    for name in suspects:
+        vs.last_ping[name] = 0      # silent on the channel: dead, whatever its lease says
+    vs.tick(now)
+    if vs.view == r.view:
+        return None
+    _t, new, why, _since = vs.history[-1]
+    dropped = {r.view.primary, r.view.backup} - {new.primary, new.backup, None}
+    failed = {n: r.members[n].lease for n in dropped if n in r.members}
+    return Proposal(r.view_rev, new, why, me, failed)
+
+
+def should_ack(r: Reading, me: str) -> bool:
+    """Whether ``me`` (primary of the view read, and knowing it) should write P/acked."""
+    return r.view is not None and r.view.primary == me and r.acked < r.view.num
+
+
+# --- transactions as data (etcd's /v3/kv/txn body, keys and values still text) -----------------------
+def txn_propose(prefix, p: Proposal, unix_s: float) -> dict:
+    k = keys(prefix)
+    cmp = ({"target": "CREATE", "key": k["view"], "create_revision": 0} if p.expect_rev == 0 else
+           {"target": "MOD", "key": k["view"], "mod_revision": p.expect_rev})
+    hist = encode({"num": p.view.num, "primary": p.view.primary, "backup": p.view.backup, "why": p.why,
+                   "by": p.by, "unix": round(unix_s, 3)})
+    return {"compare": [cmp],
+            "success": [_put(k["view"], view_value(p.view)), _put(history_key(prefix, p.view.num), hist)]
+            + [_put(k["dead"] + n, encode({"lease": lease})) for n, lease in sorted(p.failed.items())],
+            "failure": []}
+
+
+def txn_ack(prefix, view_rev, num) -> dict:
+    k = keys(prefix)
+    return {"compare": [{"target": "MOD", "key": k["view"], "mod_revision": view_rev}],
+            "success": [_put(k["acked"], encode({"num": num}))], "failure": []}
+
+
+def txn_golive(prefix, view_rev, num, name, unix_s: float) -> dict:
+    """Go-live for view ``num`` (which P/view holds at ``view_rev``): exactly one winner."""
+    k = keys(prefix)
+    g = golive_key(prefix, num)
+    return {"compare": [{"target": "MOD", "key": k["view"], "mod_revision": view_rev},
+                        {"target": "CREATE", "key": g, "create_revision": 0}],
+            "success": [_put(g, encode({"node": name, "unix": round(unix_s, 3)}))], "failure": []}
+
+
+def _put(key, value, lease=None):
+    req = {"key": key, "value": value}
+    if lease:
+        req["lease"] = lease
+    return {"request_put": req}

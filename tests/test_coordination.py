@@ -1,0 +1,93 @@
+"""The pure decisions behind the etcd coordinator (hypervisor/ft/coordination.py):
+what a node proposes after reading the run's prefix, as transactions (data)."""
+import ast
+import pathlib
+
+import pytest
+
+from hypervisor.ft import coordination as C
+from hypervisor.ft.views import View
+
+PFX = "/ftvm/t"
+
+
+def reading(view=None, rev=0, acked=0, dead=None, **members):
+    ms = {n: C.Member(n, f"tcp://{n}", *m) if isinstance(m, tuple) else C.Member(n, f"tcp://{n}")
+          for n, m in members.items()}
+    return C.Reading(view, rev, acked, ms, 100, dead or {})
+
+
+def test_first_node_proposes_view_one_only_if_no_view_exists():
+    p = C.decide(reading(A=()), "A")
+    assert p.view == View(1, "A", None) and p.expect_rev == 0
+    txn = C.txn_propose(PFX, p, 0.0)
+    assert txn["compare"] == [{"target": "CREATE", "key": PFX + "/view", "create_revision": 0}]
+    assert C.decide(reading(), "A") is None, "a node that has not registered proposes nothing"
+
+
+def test_idle_node_becomes_backup_only_after_the_primary_acknowledged():
+    v = View(1, "A", None)
+    assert C.decide(reading(v, 5, acked=0, A=(), B=()), "B") is None
+    p = C.decide(reading(v, 5, acked=1, A=(), B=()), "B")
+    assert p.view == View(2, "A", "B") and p.expect_rev == 5
+    assert C.txn_propose(PFX, p, 0.0)["compare"] == [{"target": "MOD", "key": PFX + "/view", "mod_revision": 5}]
+
+
+def test_suspected_primary_is_replaced_by_a_ready_backup_only():
+    v = View(2, "A", "B")
+    live = dict(A=(), B=(True, 2), C=())
+    p = C.decide(reading(v, 7, acked=2, **live), "B", suspects={"A"})
+    assert p.view == View(3, "B", "C") and p.failed == {"A": 0}
+    assert C.decide(reading(v, 7, acked=2, **live), "B") is None, "no suspicion, live lease: nothing to do"
+    not_ready = dict(A=(), B=(True, 1), C=())          # ready, but for another view
+    assert C.decide(reading(v, 7, acked=2, **not_ready), "B", suspects={"A"}) is None
+
+
+def test_an_expired_lease_counts_as_dead():
+    v = View(2, "A", "B")
+    p = C.decide(reading(v, 7, acked=2, B=(True, 2), C=()), "C")
+    assert p.view == View(3, "B", "C")
+
+
+def test_a_dead_incarnation_is_not_named_backup_until_it_has_a_new_lease():
+    v = View(3, "C", None)
+    dead = {"A": 11}
+    assert C.decide(reading(v, 9, acked=3, dead=dead, A=(False, 0, 11), C=()), "C") is None
+    p = C.decide(reading(v, 9, acked=3, dead=dead, A=(False, 0, 12), C=()), "C")
+    assert p.view == View(4, "C", "A")
+
+
+def test_primary_suspecting_its_backup_drops_it():
+    v = View(2, "A", "B")
+    p = C.decide(reading(v, 7, acked=2, A=(), B=(True, 2, 4), C=()), "A", suspects={"B"})
+    assert p.view == View(3, "A", "C") and p.failed == {"B": 4}
+    txn = C.txn_propose(PFX, p, 1.5)
+    puts = [r["request_put"]["key"] for r in txn["success"]]
+    assert puts == [PFX + "/view", PFX + "/history/00000003", PFX + "/dead/B"]
+
+
+def test_golive_has_one_winner_and_none_once_a_newer_view_exists():
+    txn = C.txn_golive(PFX, 12, 3, "B", 0.0)
+    assert {"target": "MOD", "key": PFX + "/view", "mod_revision": 12} in txn["compare"]
+    assert {"target": "CREATE", "key": PFX + "/golive/00000003", "create_revision": 0} in txn["compare"]
+
+
+def test_values_of_another_format_are_refused():
+    with pytest.raises(C.BadValue):
+        C.reading_from([(PFX + "/view", '{"v": 99, "num": 1}', 3)], PFX)
+    with pytest.raises(C.BadValue):
+        C.reading_from([(PFX + "/view", "not json", 3)], PFX)
+    r = C.reading_from([(PFX + "/view", C.view_value(View(2, "A", "B")), 3),
+                        (PFX + "/member/A", C.encode({"addr": "x", "lease": 5}), 4)], PFX)
+    assert r.view == View(2, "A", "B") and r.view_rev == 3 and r.members["A"].lease == 5
+
+
+def test_the_core_does_no_io():
+    src = (pathlib.Path(C.__file__)).read_text()
+    names = set()
+    for node in ast.walk(ast.parse(src)):
+        if isinstance(node, ast.Import):
+            names |= {a.name.split(".")[0] for a in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            names.add(node.module.split(".")[0])
+    assert not names & {"socket", "time", "threading", "random", "zmq", "requests", "etcd3gw", "os"}, names
