@@ -30,7 +30,7 @@ from ..replay import Replayer
 from ..uc import UC, X86, unicorn
 from ..vcpu import _uc_perms
 
-ROOT = pathlib.Path(__file__).resolve().parents[1]
+ROOT = pathlib.Path(__file__).resolve().parents[2]
 
 
 def plain_run(image, stack_size=abi.STACK_SIZE_DEFAULT):

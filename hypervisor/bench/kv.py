@@ -22,7 +22,7 @@ import time
 
 from ..errors import FtvmError
 
-ROOT = pathlib.Path(__file__).resolve().parents[1]
+ROOT = pathlib.Path(__file__).resolve().parents[2]
 
 
 class BenchError(FtvmError):

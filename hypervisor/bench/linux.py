@@ -17,7 +17,7 @@ import time
 
 from ..errors import FtvmError
 
-ROOT = pathlib.Path(__file__).resolve().parents[1]
+ROOT = pathlib.Path(__file__).resolve().parents[2]
 DATA = ROOT / "tests" / "linux_data"
 PY = "/usr/bin/python3"
 BUSYBOX = "/bin/busybox"
