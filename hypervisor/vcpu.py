@@ -118,10 +118,15 @@ class VCPU:
             status = lib.ftvm_counter_install(ffi.cast("void *", uc._uch.value), self.cpu)
             if status != UC.UC_ERR_OK:
                 raise unicorn.UcError(status)
+            # RDTSC/RDTSCP: the same build calls ftvm's C code straight from the
+            # translated code (the instruction hooks cost a CPU state sync each).
+            status = lib.ftvm_tsc_install(ffi.cast("void *", uc._uch.value), self.cpu)
+            if status != UC.UC_ERR_OK:
+                raise unicorn.UcError(status)
         else:
             self._add_c_hook(uc, UC.UC_HOOK_BLOCK, "ftvm_block_hook", user)
-        self._add_c_hook(uc, UC.UC_HOOK_INSN, "ftvm_rdtsc_hook", user, X86.UC_X86_INS_RDTSC)
-        self._add_c_hook(uc, UC.UC_HOOK_INSN, "ftvm_rdtscp_hook", user, X86.UC_X86_INS_RDTSCP)
+            self._add_c_hook(uc, UC.UC_HOOK_INSN, "ftvm_rdtsc_hook", user, X86.UC_X86_INS_RDTSC)
+            self._add_c_hook(uc, UC.UC_HOOK_INSN, "ftvm_rdtscp_hook", user, X86.UC_X86_INS_RDTSCP)
         uc.hook_add(UC.UC_HOOK_INSN, self._on_in, None, 1, 0, X86.UC_X86_INS_IN)
         uc.hook_add(UC.UC_HOOK_INSN, self._on_out, None, 1, 0, X86.UC_X86_INS_OUT)
         self._syscall_hook(uc, user)
