@@ -13,14 +13,13 @@ from logging_channel import records as R
                                        ("lines_long.elf", signal.SIGTERM)])
 def test_signal_closes_the_log(guests, tmp_path, guest, sig):
     log = tmp_path / "x.ftlog"
-    # lines_long is busy for seconds; echo waits in HLT for more input (stdin stays open).
-    # Either way the signal goes once the guest has printed its first line: ftvm is then
-    # running it (a fixed sleep would land after a fast guest's end, or before the start).
+    # lines_long is busy for seconds; echo says it is ready, then waits in HLT for input
+    # that never comes (stdin stays open). Either way the signal goes once the guest has
+    # printed its first line: ftvm is then running it (a fixed sleep would land after a
+    # fast guest's end, or before the start).
+    # Unbuffered: readline() must not take bytes that communicate() then never sees.
     p = subprocess.Popen([str(FTVM), "record", guests / guest, "-o", log], stdin=subprocess.PIPE,
-                         stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    if guest == "echo.elf":
-        p.stdin.write(b"hi\n")
-        p.stdin.flush()
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, bufsize=0)
     first = p.stdout.readline()
     assert first, "the guest printed nothing"
     p.send_signal(sig)
