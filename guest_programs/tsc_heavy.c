@@ -4,12 +4,15 @@
 #include "ftvm.h"
 
 #define TABLE 4096
+#ifndef ROUNDS
+#define ROUNDS 2000000
+#endif
 static uint32_t table[TABLE];
 
 int main(void)
 {
     uint64_t x = 0x243F6A8885A308D3ull, acc = 0, sum = 0, prev = ftvm_rdtsc(), backwards = 0;
-    const uint64_t rounds = 2000000;
+    const uint64_t rounds = ROUNDS;
     for (uint64_t i = 0; i < rounds; i++) {
         for (int k = 0; k < 5; k++) {
             uint32_t idx = (uint32_t)(x >> 7) & (TABLE - 1);

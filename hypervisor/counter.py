@@ -2,8 +2,11 @@
 
 ``inline``: the patched Unicorn that setup builds (unicorn-patch/) counts blocks in
 the translated code and calls ftvm's C code only before a block where a stop may be
-wanted. ``hook``: ftvm's C block hook runs at every block (any Unicorn; about 10%
-slower on a CPU-bound guest). Both count the same blocks and stop at the same points.
+wanted; its RDTSC and RDTSCP call ftvm's clock straight from the translated code.
+``hook``: ftvm's C block hook runs at every block and RDTSC goes through Unicorn's
+instruction hooks (any Unicorn; about 10% slower on a CPU-bound guest, 15-20% on
+one that reads the TSC every hundred instructions). Both count the same blocks, stop
+at the same points and log the same RDTSC values at the same points.
 
 FTVM_COUNTER=hook|inline picks one; unset (or ``auto``), inline when the engine has
 it. A process picks once: records, replays and backups made either way are the same.

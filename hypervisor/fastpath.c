@@ -10,6 +10,10 @@
  * count is left alone; the block is counted when it runs on resume. So (blocks, pc)
  * names the same instant however often the hypervisor stops, resumes or moves the
  * state into a fresh engine.
+ *
+ * RDTSC and RDTSCP take their value from next_tsc() the matching two ways: the
+ * patched engine calls ftvm_tsc_source from the translated code (UC_CTL_TSC_SOURCE),
+ * a stock one calls the instruction hooks ftvm_rdtsc_hook / ftvm_rdtscp_hook.
  */
 #include <stdbool.h>
 #include <stddef.h>
@@ -48,6 +52,14 @@ typedef struct uc_block_counter {
 } uc_block_counter;
 typedef bool (*uc_cb_block_limit_t)(uc_engine *uc, uint64_t address, void *user_data);
 #endif
+/* UC_CTL_TSC_SOURCE, the same way (the patched engine's RDTSC/RDTSCP fast path). */
+#ifdef uc_ctl_set_tsc_source
+#define FTVM_CTL_TSC_SOURCE UC_CTL_TSC_SOURCE
+#else
+#define FTVM_CTL_TSC_SOURCE (UC_CTL_CONTEXT_MODE + 2)
+typedef uint64_t (*uc_cb_tsc_t)(uc_engine *uc, int insn, void *user_data);
+#endif
+#define FTVM_MSR_TSC_AUX 0xC0000103u
 
 _Static_assert(offsetof(ftvm_cpu, blocks) == offsetof(uc_block_counter, count), "blocks is the count");
 _Static_assert(offsetof(ftvm_cpu, trip) == offsetof(uc_block_counter, limit), "trip is the limit");
@@ -228,6 +240,27 @@ int ftvm_rdtscp_hook(void *uc_, void *user)
     uc_reg_write(uc, UC_X86_REG_RDX, &hi);
     uc_reg_write(uc, UC_X86_REG_RCX, &aux);
     return 1;
+}
+
+/* The patched engine's UC_CTL_TSC_SOURCE: the translated code calls this for RDTSC
+ * and RDTSCP and puts the value in EDX:EAX itself (ECX of RDTSCP: the TSC_AUX MSR,
+ * set from tsc_aux at install). The hooks above do the same through Unicorn's
+ * instruction hooks, which bring the whole CPU state up to date first and write
+ * the registers through the API: most of the cost of an RDTSC. */
+static uint64_t ftvm_tsc_source(uc_engine *uc, int insn, void *user)
+{
+    (void)insn;
+    return next_tsc(uc, (ftvm_cpu *)user);
+}
+
+int ftvm_tsc_install(void *uc_, ftvm_cpu *c)
+{
+    uc_engine *uc = (uc_engine *)uc_;
+    uc_x86_msr aux = {FTVM_MSR_TSC_AUX, c->tsc_aux};
+    int err = (int)uc_reg_write(uc, UC_X86_REG_MSR, &aux);
+    if (err != UC_ERR_OK)
+        return err;
+    return (int)uc_ctl(uc, UC_CTL_WRITE(FTVM_CTL_TSC_SOURCE, 2), (uc_cb_tsc_t)ftvm_tsc_source, (void *)c);
 }
 
 void ftvm_syscall_hook(void *uc_, void *user)

@@ -76,6 +76,9 @@ void ftvm_poke(ftvm_cpu *cpu);
 void ftvm_request(ftvm_cpu *cpu, uint32_t sync_bits);
 int ftvm_rdtsc_hook(void *uc, void *user);
 int ftvm_rdtscp_hook(void *uc, void *user);
+/* RDTSC/RDTSCP through the patched engine's UC_CTL_TSC_SOURCE instead of the two
+ * hooks above. Returns a uc_err: non-zero (UC_ERR_ARG) from a stock engine. */
+int ftvm_tsc_install(void *uc, ftvm_cpu *cpu);
 void ftvm_syscall_hook(void *uc, void *user);
 uint64_t ftvm_vtime_next(ftvm_cpu *cpu);
 uint64_t ftvm_host_ns(void);

@@ -57,6 +57,45 @@ def test_fault_is_reported_with_address_pc_and_point(guests, tmp_path):
     assert b"fault status 139" in show.stdout
 
 
+@pytest.mark.parametrize("name,code,what,address", [
+    # mov rbx, 0xdead0000; mov rax, [rbx+8]
+    ("read", bytes.fromhex("48bb0000adde00000000" "488b4308"), "read of unmapped memory", 0xdead0008),
+    # mov rsp, 0x1008; push rax
+    ("push", bytes.fromhex("48c7c408100000" "50"), "write to unmapped memory", 0x1000),
+    # mov rsp, 0x1008; call .+5
+    ("call", bytes.fromhex("48c7c408100000" "e800000000"), "write to unmapped memory", 0x1000),
+    # mov rsp, 0x1000; ret
+    ("ret", bytes.fromhex("48c7c400100000" "c3"), "read of unmapped memory", 0x1000),
+    # mov rbx, <entry>; mov [rbx], eax   (the text segment is read-only)
+    ("text", None, "write to read-only memory", "entry"),
+])
+def test_memory_faults_name_their_address(guests, name, code, what, address):
+    """With no memory hooks installed (they keep every store on Unicorn's slow path),
+    the address comes from the faulting instruction: operand or stack slot."""
+    from hypervisor import elf_loader
+    from hypervisor.vcpu import VCPU
+
+    _, image = elf_loader.load_file(guests / "hello.elf")
+    if code is None:
+        code = bytes.fromhex("48bb") + image.entry.to_bytes(8, "little") + bytes.fromhex("8903")
+        address = image.entry
+
+    class NoPorts:
+        def port_in(self, port, size):
+            return 0
+
+        def port_out(self, port, size, value):
+            pass
+
+    vcpu = VCPU(image, 1 << 16, NoPorts())
+    vcpu.write(image.entry, code)
+    fault = vcpu.run()
+    assert fault is not None and fault.status == 139, fault
+    assert (fault.what, fault.address) == (what, address), fault.describe()
+    assert fault.pc == image.entry + len(code) - (4 if name == "read" else 1 if name in ("push", "ret") else
+                                                  5 if name == "call" else 2)
+
+
 def test_guest_stuck_in_hlt_is_reported(guests, tmp_path):
     log = tmp_path / "s.ftlog"
     rec = run_ftvm("record", guests / "stuck.elf", "-o", log)

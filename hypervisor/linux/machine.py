@@ -45,9 +45,6 @@ class LinuxVCPU(VCPU):
     def _syscall_hook(self, uc, user):
         self._add_c_hook(uc, 2, "ftvm_syscall_hook", user, X86.UC_X86_INS_SYSCALL)   # UC_HOOK_INSN
 
-    def _fault_hooks(self, uc):
-        pass        # none: see VCPU._fault_hooks (a memory hook keeps every store slow)
-
     def _on_in(self, uc, port, size, user):
         from ..vcpu import Fault
         self.fault = Fault("in instruction (privileged in a Linux process)", None, self.reg("rip"), 139)
