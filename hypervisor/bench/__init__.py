@@ -298,20 +298,23 @@ def run_etcd_views_bench(runs, gdir, tmp, say):
 
 def run_ft_bench(runs, gdir, tmp, say):
     res = {}
-    guest_s, plain_s, ratios = [], [], []
+    guest_s, plain_s, ratios, same_ratios = [], [], [], []
     for i in range(runs):
         say(f"bench: compute.elf run {i + 1}/{runs}: plain, then `ftvm run` (primary and backup processes)")
         t = plain_run_stock(gdir / "compute.elf")[0]
+        t_same = plain_run(elf_loader.load_file(gdir / "compute.elf")[1])[0]
         summ, _, _ = ft_run(gdir / "compute.elf", tmp, f"compute{i}")
         g = summ["exit_s"] - summ["first_hello_s"]
         plain_s.append(t)
         guest_s.append(g)
         ratios.append(t / g)
+        same_ratios.append(t_same / g)
         res["compute_wall_s"] = min(res.get("compute_wall_s", 1e9), summ["wall_s"])
     res["plain_compute_s"] = median(plain_s)
     res["compute_guest_s"] = median(guest_s)
     res["plain_over_ft"] = median(ratios)
     res["plain_over_ft_each"] = ratios
+    res["same_engine_over_ft"] = median(same_ratios)
     say("bench: Output Rule latency on lines.elf")
     lat = []
     for i in range(runs):
@@ -390,11 +393,14 @@ def run_bench(runs, guest_dir, as_json, say, only=None):
             path = gdir / f"{guest}.elf"
             data, image = elf_loader.load_file(path)
             log = pathlib.Path(tmp) / f"{guest}.ftlog"
-            plain, rec, rep = [], [], []
+            plain, same, rec, rep = [], [], [], []
             for i in range(runs):
-                say(f"bench: {guest} run {i + 1}/{runs}: plain, record, replay")
+                say(f"bench: {guest} run {i + 1}/{runs}: plain, plain on ftvm's engine, record, replay")
                 t, out_p, st_p, plain_on = plain_run_stock(path)
                 plain.append(t)
+                # The like-for-like baseline: the patched engine ftvm runs on, with no
+                # counting and no log (the stock wheel lacks the engine's own speed-ups).
+                same.append(plain_run(image)[0])
                 t, out_r, end = record_run(data, image, path.name, log)
                 rec.append(t)
                 t, out_rp, res = replay_run(log)
@@ -408,6 +414,9 @@ def run_bench(runs, guest_dir, as_json, say, only=None):
             results[guest] = {"plain_s": median(plain), "record_s": median(rec), "replay_s": median(rep),
                               "plain_on": plain_on,
                               "plain_over_record": median([p / r for p, r in zip(plain, rec)]),
+                              "same_engine_s": median(same),
+                              "same_over_record": median([p / r for p, r in zip(same, rec)]),
+                              "same_over_replay": median([p / r for p, r in zip(same, rep)]),
                               "plain_over_replay": median([p / r for p, r in zip(plain, rep)]),
                               "record_over_replay": median([r / p for r, p in zip(rec, rep)]),
                               "each_s": {"plain": plain, "record": rec, "replay": rep},
@@ -433,6 +442,12 @@ def run_bench(runs, guest_dir, as_json, say, only=None):
          f"{c['record_over_replay']:.3f}", "≥ 1.00 (replay no slower)", c["record_over_replay"] >= 1.0),
         ("tsc-heavy: plain / record", f"{t['plain_s']:.3f} s", f"{t['record_s']:.3f} s",
          f"{t['plain_over_record']:.3f}", "≥ 0.80", t["plain_over_record"] >= 0.8),
+        ("compute: same engine, no counting or log / record", f"{c['same_engine_s']:.3f} s", f"{c['record_s']:.3f} s",
+         f"{c['same_over_record']:.3f}", "like for like", None),
+        ("compute: same engine / replay", f"{c['same_engine_s']:.3f} s", f"{c['replay_s']:.3f} s",
+         f"{c['same_over_replay']:.3f}", "like for like", None),
+        ("tsc-heavy: same engine / record", f"{t['same_engine_s']:.3f} s", f"{t['record_s']:.3f} s",
+         f"{t['same_over_record']:.3f}", "like for like", None),
         ("tsc-heavy: replay vs record", f"{t['record_s']:.3f} s", f"{t['replay_s']:.3f} s",
          f"{t['record_over_replay']:.3f}", "≥ 1.00 (replay no slower)", t["record_over_replay"] >= 1.0),
         ("bytes per RDTSC record", "", f"{t['bytes_per_rdtsc']:.2f} B", f"{t['rdtsc']} RDTSCs",
@@ -481,9 +496,12 @@ def _ft_rows(f):
     return [
         ("compute: plain / `ftvm run`", f"{f['plain_compute_s']:.3f} s", f"{f['compute_guest_s']:.3f} s",
          f"{f['plain_over_ft']:.3f}", "≥ 0.90", f["plain_over_ft"] >= 0.90),
+        ("compute: same engine, no counting or log / `ftvm run`", "", f"{f['compute_guest_s']:.3f} s",
+         f"{f['same_engine_over_ft']:.3f}", "like for like", None),
         ("  `ftvm run` end to end (with process start)", "", f"{f['compute_wall_s']:.3f} s", "", "", None),
         ("Output Rule added per output (loopback)", "", f"p50 {f['output_rule_p50_us']:.0f} µs",
-         f"p99 {f['output_rule_p99_us']:.0f} µs", "p50 ≤ 200 µs", f["output_rule_p50_us"] <= 200),
+         f"p99 {f['output_rule_p99_us']:.0f} µs", "p50 ≤ 200 µs, p99 ≤ 5 ms",
+         f["output_rule_p50_us"] <= 200 and f["output_rule_p99_us"] <= 5000),
         ("failover outage, SIGKILL -> next output", "", "-" if med is None else f"median {med:.0f} ms",
          " ".join(f"{x:.0f}" for x in f["failover_outage_ms"]), "≤ 300 ms median (aim 100)",
          med is not None and med <= 300),
