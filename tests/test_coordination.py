@@ -91,3 +91,12 @@ def test_the_core_does_no_io():
         elif isinstance(node, ast.ImportFrom) and node.module:
             names.add(node.module.split(".")[0])
     assert not names & {"socket", "time", "threading", "random", "zmq", "requests", "etcd3gw", "os"}, names
+
+
+def test_a_ready_backup_stands_for_the_primarys_acknowledgement():
+    """The primary died before writing P/acked, but its backup is up to date in the
+    view: its state came from that primary in that view, so the view may move on."""
+    v = View(2, "A", "C")
+    p = C.decide(reading(v, 7, acked=1, B=(), C=(True, 2)), "C", suspects={"A"})
+    assert p is not None and p.view == View(3, "C", "B")
+    assert C.decide(reading(v, 7, acked=1, B=(), C=(False, 2)), "C", suspects={"A"}) is None

@@ -164,7 +164,12 @@ def decide(r: Reading, me: str, suspects=frozenset()) -> Proposal | None:
     now = 1 << 40                   # any time: liveness is decided below, not by the clock
     vs = ViewService(ping_interval_ns=1, dead_pings=1)
     vs.view = r.view
-    vs.acked = r.acked >= r.view.num
+    # The primary acknowledged the view if it wrote so, or if the view's backup is up
+    # to date in it: its state came from that primary, in that view (snapshots are
+    # fenced by view), so the primary knew it. Without the second half, a primary
+    # killed between starting the transfer and its next ping would leave the view stuck.
+    b = r.members.get(r.view.backup)
+    vs.acked = r.acked >= r.view.num or (b is not None and b.ready and b.acked == r.view.num)
     for name, m in r.members.items():
         if name in suspects or r.dead.get(name, -1) == m.lease:
             continue

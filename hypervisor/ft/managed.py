@@ -99,7 +99,10 @@ class ManagedNode(Node):
             if rep is not None:
                 with self.lock:
                     self.addrs.update(rep[3] or {})
+                    acked = self.core.acked_view
                     self.step(P.ViewReply(rep[0], rep[1], rep[2], asked_at))
+                    if self.coord is not None and self.core.acked_view != acked:
+                        self.coord_wake.set()   # write the acknowledgement now, not a ping later
             self.coord_wake.wait(self.ping_interval_s)
             self.coord_wake.clear()
         client.close()
