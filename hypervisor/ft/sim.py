@@ -177,7 +177,9 @@ class SimNode:
         elif isinstance(e, P.Claim):
             sim.later(sim.rng.randint(0, 2 * MS), self, "claim", e.view)
         elif isinstance(e, P.Failover):
-            self.failover_at = self.clock()
+            # Arbitrated (etcd): the view may have waited for the quorum since the
+            # primary was last heard; guest time runs on through all of it.
+            self.failover_at = e.since_ns if c.arbitrated else self.clock()
             # Replay what came (instant here), then claim the view.
             sim.later(sim.rng.randint(0, 5 * MS), self, "claim", e.view)
         elif isinstance(e, P.GoLive):
