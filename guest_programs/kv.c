@@ -1,7 +1,7 @@
 /* kv: a Redis-protocol key-value server for ftvm (guest ABI v2). This file is the
  * device glue: the interrupt handler, the main loop and the kvp_* hooks of the
- * portable core (kv_core.c, where the protocol, the table and the on-disk format
- * live and are documented).
+ * portable core (the files in kv/, interface kv_core.h, where the protocol, the table
+ * and the on-disk format live and are documented).
  *
  * Connections arrive as network events (irq 2); the log is written to the virtual
  * disk (irq 3). The handler only sets flags; the main loop takes every waiting

@@ -1,8 +1,9 @@
-/* kv_core: the portable part of the kv server (guest_programs/kv_core.c).
+/* kv_core: the portable part of the kv server (the files in guest_programs/kv/; how
+ * they divide the work is at the top of kv/kv_internal.h).
  *
  * The core knows nothing about ports or interrupts. It talks to its platform through
  * the kvp_* hooks below, implemented by kv.c for the ftvm guest and by
- * kv_hosttest.c (a simulated network and disk) for the host-side unit tests. The
+ * tests/kv_hosttest.c (a simulated network and disk) for the host-side unit tests. The
  * structs of the network and disk devices are the ftvm ABI's own (ftvm.h). */
 #ifndef KV_CORE_H
 #define KV_CORE_H
@@ -51,7 +52,7 @@ int kv_busy(void);
 #define KV_CHUNK_SIZE   (1u << 20)    /* snapshot writes, recovery reads */
 #define KV_MIN_REGION   640u          /* sectors per log region, at least */
 
-/* --- on-disk format (see the comment at the top of kv_core.c) --------------------- */
+/* --- on-disk format (see the comment at the top of kv/log.c) --------------------- */
 #define KV_SB_MAGIC   0x4253564bu   /* "KVSB" */
 #define KV_SB_VERSION 1u
 #define KV_REC_MAGIC  0x314c564bu   /* "KVL1" */

@@ -484,15 +484,19 @@ def observe(listen, nodes, run_dir, progress, listen_net, key_file):
               help="How often nodes ping; a node is dead after --dead-pings missed intervals.")
 @click.option("--dead-pings", type=click.IntRange(1), default=6, show_default=True)
 @click.option("--state-file", type=click.Path(dir_okay=False), help="Keep the current view and its history here (JSON).")
+@click.option("--first-backup-wait-ms", type=click.IntRange(0), default=0, show_default=True,
+              help="Make the first view only once a second node pinged (or this long after the first): that "
+                   "node is a backup from the guest's first instruction, so a primary that dies early is "
+                   "replaced. 0: the first node starts alone. `ftvm run --nodes 3` uses 5000.")
 @operating_errors
-def viewservice(listen, ping_interval_ms, dead_pings, state_file):
+def viewservice(listen, ping_interval_ms, dead_pings, state_file, first_backup_wait_ms):
     """Run the view service: decides which node is primary and which is backup.
 
     It is a single point of failure (the classic primary/backup view service); nodes
     reach it through a small interface so that a replicated store can replace it.
     """
     from .ft.viewservice import serve
-    serve(listen, ping_interval_ms, dead_pings, state_file=state_file)
+    serve(listen, ping_interval_ms, dead_pings, state_file=state_file, first_backup_wait_ms=first_backup_wait_ms)
 
 
 @main.command()

@@ -156,3 +156,22 @@ def test_messages_round_trip_and_refuse_garbage():
             M.decode(junk)
     with pytest.raises(M.BadMessage, match="wrong shape"):
         M.decode(M.encode(M.ACK, "A", 1, 0, "not a list"))
+
+
+def test_go_live_without_the_primarys_offset_continues_the_guest_clock():
+    """A backup that has the state but no log message since (so no word of the primary's
+    offset) goes on just after the last guest time, not from the host clock's zero: that
+    was a forward jump of the host's uptime (about 5900 s) at one failover."""
+    host_now = 5_900 * 10**9
+    off, excess = core.go_live_offset(primary_offset_ns=None, skew_ns=0, host_now_ns=host_now, tsc_last=2 * 10**9)
+    assert host_now + off == 2 * 10**9 + 1 and excess == 0
+
+
+def test_latency_histogram_percentiles_within_two_percent():
+    h = core.Histogram()
+    assert h.percentile(99) is None
+    for us in range(1, 1001):
+        h.add(us * 1000)
+    for p, want in ((50, 500), (99, 990), (100, 1000)):
+        got = h.percentile(p)
+        assert want <= got <= want * 1.021, (p, got)

@@ -155,6 +155,19 @@ def test_protocol_core_does_no_io():
                             "asyncio", "signal"}, (f, names)
 
 
+@pytest.mark.parametrize("broken,seed", [("release_while_backup_named", 25507), ("backup_named_again", 18031)])
+def test_three_node_rules_found_by_the_simulation(broken, seed):
+    """Two rules the simulation found wanting (3 nodes, partitions): a primary released
+    under the view service's lease while the view still named its silent backup; a
+    backup dropped from one view and named again in the next kept its old state and
+    its old readiness. Either let a promoted node print different lines. The old rule
+    fails its seed; today's rules pass it."""
+    S.run_seed(seed, nodes=3)
+    with pytest.raises(S.Violation):
+        try:
+            S.run_seed(seed, nodes=3, broken=broken)
+        finally:
+            S.restore()
 # --- etcd as the coordinator (simstore.SimStore through etcd.EtcdViewClient) -------------------------
 
 def _etcd_seed(start=0):

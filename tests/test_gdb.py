@@ -391,7 +391,8 @@ def test_plot_of_a_run_with_two_failovers(tmp_path):
         # Guest time runs with the host clock: the second kill came 4 s after the first.
         assert 2.5 < got[2] - got[1] < 6.0, (got, run.stderr)
         assert "failover 1: " in text and "failover 2: " in text and "primary " in text
-        assert len(re.findall(r'id="transfer-\d+-t', text)) >= 2 * 3      # two transfers, on every panel
+        # View 1 has its backup from the start; the first failover brings a transfer.
+        assert len(re.findall(r'id="transfer-\d+-t', text)) >= 1 * 3      # on every panel
 
 
 def test_threads_are_gdb_threads(tmp_path):

@@ -1,6 +1,6 @@
-"""Host-side tests of the kv server's portable core (guest_programs/kv_core.c).
+"""Host-side tests of the kv server's portable core (guest_programs/kv/*.c).
 
-The core is compiled with the host's gcc together with guest_programs/kv_hosttest.c,
+The core is compiled with the host's gcc together with tests/kv_hosttest.c,
 a driver that simulates the network and disk devices and runs a small script (see the
 comment at its top). The tests here write scripts, run them and check the replies,
 the console and the disk image. The disk format is also re-implemented here
@@ -35,8 +35,9 @@ def kvh(tmp_path_factory):
     flags = ["-O2", "-g", "-std=gnu11", "-Wall", "-Wextra", "-Werror"]
     if os.environ.get("KV_SANITIZE"):
         flags += ["-fsanitize=address,undefined", "-fno-sanitize-recover=all", "-fno-omit-frame-pointer"]
-    p = subprocess.run([gcc, *flags, "-I", str(GP), str(GP / "kv_core.c"), str(GP / "kv_hosttest.c"),
-                        "-o", str(out)], capture_output=True, text=True)
+    sources = sorted((GP / "kv").glob("*.c")) + [ROOT / "tests" / "kv_hosttest.c"]
+    p = subprocess.run([gcc, *flags, "-I", str(GP), *map(str, sources), "-o", str(out)],
+                       capture_output=True, text=True)
     assert p.returncode == 0, p.stderr
     return Runner(out)
 

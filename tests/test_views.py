@@ -70,6 +70,10 @@ def test_killed_backup_is_replaced_by_an_idle_node(guests, tmp_path):
 
 def test_backup_killed_mid_transfer_leaves_the_view_safe(guests, tmp_path):
     proc, run_dir, log = start_managed(tmp_path, "bigmem256.elf")
+    # The backup of view 1 follows the log from the start; its replacement needs the
+    # primary's 256 MiB state.
+    assert wait_for(lambda: [n for n in "ABC" if status(run_dir, n).get("role") == "backup"], timeout=30)
+    assert run_ftvm("kill", "backup", "--run-dir", run_dir).returncode == 0
     assert wait_for(lambda: any(status(run_dir, n).get("transferring") for n in "ABC"), timeout=30)
     victims = [n for n in "ABC" if status(run_dir, n).get("role") == "backup" and not status(run_dir, n).get("ready")]
     assert victims, "a backup waiting for its state"
@@ -81,6 +85,32 @@ def test_backup_killed_mid_transfer_leaves_the_view_safe(guests, tmp_path):
     nums = [int(line.split()[1]) for line in out.decode().splitlines()]
     assert nums == list(range(1, 3000 + 256 * 20 + 1))
     check_replay(log, out)
+
+
+def test_three_nodes_survive_a_primary_killed_at_once(guests, tmp_path):
+    """The primary dies as soon as it runs the guest, before any state transfer could
+    have happened: the backup of view 1, which follows the log from its first record,
+    takes over (or starts the guest afresh if no log came), as in a pair."""
+    import json
+    import os
+    import signal
+    proc, run_dir, log = start_managed(tmp_path, "lines_long.elf")
+
+    def primary():
+        for n in "ABC":
+            st = status(run_dir, n)
+            if st.get("role") == "primary" and st.get("pid"):
+                return st["pid"]
+    assert wait_for(primary, timeout=30)
+    os.kill(primary(), signal.SIGKILL)
+    out, err = proc.communicate(timeout=120)
+    err = err.decode()
+    assert proc.returncode == 0, err
+    check_n_lines(out, 6000)
+    check_replay(log, out)
+    views = json.loads((run_dir / "viewservice.json").read_text())["history"]
+    assert views[0]["backup"] is not None, views      # view 1 was made with its backup
+    assert any(v["why"].startswith("primary") for v in views), views
 
 
 def _campaign(tmp_path, count, seed):

@@ -91,18 +91,22 @@ class ManagedNode(Node):
 
     def _pinger(self):
         client = self.coord or ViewClient(self.vs_addr, timeout_ms=int(self.ping_interval_s * 4000))
+        incarnation = time.time_ns()    # a restart pings with a larger one (rule 5 of views.py)
         while not self.stop_requested and not self.rejoin:
             with self.lock:
-                ping_num, ready = self.core.acked_view, self.core.ready
+                ping_num, ready, suspect = self.core.acked_view, self.core.ready, self.core.silent_backup
             asked_at = now_ns()
-            rep = client.ping(self.name, ping_num, ready, self.my_addr)
+            if self.coord is not None:
+                rep = client.ping(self.name, ping_num, ready, self.my_addr)    # suspects: self._suspects
+            else:
+                rep = client.ping(self.name, ping_num, ready, self.my_addr, incarnation, suspect)
             if rep is not None:
                 with self.lock:
                     self.addrs.update(rep[3] or {})
                     acked = self.core.acked_view
                     self.step(P.ViewReply(rep[0], rep[1], rep[2], asked_at))
-                    if self.coord is not None and self.core.acked_view != acked:
-                        self.coord_wake.set()   # write the acknowledgement now, not a ping later
+                    if self.core.acked_view != acked or self.core.ready != ready:
+                        continue        # tell the service at once (it waits for the primary's word)
             self.coord_wake.wait(self.ping_interval_s)
             self.coord_wake.clear()
         client.close()
@@ -175,18 +179,21 @@ class ManagedNode(Node):
             return
         if self.start_fresh:
             self.managed_start_primary()
+        elif self.core.from_start:
+            self.managed_backup_from_start()
         else:
             self.managed_backup()
 
-    def managed_start_primary(self):
+    def managed_start_primary(self, claimed=False):
 
         from ..record import Recorder
         from ..sources.interrupts import HostEvents
         from .node import FtSink
         from ..guest import open_guest
         guest = open_guest(self.guest)
-        if not self.arbiter.claim(self.view, self.name) and self.coord is not None:
+        if not claimed and not self.arbiter.claim(self.view, self.name) and self.coord is not None:
             raise Halted(f"lost go-live for view {self.view} (node {self.arbiter.owner(self.view)} has it)")
+        self._wait_for_backup()         # view 1 may have a backup from the start
         self.sink = FtSink(self.writer)
         console = Console()
         console.retain = True
@@ -200,6 +207,42 @@ class ManagedNode(Node):
         with self.lock:
             self.step(P.Recording(0, 0, "primary"))
         self._record(rec)
+
+    def managed_backup_from_start(self):
+        """Backup of view 1: follow the primary's log from its first record, as the
+        backup of a pair does. Promoted before any log came, it starts the guest afresh:
+        the primary released nothing this node had not acknowledged, so nothing at all."""
+        header = None
+        while header is None:
+            header = self.stream.poll(0.05)
+            if header is None and (self.stream.ended or self.stop_requested or self.rejoin):
+                if self.stop_requested or self.rejoin:
+                    return
+                view = self.view_target or self.view + 1
+                self._claim(view)
+                self.say(f"primary died before its log started: starting the guest afresh as primary of view {view}")
+                self.managed_start_primary(claimed=True)
+                return
+        console = Console()
+        console.retain = True
+        rp = Replayer(self.stream, console, header=header, on_progress=lambda r: self.confirmed_to_console(),
+                      should_stop=lambda: self.stop_requested or self.rejoin)
+        rp.m.netout.retain = True
+        rp.disk_path = self.disk_path
+        self.machine = rp.m
+        self._replay_then_go_live(rp)
+
+    def _replay_then_go_live(self, rp):
+        self.replay_priority(behind=True)
+        result = rp.run()
+        if self.stop_requested or self.rejoin:
+            return
+        with self.lock:
+            while not self.failover and not self.stop_requested and not self.rejoin:
+                self.cond.wait(0.05)
+        if self.stop_requested or self.rejoin:
+            return
+        self._go_live(rp, result, target_view=self.view_target)
 
     def managed_backup(self):
         with self.lock:
@@ -224,16 +267,7 @@ class ManagedNode(Node):
         rp = Replayer(self.stream, console, header=header, machine=m,
                       on_progress=lambda r: self.confirmed_to_console(), should_stop=lambda: self.stop_requested or self.rejoin)
         rp.disk_path = self.disk_path
-        self.replay_priority(behind=True)
-        result = rp.run()
-        if self.stop_requested or self.rejoin:
-            return
-        with self.lock:
-            while not self.failover and not self.stop_requested and not self.rejoin:
-                self.cond.wait(0.05)
-        if self.stop_requested or self.rejoin:
-            return
-        self._go_live(rp, result, target_view=self.view_target)
+        self._replay_then_go_live(rp)
 
     # --- state transfer, on the primary's emulation thread -----------------------------
     def _after_stop(self, rec):

@@ -27,7 +27,7 @@ from ..record import Recorder
 from ..replay import Replayer, StreamSource
 from ..sources.interrupts import HostEvents
 from ..uc import lib
-from . import core
+from . import core, faults
 from . import protocol as P
 from .transport import Endpoint
 
@@ -42,9 +42,7 @@ def node_id(name: str) -> str:
     return name
 
 
-# Test hook (FTVM_TEST_CLOCK_SKEW_NS_<node name>): make this node's clock disagree with
-# its peer's, as two hosts' clocks do. Guest time and every clock of the node move with it.
-_SKEW_NS = 0
+_SKEW_NS = 0        # tests only: this node's clock disagrees with its peer's (faults.clock_skew_ns)
 
 
 def now_ns() -> int:
@@ -162,7 +160,7 @@ class Node:
         self._rate_mark = (0, 0)
         self.after_stop_ns = 0          # time the emulation thread spent handing over at stops
         self.paced_ns = 0               # time the primary waited for the backup (flow control)
-        self.rule_ns = []               # what the Output Rule added to each output (held -> released)
+        self.rule = core.Histogram()    # what the Output Rule added to each output (held -> released)
         self.failover_from = self.started
         self.view_target = None
         self.rejoin = False
@@ -233,8 +231,8 @@ class Node:
                 self.sink.acked(e.acked)
                 self.sink.sent = max(self.sink.sent, min(e.acked, self.sink.records))
         elif isinstance(e, P.Released):
-            if self.core.protected and len(self.rule_ns) < 1_000_000:
-                self.rule_ns.append(e.waited_ns)
+            if self.core.protected:
+                self.rule.add(e.waited_ns)
             self.last_release_unix = time.time()
         elif isinstance(e, P.Deliver):
             if e.held.stream == "disk":
@@ -399,10 +397,10 @@ class Node:
             pass
 
     def _rule_stats(self):
-        v = sorted(self.rule_ns)
-        if not v:
+        h = self.rule
+        if not h.n:
             return None
-        return {"n": len(v), "p50": core.percentile(v, 50) / 1000, "p99": core.percentile(v, 99) / 1000}
+        return {"n": h.n, "p50": h.percentile(50), "p99": h.percentile(99)}
 
     # --- main thread: the primary's output protocol (Recorder.out) -------------------
     def output(self, offset, data, cover):
@@ -545,7 +543,7 @@ class Node:
         sys.setswitchinterval(0.0001)
         self.main_tid = threading.get_native_id()
         global _SKEW_NS
-        _SKEW_NS = int(os.environ.get(f"FTVM_TEST_CLOCK_SKEW_NS_{self.name}", "0"))
+        _SKEW_NS = faults.clock_skew_ns(self.name)
         lib.ftvm_set_clock_skew(_SKEW_NS)
         self.started = now_ns()
         with self.lock:

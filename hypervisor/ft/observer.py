@@ -475,7 +475,7 @@ def _run_managed(guest, log_path, kill_after, progress, run_dir, opts, host, say
         vs_addr = f"tcp://{host}:{free_tcp_port(host)}"
         with open(os.path.join(run_dir, "viewservice.stderr"), "wb") as err:
             vs = subprocess.Popen([sys.executable, "-m", "hypervisor.cli", "viewservice", "--listen", vs_addr,
-                                   "--ping-interval-ms", "50", "--dead-pings", "6",
+                                   "--ping-interval-ms", "50", "--dead-pings", "6", "--first-backup-wait-ms", "5000",
                                    "--state-file", os.path.join(run_dir, "viewservice.json")],
                                   stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=err)
     try:

@@ -312,7 +312,7 @@ class NodeCore:
         self.received = 0
         self.log_clock = 0              # the primary's clock in its latest log message
         self.failover = False
-        self.primary_tsc_offset = 0
+        self.primary_tsc_offset = None  # the primary's guest-time offset, from its latest log message
         # observer link
         self.console = OffsetSender()
         self.netout = OffsetSender()
@@ -328,6 +328,8 @@ class NodeCore:
         self.vs_view = (0, None, None)
         self.acked_view = 0
         self.ready = False
+        self.from_start = False         # managed backup of view 1: follows the log from record 0
+        self.silent_backup = None       # managed primary: the backup it cannot hear (told to the service)
         self.transfer_done = False
         self.sync_point = 0             # managed: records a new backup must have before it counts as ready
         self.logged_view = 0
@@ -613,8 +615,11 @@ class NodeCore:
         if self.managed:
             # The view service decides who replaces it; meanwhile run unprotected,
             # releasing output only under the service's lease.
-            out.append(Say(f"backup {self.peer} is silent: unprotected until the view service acts"))
+            # Nothing leaves until the service names another backup (or none): the
+            # silent one is still in the view, and the service may promote it.
+            out.append(Say(f"backup {self.peer} is silent: holding output until the view service replaces it"))
             self.protected = False
+            self.silent_backup = self.peer
             return
         # The pair: race the backup for the next view. Winning means carrying on
         # unprotected; losing means the backup went live and this node is stale.
@@ -734,6 +739,8 @@ class NodeCore:
         fresh = self.lease_fresh(now)
         if not self.protected and not fresh:
             return                       # managed and alone, and the view service's lease ran out
+        if self.managed and not self.protected and not self.transferring and self.vs_view[2] is not None:
+            return                       # the view still names a backup that lacks the log: wait for a new view
         for h in self.gate.release(self.acked, self.protected, fresh):
             waited = now - h.at
             if h.stream in ("disk", "file"):
@@ -775,6 +782,8 @@ class NodeCore:
                 self.become_idle(f"the view service made {primary} primary of view {num}", out)
                 return
             self.view = num
+            if backup != self.silent_backup:
+                self.silent_backup = None
             if backup != self.peer:
                 self.protected = False
                 self.transferring = False
@@ -794,15 +803,32 @@ class NodeCore:
             elif backup != me:
                 self.become_idle(f"view {num} no longer has this node as backup", out)
                 return
-            else:
-                self.view = num
+            elif num != self.view:
+                # The service changes a view only to change its primary or backup: a
+                # later view naming this node backup again came after one without it,
+                # in which the primary released output this node does not have.
+                self.become_idle(f"view {num} names this node backup again after a view without it", out)
+                return
             self.acked_view = num
         elif self.role == IDLE:
             if primary == me and num == 1:
                 self.role = PRIMARY
                 self.view = num
                 self.protected = False
+                if backup is not None:
+                    # The first view has a backup: like a pair, it follows the log from
+                    # the first record and nothing leaves before it has it.
+                    self.peer = backup
+                    self._reset_peer(now)
+                    self.protected = True
+                    out.append(Connect(backup))
                 out.append(GoLive(num))         # start the guest afresh
+            elif backup == me and num == 1:
+                self.become_backup(num, primary, now, out)
+                # Up to date from the start: every record the primary releases output
+                # on, this node has acknowledged (and with none, nothing was released).
+                self.from_start = self.transfer_done = self.ready = True
+                out.append(Say(f"view {num}: backup of {primary} from the first record"))
             elif backup == me:
                 self.become_backup(num, primary, now, out)
                 out.append(Say(f"view {num}: backup of {primary}; waiting for the state transfer"))

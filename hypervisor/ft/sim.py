@@ -104,6 +104,9 @@ class Scenario:
                 faults.append((er.randint(0, t_end), "quorum", "etcd", er.choice((100, 500, 2000, 5000)) * MS))
         self.faults = sorted(faults)
         self.faults_end = max((f[0] + (f[3] if len(f) > 3 else 0) for f in faults), default=0)
+        # Managed runs: the first view waits for a second node, which follows the log
+        # from its first record (as `ftvm run --nodes 3` starts), or the first node starts alone.
+        self.first_backup_wait_ns = r.choice((0, 1000 * MS))
 
     def __str__(self):
         return (f"seed {self.seed}: {self.nodes} nodes ({self.coord}), {self.records} records, max_lag "
@@ -207,8 +210,10 @@ class SimNode:
         c = self.core
         sim = self.sim
         view = e.view
-        if c.managed and view == 1 and not self.log:
-            self.start_guest("primary")
+        if c.managed and not self.log:
+            # View 1, or the backup of view 1 promoted before any log came (then the
+            # old primary released nothing): start the guest afresh.
+            self.start_guest("primary" if view == 1 else f"started afresh in view {view}")
             return
         # Guest time carries on from the old primary's offset, never backwards.
         last = self.log[-1] if self.log else 0
@@ -290,7 +295,9 @@ class Sim:
         if self.managed:
             for n in names:
                 self.nodes[n] = SimNode(self, n, P.IDLE, 0, None, True)
-            self.vs = ViewService(ping_interval_ns=PING_NS, dead_pings=DEAD_PINGS) if self.store is None else None
+            self.vs = (ViewService(ping_interval_ns=PING_NS, dead_pings=DEAD_PINGS,
+                                   first_backup_wait_ns=scenario.first_backup_wait_ns)
+                       if self.store is None else None)
         else:
             self.nodes["A"] = SimNode(self, "A", P.PRIMARY, 1, "B", False)
             self.nodes["B"] = SimNode(self, "B", P.BACKUP, 1, "A", False)
@@ -400,8 +407,8 @@ class Sim:
                 self.vs.tick(self.now)
                 self.later(PING_NS, "vs", "tick", None)
             else:
-                name, viewnum, ready, asked_at = arg
-                v = self.vs.ping(name, viewnum, self.now, ready)
+                name, viewnum, ready, asked_at, incarnation, suspect = arg
+                v = self.vs.ping(name, viewnum, self.now, ready, incarnation=incarnation, suspect=suspect)
                 self.send("vs", name, ("view", v.num, v.primary, v.backup, asked_at))
             self.check_views()
             return
@@ -445,7 +452,8 @@ class Sim:
                 self.send(node.name, "vs", ("etcd", node, c.acked_view, c.ready, node.clock(),
                                             node.core.suspect(node.clock())))
             else:
-                self.send(node.name, "vs", (node.name, c.acked_view, c.ready, node.clock()))
+                self.send(node.name, "vs", (node.name, c.acked_view, c.ready, node.clock(), node.incarnation,
+                                            c.silent_backup))
             if kind == "ping":
                 self.later(PING_NS, node, "ping", None)
         elif kind == "snapshot":
@@ -690,7 +698,8 @@ class Sim:
         else:
             v, acked = self.vs.view, self.vs.acked
         p = self.nodes.get(v.primary)
-        if not acked and not (p is not None and p.alive):
+        if not acked and not (p is not None and p.alive) and not (v.num == 1 and self.vs is not None
+                                                                 and self.vs.formed):
             return False            # the classic stuck case: the primary died before it acknowledged the view
         for name in (v.primary, v.backup):
             n = self.nodes.get(name)
@@ -733,6 +742,42 @@ def apply_broken(name):
             return orig(self, m, now, out)
         _ORIGINALS[(P.NodeCore, "_recv")] = orig
         P.NodeCore._recv = recv
+    elif name == "release_while_backup_named":
+        orig = P.NodeCore._release
+
+        def release(self, now, out):
+            # The old rule: a managed primary whose backup went silent released under
+            # the view service's lease while the view still named that backup.
+            saved = self.vs_view
+            if self.managed and not self.protected:
+                self.vs_view = (saved[0], saved[1], None)
+            try:
+                return orig(self, now, out)
+            finally:
+                self.vs_view = saved
+        _ORIGINALS[(P.NodeCore, "_release")] = orig
+        P.NodeCore._release = release
+    elif name == "backup_named_again":
+        orig = P.NodeCore._on_view
+
+        def on_view(self, now, out):
+            # The old rule: a backup named again in a later view stays backup with the
+            # state it had (and the view service keeps its old readiness report).
+            num, primary, backup = self.vs_view
+            if self.role == P.BACKUP and backup == self.name and primary != self.name and num != self.view:
+                self.view = self.acked_view = num
+                return
+            return orig(self, now, out)
+        _ORIGINALS[(P.NodeCore, "_on_view")] = orig
+        P.NodeCore._on_view = on_view
+        orig_ping = ViewService.ping
+
+        def ping(self, name, viewnum, now, ready=False, addr=None, incarnation=None, suspect=None):
+            v = orig_ping(self, name, viewnum, now, ready, addr, incarnation, suspect)
+            self.ready[name] = ready
+            return v
+        _ORIGINALS[(ViewService, "ping")] = orig_ping
+        ViewService.ping = ping
     elif name == "no_cas":
         # etcd without compare-and-swap: every proposal commits, whatever was read.
         orig = SimStore._compare

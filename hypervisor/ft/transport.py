@@ -20,7 +20,6 @@ import heapq
 import hmac
 import itertools
 import os
-import random
 import socket
 import threading
 import time
@@ -29,6 +28,8 @@ import zmq
 
 from logging_channel import messages as M
 
+from . import faults
+
 _ids = itertools.count()
 
 
@@ -36,42 +37,6 @@ def free_tcp_port(host="127.0.0.1") -> int:
     with socket.socket() as s:
         s.bind((host, 0))
         return s.getsockname()[1]
-
-
-class ChannelFaults:
-    """Test hook: misbehave on node-to-node sends, as a bad network would. Configured
-    by FTVM_CHANNEL_FAULTS, e.g. "drop=0.05,dup=0.05,reorder=0.05,delay_ms=5,seed=7":
-    each message is dropped, duplicated, held back behind the next one, or delayed by
-    up to delay_ms, with the given probabilities."""
-
-    def __init__(self, spec: str):
-        kv = dict(part.split("=", 1) for part in spec.split(",") if "=" in part)
-        self.drop = float(kv.get("drop", 0))
-        self.dup = float(kv.get("dup", 0))
-        self.reorder = float(kv.get("reorder", 0))
-        self.delay_s = float(kv.get("delay_ms", 0)) / 1000
-        self.rng = random.Random(int(kv.get("seed", 0)))
-        self.held = None
-        self.delayed = []       # heap of (due, n, name, data)
-        self._n = itertools.count()
-
-    def plan(self, name, data, now):
-        """[(due time, name, data)] to send for one message."""
-        r = self.rng.random()
-        if r < self.drop:
-            return []
-        out = [(now, name, data)]
-        if r < self.drop + self.dup:
-            out.append((now, name, data))
-        elif r < self.drop + self.dup + self.reorder:
-            held, self.held = self.held, (name, data)
-            return [] if held is None else [(now, *held)]
-        if self.held is not None:
-            out.append((now, *self.held))
-            self.held = None
-        if self.delay_s:
-            out = [(t + self.rng.random() * self.delay_s, n, d) for t, n, d in out]
-        return out
 
 
 TAG_BYTES = 16
@@ -146,8 +111,7 @@ class Endpoint:
         self._peer_addrs = {}
         self.failure = None               # an exception raised by a handler, if any
         self.key = ChannelKey.from_env()
-        spec = os.environ.get("FTVM_CHANNEL_FAULTS")
-        self.faults = ChannelFaults(spec) if spec else None
+        self.faults = faults.channel_faults_from_env()     # tests only: a bad network
         self._io_thread = threading.Thread(target=self._loop, name="ftvm-io", daemon=True)
 
     def start(self):

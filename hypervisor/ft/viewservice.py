@@ -1,7 +1,9 @@
 """The view service as a process: a thin ZeroMQ shell (ROUTER socket) around core.py.
 
-Request (msgpack): ["ping", name, viewnum, ready, addr]; reply: [viewnum, primary,
-backup, {name: addr}]. A request that fails its checks gets ["error", reason].
+Request (msgpack): ["ping", name, viewnum, ready, addr, incarnation, suspect] (the last
+two may be left out: incarnation is the node process's start time in ns, suspect the
+backup a primary cannot hear, or None); reply: [viewnum, primary, backup, {name: addr}].
+A request that fails its checks gets ["error", reason].
 """
 from __future__ import annotations
 
@@ -14,9 +16,10 @@ import zmq
 from .views import ViewService
 
 
-def serve(listen: str, ping_interval_ms: int = 100, dead_pings: int = 5, say=None, stop=None, state_file=None):
+def serve(listen: str, ping_interval_ms: int = 100, dead_pings: int = 5, say=None, stop=None, state_file=None,
+          first_backup_wait_ms: int = 0):
     say = say or (lambda m: print(f"ftvm viewservice: {m}", file=sys.stderr, flush=True))
-    vs = ViewService(ping_interval_ms * 1_000_000, dead_pings)
+    vs = ViewService(ping_interval_ms * 1_000_000, dead_pings, first_backup_wait_ms * 1_000_000)
     ctx = zmq.Context()
     sock = ctx.socket(zmq.ROUTER)
     sock.setsockopt(zmq.LINGER, 0)
@@ -72,10 +75,15 @@ def _handle(vs, data, now):
         req = msgpack.unpackb(data, raw=False, use_list=True, strict_map_key=True)
     except (ValueError, msgpack.ExtraData, msgpack.FormatError, msgpack.StackError):
         return None
-    if not (isinstance(req, list) and len(req) == 5 and req[0] == "ping" and isinstance(req[1], str)
+    if not (isinstance(req, list) and len(req) in (5, 7) and req[0] == "ping" and isinstance(req[1], str)
             and type(req[2]) is int and isinstance(req[3], bool) and isinstance(req[4], str)):
         return None
-    v = vs.ping(req[1], req[2], now, ready=req[3], addr=req[4])
+    incarnation = suspect = None
+    if len(req) == 7:
+        incarnation, suspect = req[5], req[6]
+        if type(incarnation) is not int or not (suspect is None or isinstance(suspect, str)):
+            return None
+    v = vs.ping(req[1], req[2], now, ready=req[3], addr=req[4], incarnation=incarnation, suspect=suspect)
     return [v.num, v.primary, v.backup, dict(vs.addr)]
 
 
@@ -95,10 +103,13 @@ class ViewClient:
         self.sock.setsockopt(zmq.SNDTIMEO, self.timeout_ms)
         self.sock.connect(self.address)
 
-    def ping(self, name, viewnum, ready, addr):
+    def ping(self, name, viewnum, ready, addr, incarnation=None, suspect=None):
         """(viewnum, primary, backup, addrs), or None if the service did not answer."""
+        req = ["ping", name, viewnum, ready, addr]
+        if incarnation is not None:
+            req += [incarnation, suspect]
         try:
-            self.sock.send(msgpack.packb(["ping", name, viewnum, ready, addr], use_bin_type=True))
+            self.sock.send(msgpack.packb(req, use_bin_type=True))
             rep = msgpack.unpackb(self.sock.recv(), raw=False, strict_map_key=True)
         except zmq.ZMQError:
             self.sock.close(0)       # a REQ socket that missed its reply is stuck: start over

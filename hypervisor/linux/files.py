@@ -118,20 +118,39 @@ class Stdin(File):
         return pack_stat(0xC, 2, st.S_IFIFO | 0o600, 1, 1000, 1000, 0, 0, 4096, 0, 0, 0, 0)
 
 
-class RootFile(File):
-    """A file of the read-only root: read from this host's copy in both modes (its
-    identity was checked at open)."""
-    kind = "root"
+class HostFile(File):
+    """A guest file backed by a host file, opened on first use (and again after a
+    state transfer, which carries the path, not the descriptor)."""
 
     def __init__(self, gpath, flags, hostpath):
         super().__init__(gpath, flags)
         self.hostpath = hostpath
         self._fd = None
 
+    def open_mode(self):
+        return os.O_RDONLY
+
     def fd(self):
         if self._fd is None:
-            self._fd = os.open(self.hostpath, os.O_RDONLY | os.O_CLOEXEC)
+            self._fd = os.open(self.hostpath, self.open_mode() | os.O_CLOEXEC)
         return self._fd
+
+    def stat(self, k):
+        return k.host(lambda: host_stat(self.hostpath))
+
+    def close(self, k):
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+
+    def state(self):
+        return dict(super().state(), hostpath=self.hostpath)
+
+
+class RootFile(HostFile):
+    """A file of the read-only root: read from this host's copy in both modes (its
+    identity was checked at open)."""
+    kind = "root"
 
     def pread(self, k, n, off):
         return os.pread(self.fd(), min(n, IO_MAX), off)
@@ -142,36 +161,17 @@ class RootFile(File):
     def pwrite(self, k, data, off):
         raise GuestErr(errno.EBADF)
 
-    def stat(self, k):
-        return k.host(lambda: host_stat(self.hostpath))
-
     def map_bytes(self, k, off, n):
         return os.pread(self.fd(), n, off)
 
-    def close(self, k):
-        if self._fd is not None:
-            os.close(self._fd)
-            self._fd = None
 
-    def state(self):
-        return dict(super().state(), hostpath=self.hostpath)
-
-
-class DataFile(File):
+class DataFile(HostFile):
     """A file of the data directory: host state. Reads are logged inputs; writes are
     outputs (performed by the primary under the Output Rule, never by replay)."""
     kind = "data"
 
-    def __init__(self, gpath, flags, hostpath):
-        super().__init__(gpath, flags)
-        self.hostpath = hostpath
-        self._fd = None
-
-    def fd(self):
-        if self._fd is None:
-            mode = os.O_RDWR if self.writable() and self.readable() else os.O_WRONLY if self.writable() else os.O_RDONLY
-            self._fd = os.open(self.hostpath, mode | os.O_CLOEXEC)
-        return self._fd
+    def open_mode(self):
+        return os.O_RDWR if self.writable() and self.readable() else os.O_WRONLY if self.writable() else os.O_RDONLY
 
     def pread(self, k, n, off):
         return _ok(k.host(lambda: _try(lambda: os.pread(self.fd(), min(n, IO_MAX), off))))
@@ -182,9 +182,6 @@ class DataFile(File):
     def size(self, k):
         return _ok(k.host(lambda: _try(lambda: os.fstat(self.fd()).st_size)))
 
-    def stat(self, k):
-        return k.host(lambda: host_stat(self.hostpath))
-
     def map_bytes(self, k, off, n):
         return _ok(k.host(lambda: _try(lambda: os.pread(self.fd(), n, off))))
 
@@ -193,14 +190,6 @@ class DataFile(File):
 
     def sync(self, k):
         return _ok(k.output(lambda: _try(lambda: os.fsync(self.fd()) or 0)))
-
-    def close(self, k):
-        if self._fd is not None:
-            os.close(self._fd)
-            self._fd = None
-
-    def state(self):
-        return dict(super().state(), hostpath=self.hostpath)
 
 
 class BytesFile(File):

@@ -30,15 +30,12 @@ def page_up(a):
     return (a + PAGE - 1) & ~(PAGE - 1)
 
 
+assert (PROT_READ, PROT_WRITE, PROT_EXEC) == (UC.UC_PROT_READ, UC.UC_PROT_WRITE, UC.UC_PROT_EXEC)
+
+
 def _uc_prot(prot):
-    p = 0
-    if prot & PROT_READ:
-        p |= UC.UC_PROT_READ
-    if prot & PROT_WRITE:
-        p |= UC.UC_PROT_WRITE
-    if prot & PROT_EXEC:
-        p |= UC.UC_PROT_EXEC
-    return p
+    """mmap's PROT_* bits as Unicorn's: the same values (READ 1, WRITE 2, EXEC 4)."""
+    return prot & (PROT_READ | PROT_WRITE | PROT_EXEC)
 
 
 class AddressSpace:

@@ -1,6 +1,7 @@
-/* Host-side test driver for kv_core.c (not a guest program: tests/test_kv_core.py
- * builds it with the host compiler). It simulates the network and the disk devices
- * and runs a script from stdin, one command per line:
+/* Host-side test driver for the kv server's portable core in guest_programs/kv/ (not
+ * a guest program: tests/test_kv_core.py builds it with the host compiler). It
+ * simulates the network and the disk devices and runs a script from stdin, one
+ * command per line:
  *
  *   disk N                 a blank disk of N sectors (N = 0: no disk)
  *   load PATH / save PATH  the disk image from / to a file
