@@ -133,13 +133,14 @@ class SimNode:
         self.replayed = 0
         self.snap = None
         self.views_seen = [view]
-        self.incarnation = 0
+        self.incarnation = 1             # grows with each restart (0: not reported)
         self.failover_at = None
         self.coord = None
         if managed and sim.store is not None:
             self.core.arbitrated = True
             self.coord = EtcdViewClient(SIM_URL, name, store=sim.store, clock=lambda: sim.now / 1e9,
-                                        wall=lambda: sim.now / 1e9)
+                                        wall=lambda: sim.now / 1e9, incarnation=self.incarnation,
+                                        first_backup_wait_ns=sim.sc.first_backup_wait_ns)
 
     def clock(self):
         return self.sim.now + self.sim.skew[self.name]
@@ -539,6 +540,8 @@ class Sim:
         """A stale node starts again as idle (a new process, a new log)."""
         fresh = SimNode(self, node.name, P.IDLE, 0, None, True)
         fresh.incarnation = node.incarnation + 1
+        if fresh.coord is not None:
+            fresh.coord.incarnation = fresh.incarnation
         node.alive = False
         self.nodes[node.name] = fresh
         self.later(0, fresh, "tick", None)
