@@ -139,3 +139,13 @@ def test_the_view_one_backup_replaces_a_primary_that_never_acknowledged():
     v = View(1, "A", "B")
     p = C.decide(reading(v, 3, acked=0, B=(True, 1), C=()), "B", suspects={"A"})
     assert p is not None and p.view == View(2, "B", "C"), p
+
+
+def test_a_suspicion_counts_only_between_the_primary_and_backup_of_the_view():
+    """Found by the partition tests: the primary of view 1, stalled while its backup A
+    took over, suspected A (silent to it since) and failed A, primary of view 2."""
+    v = View(2, "A", "B")
+    live = dict(A=(False, 2), B=(True, 2), C=())
+    assert C.decide(reading(v, 7, acked=2, **live), "C", suspects={"A"}) is None
+    assert C.decide(reading(v, 7, acked=2, **live), "B", suspects={"A"}).view == View(3, "B", "C")
+    assert C.decide(reading(v, 7, acked=2, **live), "B", suspects={"C"}) is None

@@ -205,6 +205,12 @@ def decide(r: Reading, me: str, suspects=frozenset(), waited_ns: int = 0, first_
             return None
         _t, new, why, _since = vs.history[-1]
         return Proposal(0, new, why, me, inc=_named_inc(r, new))
+    # A suspicion is about the peer of the suspecting node's view: it counts only
+    # between the primary and backup of this view (rule 7 of views.py says the same of
+    # the view service's `suspect`). A stale primary of an older view that still hears
+    # nothing from its old backup must not fail the node that has since replaced it.
+    pair = {r.view.primary, r.view.backup} - {None}
+    suspects = frozenset(suspects) & (pair - {me}) if me in pair else frozenset()
     vs = ViewService(ping_interval_ns=1, dead_pings=1)
     vs.view = r.view
     vs.formed = r.view.num == 1 and r.view.backup is not None      # rule 6's view 1
