@@ -415,10 +415,13 @@ def _use_key(key_file):
 @click.option("--key-file", type=click.Path(dir_okay=False, exists=True), default=None,
               help="The run's channel key (same file on every node and the observer): messages without "
                    "its tag are refused.")
+@click.option("--first-backup-wait-ms", type=click.IntRange(0), default=0, show_default=True,
+              help="With --coordinator: the first view waits this long for a second node and names it "
+                   "backup (as `ftvm viewservice --first-backup-wait-ms`); 0 starts the first node alone.")
 @_ft_options
 @operating_errors
 def node(name, role, viewservice, coordinator, listen, peer, peer_name, observer, shared_dir, run_dir, log_path,
-         guest, disk, disk_reads, net, key_file, hb_interval_ms, fail_timeout_ms, max_lag_ms):
+         guest, disk, disk_reads, net, key_file, first_backup_wait_ms, hb_interval_ms, fail_timeout_ms, max_lag_ms):
     """Run one node (used by `ftvm run`; start nodes by hand to put them on different
     machines). Either a fixed --role with its --peer, or --viewservice."""
     from logging_channel.messages import sender_name_ok
@@ -441,7 +444,7 @@ def node(name, role, viewservice, coordinator, listen, peer, peer_name, observer
             raise click.UsageError("--guest is needed with --viewservice (any node may have to start it)")
         n = ManagedNode(name, listen, observer, shared_dir, run_dir, log_path, guest, viewservice,
                         opts=_opts(hb_interval_ms, fail_timeout_ms, max_lag_ms), disk=disk, disk_reads=disk_reads,
-                        net=net)
+                        net=net, first_backup_wait_ms=first_backup_wait_ms)
         sys.exit(n.run())
     if not role or not peer:
         raise click.UsageError("give --role and --peer, or --viewservice")

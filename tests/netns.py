@@ -66,6 +66,21 @@ class Net:
     def heal(self, host):
         sh("ip", "link", "set", self.hosts[host][2], "up")
 
+    def add_root_ip(self, last):
+        """Another address of the root namespace on the bridge (.LAST), e.g. for a
+        service that a host is to be cut off from while it still reaches the observer."""
+        ip = f"{self.prefix}.{last}"
+        sh("ip", "addr", "add", f"{ip}/24", "dev", self.bridge)
+        return ip
+
+    def block(self, host, ip):
+        """Drop everything ``host`` sends to ``ip`` (a blackhole route in its namespace):
+        with TCP, no connection between them gets anywhere."""
+        sh(*self.exec_prefix(host), "ip", "route", "add", "blackhole", f"{ip}/32")
+
+    def unblock(self, host, ip):
+        sh(*self.exec_prefix(host), "ip", "route", "del", "blackhole", f"{ip}/32")
+
     def close(self):
         for ns, _, veth in self.hosts.values():
             subprocess.run(["ip", "link", "del", veth], capture_output=True)

@@ -37,12 +37,12 @@ class Run:
     """`ftvm run --coordinator URL` in the background; its stderr lines collected as
     they come, so that a test can act on one."""
 
-    def __init__(self, tmp_path, url, nodes=3, kills=(), guest="lines_long.elf"):
+    def __init__(self, tmp_path, url, nodes=3, kills=(), guest="lines_long.elf", extra=()):
         self.run_dir = tmp_path / "run"
         self.log = tmp_path / "whole.ftlog"
         self.url = url
         args = [str(FTVM), "run", str(GUESTS / guest), "--nodes", str(nodes), "--run-dir", str(self.run_dir),
-                "--log", str(self.log), "--coordinator", url]
+                "--log", str(self.log), "--coordinator", url, *extra]
         for k in kills:
             args += ["--kill-primary-after", str(k)]
         self.proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL)
@@ -97,11 +97,13 @@ def test_two_primary_kills_with_three_nodes_on_etcd(guests, tmp_path, cluster):
     assert err.count("failover: node") == 2, err
     check_replay(r.log, r.out)
     h = history(url)
-    # Redundancy was restored after the first kill (the observer kills only a primary
-    # with an up-to-date backup), and etcd's views are the log's views.
-    assert len(h) >= 4 and h[2][2] is not None, h
-    assert log_views(r.log) == h[:len(log_views(r.log))] and [v[0] for v in log_views(r.log)] == [v[0] for v in h[:4]], \
-        (log_views(r.log), h)
+    whys = [e["why"] for e in E.describe(url)["history"]]
+    failovers = [i for i, why in enumerate(whys) if why.startswith("primary")]
+    # View 1 was made with its backup; redundancy was restored after the first kill (the
+    # observer kills only a primary with an up-to-date backup); etcd's views are the log's.
+    assert h[0][2] is not None and len(failovers) == 2 and h[failovers[0]][2] is not None, (h, whys)
+    lv = log_views(r.log)
+    assert lv == h[:len(lv)] and len(lv) > failovers[1], (lv, h)
     assert "viewservice" not in json.loads((r.run_dir / "run.json").read_text()), "no view service process"
     st = run_ftvm("status", "--run-dir", r.run_dir)
     assert st.returncode == 0 and b"coordinator: etcd" in st.stdout and b"leader" in st.stdout, st.stdout
@@ -128,8 +130,16 @@ def test_the_process_that_decided_the_last_view_is_killed(guests, tmp_path, clus
     node that made the latest view; the next view is decided by another node."""
     url = cluster.url + "/ftvm/t-decider"
     r = Run(tmp_path, url, nodes=4)
-    assert wait_for(lambda: r.ready_backup(), timeout=60), r.node_err()
-    last = E.describe(url)["history"][-1]
+
+    def settled():
+        """The latest view in etcd, once its backup is up to date in it."""
+        d = E.describe(url)
+        last = d["history"][-1] if d["history"] else None
+        b = last and last["backup"] and status(r.run_dir, last["backup"])
+        if b and b.get("role") == "backup" and b.get("ready") and b.get("vs_view", [0])[0] == last["num"]:
+            return last
+    assert wait_for(settled, timeout=60), r.node_err()
+    last = settled() or E.describe(url)["history"][-1]
     victim = last["by"]
     os.kill(status(r.run_dir, victim)["pid"], signal.SIGKILL)
     in_role = victim in (last["primary"], last["backup"])
@@ -185,3 +195,60 @@ def test_unreachable_or_wrong_coordinator_one_line_and_a_status(guests, tmp_path
         assert len(lines) == 1 and "unreachable" in lines[0] and "Traceback" not in p.stderr, lines
     p = run_ftvm("run", GUESTS / "lines.elf", "--coordinator", "etcd:/nonsense")
     assert p.returncode == 2 and "etcd://HOST:PORT" in p.stderr and "Traceback" not in p.stderr
+
+
+def test_three_nodes_survive_a_primary_killed_at_once_on_etcd(guests, tmp_path, cluster):
+    """As tests/test_views.py's, with etcd: view 1 is made with its backup (which follows
+    the log from the first record), so a primary killed as soon as it runs is replaced."""
+    url = cluster.url + "/ftvm/t-early"
+    r = Run(tmp_path, url)
+
+    def primary():
+        for n in "ABC":
+            st = status(r.run_dir, n)
+            if st.get("role") == "primary" and st.get("pid"):
+                return st["pid"]
+    assert wait_for(primary, timeout=30), r.node_err()
+    os.kill(primary(), signal.SIGKILL)
+    rc, err = r.finish()
+    assert rc == 0, err + r.node_err()
+    check_n_lines(r.out, 6000)
+    check_replay(r.log, r.out)
+    h = E.describe(url)["history"]
+    assert h[0]["backup"] is not None, h        # view 1 was made with its backup
+    assert any(e["why"].startswith("primary") for e in h), h
+
+
+def test_a_node_restarted_under_its_name_while_named_backup_counts_as_failed(guests, tmp_path, cluster):
+    """Rule 5 on etcd: the backup's process is replaced by a new one of the same name
+    (a new incarnation), which takes over its member key before the old lease expires.
+    The channel's timeout is made long, so only the incarnation can tell: the view
+    drops the node at the new process's first ping."""
+    url = cluster.url + "/ftvm/t-restart"
+    r = Run(tmp_path, url, extra=["--fail-timeout-ms", "60000"])
+    assert wait_for(lambda: r.ready_backup("ABC"), timeout=60), r.node_err()
+    b = r.ready_backup("ABC")[0]
+    before = E.describe(url)
+    old = status(r.run_dir, b)
+    os.kill(old["pid"], signal.SIGKILL)
+    cmd = json.loads((r.run_dir / "run.json").read_text())
+    args = [str(FTVM), "node", "--name", b, "--coordinator", cmd["coordinator"], "--listen", cmd["nodes"][b],
+            "--observer", cmd["observer"], "--shared-dir", str(r.run_dir / "shared"), "--run-dir", str(r.run_dir),
+            "--log", str(tmp_path / f"{b}-again.ftlog"), "--guest", str(GUESTS / "lines_long.elf")]
+    with open(tmp_path / f"{b}-again.stderr", "wb") as err:
+        again = subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=err)
+    try:
+        def dropped():
+            h = E.describe(url)["history"]
+            return [e for e in h if e["num"] > before["view"][0] and e["backup"] != b]
+        assert wait_for(dropped, timeout=30), E.describe(url)["history"]
+        why = dropped()[0]["why"]
+        rc, err = r.finish()
+        assert rc == 0, err + r.node_err()
+        check_n_lines(r.out, 6000)
+        check_replay(r.log, r.out)
+    finally:
+        again.kill()
+        again.wait()
+    # Dropped for its restart (its first ping), not after the channel's or the lease's timeout.
+    assert why == f"backup {b} restarted", why

@@ -8,7 +8,8 @@ the transaction and reports the outcome.
 
 Keys under the prefix P (values are JSON with a version field ``v``):
 
-- ``P/view``: the current view ``{v, num, primary, backup}``. It changes only by a
+- ``P/view``: the current view ``{v, num, primary, backup, inc}``; ``inc`` maps the
+  primary and backup to the incarnation they had when the view named them. It changes only by a
   transaction that compares its modification revision with the one the proposer read
   (``create_revision == 0`` for view 1): of two proposals made from the same reading,
   exactly one commits, so views form one chain and two deciders can never both
@@ -17,10 +18,14 @@ Keys under the prefix P (values are JSON with a version field ``v``):
   of views.py: the view moves on only after its primary knew it). Written by that
   primary in a transaction that compares ``P/view``'s revision, so a stale primary
   cannot acknowledge a view it is not primary of.
-- ``P/member/NAME``: ``{v, addr, ready, acked, lease}`` attached to the node's lease:
-  the key exists while the node keeps its lease alive (liveness at the lease's
+- ``P/member/NAME``: ``{v, addr, ready, acked, lease, inc}`` attached to the node's
+  lease: the key exists while the node keeps its lease alive (liveness at the lease's
   granularity, seconds). ``ready``: a backup that reported itself up to date in view
-  ``acked``. ``lease`` tells one incarnation of the node from the next.
+  ``acked``. ``inc``: the node process's incarnation (its start time, as in the view
+  service's pings): a member named by the view whose incarnation is newer than the one
+  the view recorded for it has restarted and lost its state (rule 5 of views.py). The
+  key's create revision orders the first members (rule 6: the first view names the
+  earliest primary and the next one backup).
 - ``P/dead/NAME``: ``{v, lease}``, written with a view that dropped NAME from its role:
   that incarnation of NAME counts as dead from then on, though its lease may live on
   for seconds (a killed process cannot revoke it). A node that starts again has a new
@@ -59,6 +64,8 @@ class Member:
     ready: bool = False
     acked: int = 0
     lease: int = 0
+    inc: int = 0                    # incarnation of the node process (0: not reported)
+    created: int = 0                # create revision of its member key (order of arrival)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -70,6 +77,7 @@ class Reading:
     members: dict                   # name -> Member (the live ones)
     revision: int = 0
     dead: dict = dataclasses.field(default_factory=dict)    # name -> lease of its dead incarnation
+    view_inc: dict = dataclasses.field(default_factory=dict)  # name -> incarnation the view named
 
 
 @dataclasses.dataclass(frozen=True)
@@ -81,6 +89,7 @@ class Proposal:
     why: str
     by: str
     failed: dict = dataclasses.field(default_factory=dict)  # name -> lease: dropped from a role
+    inc: dict = dataclasses.field(default_factory=dict)     # name -> incarnation named by the view
 
 
 # --- keys and values ----------------------------------------------------------------------------
@@ -116,71 +125,138 @@ def decode(raw, key="") -> dict:
     return obj
 
 
-def view_value(v: View) -> str:
-    return encode({"num": v.num, "primary": v.primary, "backup": v.backup})
+def view_value(v: View, inc=None) -> str:
+    obj = {"num": v.num, "primary": v.primary, "backup": v.backup}
+    if inc:
+        obj["inc"] = {n: i for n, i in sorted(inc.items()) if n in (v.primary, v.backup)}
+    return encode(obj)
 
 
 def parse_view(raw, key="view") -> View:
+    return parse_view_inc(raw, key)[0]
+
+
+def parse_view_inc(raw, key="view"):
     o = decode(raw, key)
     if type(o.get("num")) is not int or o["num"] < 1:
         raise BadValue(f"{key}: no view number")
-    return View(o["num"], o.get("primary"), o.get("backup"))
+    inc = o.get("inc") or {}
+    if not isinstance(inc, dict) or not all(type(i) is int for i in inc.values()):
+        raise BadValue(f"{key}: incarnations are not numbers")
+    return View(o["num"], o.get("primary"), o.get("backup")), dict(inc)
 
 
-def parse_member(name, raw) -> Member:
+def parse_member(name, raw, created=0) -> Member:
     o = decode(raw, f"member/{name}")
     return Member(name, str(o.get("addr", "")), bool(o.get("ready", False)), int(o.get("acked", 0)),
-                  int(o.get("lease", 0)))
+                  int(o.get("lease", 0)), int(o.get("inc", 0)), created)
 
 
 def reading_from(kvs, prefix, revision=0) -> Reading:
-    """A Reading from (key, value, mod_revision) triples of one range over the prefix."""
+    """A Reading from (key, value, mod_revision[, create_revision]) tuples of one range
+    over the prefix."""
     k = keys(prefix)
-    view, view_rev, acked, members, dead = None, 0, 0, {}, {}
-    for key, value, mod_rev in kvs:
+    view, view_rev, acked, members, dead, view_inc = None, 0, 0, {}, {}, {}
+    for key, value, mod_rev, *rest in kvs:
         if key == k["view"]:
-            view, view_rev = parse_view(value, key), mod_rev
+            (view, view_inc), view_rev = parse_view_inc(value, key), mod_rev
         elif key == k["acked"]:
             acked = int(decode(value, key).get("num", 0))
         elif key.startswith(k["member"]):
             name = key[len(k["member"]):]
-            members[name] = parse_member(name, value)
+            members[name] = parse_member(name, value, rest[0] if rest else mod_rev)
         elif key.startswith(k["dead"]):
             dead[key[len(k["dead"]):]] = int(decode(value, key).get("lease", 0))
-    return Reading(view, view_rev, acked, members, revision, dead)
+    return Reading(view, view_rev, acked, members, revision, dead, view_inc)
 
 
 # --- the decision ---------------------------------------------------------------------------------
-def decide(r: Reading, me: str, suspects=frozenset()) -> Proposal | None:
+def decide(r: Reading, me: str, suspects=frozenset(), waited_ns: int = 0, first_backup_wait_ns: int = 0
+           ) -> Proposal | None:
     """The view change node ``me`` should propose after reading ``r``, or None.
 
     The view service's core decides, rebuilt from the reading: live members have just
     pinged (with their readiness), suspects and absent nodes have not pinged for ever,
-    and the current primary has acknowledged the view if P/acked says so."""
-    if r.view is None:
-        if me in r.members:
-            return Proposal(0, View(1, me, None), f"first node {me}", me)
-        return None
+    and the current primary has acknowledged the view if P/acked says so. A member
+    named by the view with a newer incarnation than the view recorded pings as a
+    restarted node does (view 0, its new incarnation: rule 5).
+
+    No view yet (rule 6): ``first_backup_wait_ns`` > 0 names the earliest member
+    primary and the next one backup as soon as two are there; the earliest proposes a
+    view without backup only once it has itself waited that long (``waited_ns``: the
+    time since its first ping, on its own clock)."""
     now = 1 << 40                   # any time: liveness is decided below, not by the clock
+    if r.view is None:
+        if me not in r.members:
+            return None
+        order = sorted((n for n in r.members if n not in suspects), key=lambda n: (r.members[n].created, n))
+        vs = ViewService(ping_interval_ns=1 << 50, dead_pings=1, first_backup_wait_ns=first_backup_wait_ns)
+        if not first_backup_wait_ns or not order:
+            vs.ping(me, 0, now)
+        else:
+            first = order[0]
+            vs.last_ping[first] = now
+            vs.first = (first, now - (waited_ns if first == me else 0))
+            if len(order) > 1:
+                vs.ping(order[1], 0, now)
+            else:
+                vs.tick(now)
+        if vs.view.num == 0:
+            return None
+        _t, new, why, _since = vs.history[-1]
+        return Proposal(0, new, why, me, inc=_named_inc(r, new))
+    # A suspicion is about the peer of the suspecting node's view: it counts only
+    # between the primary and backup of this view (rule 7 of views.py says the same of
+    # the view service's `suspect`). A stale primary of an older view that still hears
+    # nothing from its old backup must not fail the node that has since replaced it.
+    pair = {r.view.primary, r.view.backup} - {None}
+    suspects = frozenset(suspects) & (pair - {me}) if me in pair else frozenset()
     vs = ViewService(ping_interval_ns=1, dead_pings=1)
     vs.view = r.view
-    vs.acked = r.acked >= r.view.num
+    vs.formed = r.view.num == 1 and r.view.backup is not None      # rule 6's view 1
+    # The primary acknowledged the view if it wrote so, or if the view's backup is up
+    # to date in it: its state came from that primary, in that view (snapshots are
+    # fenced by view), so the primary knew it. Without the second half, a primary
+    # killed between starting the transfer and its next ping would leave the view stuck.
+    b = r.members.get(r.view.backup)
+    restarted = {n for n in (r.view.primary, r.view.backup)
+                 if n in r.members and n in r.view_inc and r.members[n].inc > r.view_inc[n]}
+    vs.acked = r.acked >= r.view.num or (b is not None and b.ready and b.acked == r.view.num
+                                         and r.view.backup not in restarted)
     for name, m in r.members.items():
         if name in suspects or r.dead.get(name, -1) == m.lease:
             continue
         vs.last_ping[name] = now
         # A backup counts as up to date only for the view it acknowledged.
-        vs.ready[name] = m.ready and m.acked == r.view.num
+        vs.ready[name] = m.ready and m.acked == r.view.num and name not in restarted
         vs.addr[name] = m.addr
     for name in suspects:
         vs.last_ping[name] = 0      # silent on the channel: dead, whatever its lease says
+    for name in sorted(restarted):
+        if name in vs.last_ping and vs.last_ping[name]:
+            vs.incarnation[name] = r.view_inc[name]
+            vs.ping(name, 0, now, incarnation=r.members[name].inc)     # a restart: its state is gone
     vs.tick(now)
     if vs.view == r.view:
         return None
     _t, new, why, _since = vs.history[-1]
     dropped = {r.view.primary, r.view.backup} - {new.primary, new.backup, None}
     failed = {n: r.members[n].lease for n in dropped if n in r.members}
-    return Proposal(r.view_rev, new, why, me, failed)
+    return Proposal(r.view_rev, new, why, me, failed, _named_inc(r, new))
+
+
+def _named_inc(r: Reading, new: View) -> dict:
+    """The incarnation each node of ``new`` is named in: the one the current view
+    recorded if it named it too, else the member's."""
+    inc = {}
+    for n in (new.primary, new.backup):
+        if n is None:
+            continue
+        if r.view is not None and n in (r.view.primary, r.view.backup) and n in r.view_inc:
+            inc[n] = r.view_inc[n]
+        elif n in r.members and r.members[n].inc:
+            inc[n] = r.members[n].inc
+    return inc
 
 
 def should_ack(r: Reading, me: str) -> bool:
@@ -196,7 +272,7 @@ def txn_propose(prefix, p: Proposal, unix_s: float) -> dict:
     hist = encode({"num": p.view.num, "primary": p.view.primary, "backup": p.view.backup, "why": p.why,
                    "by": p.by, "unix": round(unix_s, 3)})
     return {"compare": [cmp],
-            "success": [_put(k["view"], view_value(p.view)), _put(history_key(prefix, p.view.num), hist)]
+            "success": [_put(k["view"], view_value(p.view, p.inc)), _put(history_key(prefix, p.view.num), hist)]
             + [_put(k["dead"] + n, encode({"lease": lease})) for n, lease in sorted(p.failed.items())],
             "failure": []}
 

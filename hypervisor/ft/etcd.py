@@ -109,8 +109,8 @@ class Store:
     def range_prefix(self, prefix):
         r = self.call("/kv/range", {"key": _b64(prefix), "range_end": _b64(_range_end(prefix))})
         rev = int(r.get("header", {}).get("revision", 0))
-        kvs = [(_unb64(kv["key"]), _unb64(kv.get("value", "")), int(kv.get("mod_revision", 0)))
-               for kv in r.get("kvs", [])]
+        kvs = [(_unb64(kv["key"]), _unb64(kv.get("value", "")), int(kv.get("mod_revision", 0)),
+                int(kv.get("create_revision", 0))) for kv in r.get("kvs", [])]
         return kvs, rev
 
     def txn(self, txn):
@@ -183,9 +183,11 @@ class EtcdViewClient:
     thread; ``claim`` on its main thread (each thread has its own Store)."""
 
     def __init__(self, url: str, name: str, suspects=lambda: frozenset(), say=None, store=None,
-                 clock=time.monotonic, wall=time.time):
+                 clock=time.monotonic, wall=time.time, incarnation=None, first_backup_wait_ns=0):
         """``store``, ``clock`` and ``wall``: the simulation's (sim.py) in place of etcd
-        and the process's clocks."""
+        and the process's clocks. ``incarnation``: the node process's (its start time;
+        a restart has a larger one). ``first_backup_wait_ns``: rule 6 of views.py (the
+        first view waits that long for a second node)."""
         self.eps, self.prefix = parse_url(url)
         self.fixed_store = store
         self.clock = clock
@@ -203,6 +205,9 @@ class EtcdViewClient:
         self.proposed = 0               # proposals that committed (for status)
         self.unavailable = 0            # pings etcd did not answer (no quorum, unreachable)
         self.last_reading = None
+        self.incarnation = time.time_ns() if incarnation is None else incarnation
+        self.first_backup_wait_ns = first_backup_wait_ns
+        self.first_ping_at = None       # clock() of this node's first ping (rule 6's wait)
 
     def store(self) -> Store:
         if self.fixed_store is not None:
@@ -218,7 +223,10 @@ class EtcdViewClient:
         return sum(s.ops for s in list(self.stores))
 
     # --- the view service client's interface ---------------------------------------------------
-    def ping(self, name, viewnum, ready, addr):
+    def ping(self, name, viewnum, ready, addr, incarnation=None, suspect=None):
+        """``incarnation`` and ``suspect`` as the view service's client takes them: the
+        incarnation is this client's own (given at construction), and suspects come from
+        the channel (``suspects``)."""
         try:
             return self._ping(viewnum, ready, addr)
         except Unavailable:
@@ -233,8 +241,11 @@ class EtcdViewClient:
         """The first half of a ping: report, read, acknowledge, decide. (The simulation
         lets time pass between the halves, as the network does between requests.)"""
         s = self.store()
+        if self.first_ping_at is None:
+            self.first_ping_at = self.clock()
         self._keep_lease(s)
-        value = C.encode({"addr": addr, "ready": bool(ready), "acked": viewnum, "lease": self.lease})
+        value = C.encode({"addr": addr, "ready": bool(ready), "acked": viewnum, "lease": self.lease,
+                          "inc": self.incarnation})
         if value != self.written:
             try:
                 s.put(C.member_key(self.prefix, self.name), value, self.lease)
@@ -252,7 +263,8 @@ class EtcdViewClient:
         self._note(r)
         if C.should_ack(r, self.name) and viewnum == r.view.num:
             s.txn(C.txn_ack(self.prefix, r.view_rev, r.view.num))
-        return r, C.decide(r, self.name, frozenset(self.suspects()))
+        waited_ns = int((self.clock() - self.first_ping_at) * 1e9)
+        return r, C.decide(r, self.name, frozenset(self.suspects()), waited_ns, self.first_backup_wait_ns)
 
     def propose(self, r, p):
         """The second half: attempt the proposal, if any; the view as it now stands."""
@@ -262,7 +274,7 @@ class EtcdViewClient:
             if won:
                 self.proposed += 1
                 self.say(f"etcd: {p.view} ({p.why})")
-                r = C.Reading(p.view, new_rev, r.acked, r.members, new_rev, r.dead)
+                r = C.Reading(p.view, new_rev, r.acked, r.members, new_rev, r.dead, p.inc)
                 self._note(r)
         v = r.view
         addrs = {n: m.addr for n, m in r.members.items() if m.addr}
@@ -314,7 +326,7 @@ class EtcdViewClient:
             kvs, _ = self.store().range_prefix(C.golive_key(self.prefix, view))
         except Unavailable:
             return None
-        for _k, v, _r in kvs:
+        for _k, v, *_r in kvs:
             try:
                 return C.decode(v).get("node")
             except C.BadValue:
@@ -360,7 +372,7 @@ def describe(url: str):
         out["acked"] = r.acked
         out["nodes"] = {n: {"addr": m.addr, "ready": m.ready, "acked": m.acked} for n, m in r.members.items()}
         k = C.keys(prefix)
-        for key, value, _mr in sorted(kvs):
+        for key, value, *_mr in sorted(kvs):
             if key.startswith(k["history"]):
                 out["history"].append(C.decode(value, key))
             elif key.startswith(k["golive"]):

@@ -47,7 +47,7 @@ EXIT_REJOIN = 10
 
 class ManagedNode(Node):
     def __init__(self, name, listen, observer, shared_dir, run_dir, log_path, guest, viewservice,
-                 opts=None, ping_interval_ms=50, dead_pings=6, **devices):
+                 opts=None, ping_interval_ms=50, dead_pings=6, first_backup_wait_ms=0, **devices):
         super().__init__(name, "idle", listen, None, observer, shared_dir, run_dir, log_path, guest=guest,
                          view=0, opts=opts, peer_name="", **devices)
         self.managed = True
@@ -55,9 +55,12 @@ class ManagedNode(Node):
         self.vs_addr = viewservice
         self.coord = None
         self.coord_wake = threading.Event()
+        self.incarnation = time.time_ns()   # a restart pings with a larger one (rule 5 of views.py)
         if viewservice.startswith("etcd://"):
             from .etcd import EtcdViewClient
-            self.coord = EtcdViewClient(viewservice, name, suspects=self._suspects, say=self.say)
+            self.coord = EtcdViewClient(viewservice, name, suspects=self._suspects, say=self.say,
+                                        incarnation=self.incarnation,
+                                        first_backup_wait_ns=first_backup_wait_ms * 1_000_000)
             self.arbiter = self.coord           # go-live: a transaction in etcd
             self.core.arbitrated = True
         self.ping_interval_s = ping_interval_ms / 1000
@@ -91,7 +94,7 @@ class ManagedNode(Node):
 
     def _pinger(self):
         client = self.coord or ViewClient(self.vs_addr, timeout_ms=int(self.ping_interval_s * 4000))
-        incarnation = time.time_ns()    # a restart pings with a larger one (rule 5 of views.py)
+        incarnation = self.incarnation
         while not self.stop_requested and not self.rejoin:
             with self.lock:
                 ping_num, ready, suspect = self.core.acked_view, self.core.ready, self.core.silent_backup
@@ -103,8 +106,9 @@ class ManagedNode(Node):
             if rep is not None:
                 with self.lock:
                     self.addrs.update(rep[3] or {})
+                    acked = self.core.acked_view
                     self.step(P.ViewReply(rep[0], rep[1], rep[2], asked_at))
-                    if self.core.acked_view != ping_num or self.core.ready != ready:
+                    if self.core.acked_view != acked or self.core.ready != ready:
                         continue        # tell the service at once (it waits for the primary's word)
             self.coord_wake.wait(self.ping_interval_s)
             self.coord_wake.clear()

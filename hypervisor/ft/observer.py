@@ -60,6 +60,9 @@ class Observer:
         self.hellos = []                          # (t, node, role, view, sender) of each new kind of HELLO
         self.exit_t = None
         self.kills = []                           # [{"t": s, "node": name, "next_output_s": s or None}]
+        # Who released what: [node, view, unix of the first and last fresh bytes, bytes],
+        # one entry per run of fresh console output from the same node and view.
+        self.releases = []
         self.front = None
         if listen_net:
             from ..frontend import FrontEnd
@@ -97,7 +100,19 @@ class Observer:
                     self.hellos.append((round(time.monotonic() - self.t0, 3), node, role, msg.view, name))
                 if self.first_hello_t is None and role == "primary":
                     self.first_hello_t = time.monotonic()
-            self._perform(self.core.step(P.Recv(msg.type, name, msg.view, msg.seq, msg.payload), 0))
+            effects = self.core.step(P.Recv(msg.type, name, msg.view, msg.seq, msg.payload), 0)
+            fresh = sum(len(e.data) for e in effects if isinstance(e, P.Write))
+            if fresh:
+                self._note_release(name, msg.view, fresh)
+            self._perform(effects)
+
+    def _note_release(self, node, view, n):
+        t = round(time.time(), 3)
+        last = self.releases[-1] if self.releases else None
+        if last is not None and last[0] == node and last[1] == view:
+            last[3], last[4] = t, last[4] + n
+        elif len(self.releases) < 10_000:
+            self.releases.append([node, view, t, t, n])
 
     def _perform(self, effects, direct=False):
         for e in effects:
@@ -271,7 +286,7 @@ class Observer:
         return {"first_hello_s": rel(self.first_hello_t), "exit_s": rel(self.exit_t), "kills": self.kills,
                 "failovers": [{"t": t, "node": n, "view": v, "detail": d} for t, n, v, d in self.failovers],
                 "delivered_bytes": self.delivered, "stale_dropped": self.stale, "duplicates_dropped": self.duplicates,
-                "conflicts": self.conflicts, "hellos": self.hellos,
+                "conflicts": self.conflicts, "hellos": self.hellos, "releases": self.releases,
                 "first_output_s": rel(self.first_output_t),
                 "net": None if self.front is None else dict(self.front.stats,
                                                             events=self.core.net_base + len(self.core.net_in),
@@ -484,7 +499,7 @@ def _run_managed(guest, log_path, kill_after, progress, run_dir, opts, host, say
                    "--viewservice" if vs is not None else "--coordinator", vs_addr,
                    "--listen", addrs[name], "--observer", obs_addr, "--shared-dir", shared, "--run-dir", run_dir,
                    "--log", os.path.join(run_dir, f"{name}.ftlog"), "--guest", os.path.abspath(guest),
-                   *opts.to_args(), *dev_args]
+                   *(["--first-backup-wait-ms", "5000"] if vs is None else []), *opts.to_args(), *dev_args]
             with open(os.path.join(run_dir, f"{name}.stderr"), "wb") as err:
                 procs[name] = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=err)
             if i == 0:

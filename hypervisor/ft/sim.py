@@ -133,13 +133,14 @@ class SimNode:
         self.replayed = 0
         self.snap = None
         self.views_seen = [view]
-        self.incarnation = 0
+        self.incarnation = 1             # grows with each restart (0: not reported)
         self.failover_at = None
         self.coord = None
         if managed and sim.store is not None:
             self.core.arbitrated = True
             self.coord = EtcdViewClient(SIM_URL, name, store=sim.store, clock=lambda: sim.now / 1e9,
-                                        wall=lambda: sim.now / 1e9)
+                                        wall=lambda: sim.now / 1e9, incarnation=self.incarnation,
+                                        first_backup_wait_ns=sim.sc.first_backup_wait_ns)
 
     def clock(self):
         return self.sim.now + self.sim.skew[self.name]
@@ -180,7 +181,9 @@ class SimNode:
         elif isinstance(e, P.Claim):
             sim.later(sim.rng.randint(0, 2 * MS), self, "claim", e.view)
         elif isinstance(e, P.Failover):
-            self.failover_at = self.clock()
+            # Arbitrated (etcd): the view may have waited for the quorum since the
+            # primary was last heard; guest time runs on through all of it.
+            self.failover_at = e.since_ns if c.arbitrated else self.clock()
             # Replay what came (instant here), then claim the view.
             sim.later(sim.rng.randint(0, 5 * MS), self, "claim", e.view)
         elif isinstance(e, P.GoLive):
@@ -537,6 +540,8 @@ class Sim:
         """A stale node starts again as idle (a new process, a new log)."""
         fresh = SimNode(self, node.name, P.IDLE, 0, None, True)
         fresh.incarnation = node.incarnation + 1
+        if fresh.coord is not None:
+            fresh.coord.incarnation = fresh.incarnation
         node.alive = False
         self.nodes[node.name] = fresh
         self.later(0, fresh, "tick", None)

@@ -45,7 +45,7 @@ class SimStore:
     # --- the Store interface --------------------------------------------------------------------
     def range_prefix(self, prefix):
         self._check()
-        kvs = [(k, e[0], e[2]) for k, e in sorted(self.kv.items()) if k.startswith(prefix)]
+        kvs = [(k, e[0], e[2], e[1]) for k, e in sorted(self.kv.items()) if k.startswith(prefix)]
         return kvs, self.rev
 
     def txn(self, txn):

@@ -92,9 +92,9 @@ class ViewService:
             if viewnum == v.num:
                 self.acked = True
             elif viewnum == 0 and restarted:
-                self._primary_failed(now)
+                self._primary_failed(now, why=f"primary {name} restarted")
         elif name == v.backup and viewnum == 0 and restarted:
-            self._backup_failed(now)
+            self._backup_failed(now, why=f"backup {name} restarted")
         if (suspect is not None and name == v.primary and viewnum == v.num and suspect == self.view.backup
                 and self.view is v):
             self._backup_failed(now, why=f"primary {name} cannot reach backup {suspect}")
@@ -170,13 +170,13 @@ class ViewService:
             self._change(first, None, now, force=True,
                          why=f"first node {first} (no second node within {self.first_backup_wait_ns // 1_000_000} ms)")
 
-    def _primary_failed(self, now):
+    def _primary_failed(self, now, why=None):
         v = self.view
         if v.backup is not None and self.ready.get(v.backup) and self.alive(v.backup, now):
             idle = self.idle(now)
             # A view-1 backup made with the view (rule 6) has every record the primary
             # released anything on, whether or not the primary acknowledged the view.
-            self._change(v.backup, idle[0] if idle else None, now, why=f"primary {v.primary} failed",
+            self._change(v.backup, idle[0] if idle else None, now, why=why or f"primary {v.primary} failed",
                          failed=v.primary, force=v.num == 1 and self.formed)
         elif self.stuck_since is None:
             self.stuck_since = now      # no up-to-date backup to promote: wait
