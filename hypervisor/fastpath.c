@@ -34,6 +34,10 @@
 
 #define RFLAGS_IF 0x200u
 
+#define FTVM_SYS_STOP 0
+#define FTVM_SYS_DONE 1
+#define FTVM_SYS_DONE_STOP 2
+
 /* UC_CTL_BLOCK_COUNTER comes with the patched Unicorn. Spelled out here when the
  * headers lack it, so this file builds against the stock wheel too: a stock engine
  * refuses the control (UC_ERR_ARG) and ftvm falls back to the block hook. */
@@ -241,6 +245,16 @@ void ftvm_syscall_hook(void *uc_, void *user)
         uc_reg_read((uc_engine *)uc_, regs[i], &c->sys_regs[i]);
     c->sys_pending = 1;
     c->sys_pc = rip;
+    uint64_t nr = c->sys_regs[0];
+    if (c->sys_fast && nr < 512 && ((c->sys_fast_mask[nr >> 6] >> (nr & 63)) & 1)) {
+        int r = c->sys_fast(c);
+        if (r == FTVM_SYS_DONE) {
+            c->sys_fast_calls++;
+            return;
+        }
+        if (r == FTVM_SYS_DONE_STOP)
+            c->sys_fast_calls++;
+    }
     ftvm_request(c, SYNC_HYPERCALL);
 }
 

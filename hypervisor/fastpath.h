@@ -59,6 +59,14 @@ typedef struct ftvm_cpu {
     uint32_t sys_pending;
     uint64_t sys_pc;            /* address of the syscall instruction */
     uint64_t sys_regs[7];       /* rax (the number), rdi, rsi, rdx, r10, r8, r9 */
+    /* Calls run inside the hook, without stopping the engine (record and replay of
+     * the Linux personality, see hypervisor/linux/inhook.py): for a call whose bit is
+     * set in sys_fast_mask the hook calls sys_fast, which returns FTVM_SYS_DONE (the
+     * call ran: go on), FTVM_SYS_DONE_STOP (it ran: stop at the end of the block) or
+     * FTVM_SYS_STOP (not run here: stop, the call stays pending). */
+    int (*sys_fast)(struct ftvm_cpu *);
+    uint64_t sys_fast_mask[8];  /* bit nr: try call nr in the hook (nr < 512) */
+    uint64_t sys_fast_calls;    /* calls run in the hook so far */
 
     /* Debugger: the guest stopped in the middle of a block (after single steps or at a
      * breakpoint) and resumes there. Unicorn starts a new translated block at that

@@ -129,6 +129,8 @@ class Recorder:
         self._stop_soon = False
         self.disk_reads_in_log = machine.config.disk_reads != "shared"
         self._poker = None
+        self._inhook = None             # linux/inhook.py: calls run inside the syscall hook
+        self._sched_after_hook = False  # a call run there must wait (or exit, yield): schedule at the stop
         machine.rng.mode = "record"
         machine.rng.set_append(self._append)
         machine.mode = "record"
@@ -242,9 +244,15 @@ class Recorder:
         """Record until the guest ends. Returns the End record written."""
         m, cpu = self.m, self.m.cpu
         lib.ftvm_install_signals(cpu)
+        if self.kernel is not None and inhook_enabled():
+            from .linux.inhook import InHook
+            self._inhook = InHook(cpu, self._hook_call)
+            self._inhook.install()
         try:
             return self._loop(m, cpu)
         finally:
+            if self._inhook is not None:
+                self._inhook.remove()
             lib.ftvm_restore_signals()
             if self._poker is not None:
                 self._poker.close()
@@ -260,6 +268,8 @@ class Recorder:
         while True:
             self._arm(m)
             fault = m.vcpu.run()
+            if self._inhook is not None:
+                self._inhook.raise_error()
             self._logged_at_stop = False
             self._drain_tsc()
             if self.kernel is not None and fault is None:
@@ -353,7 +363,12 @@ class Recorder:
         """At a stop: run the system call the running thread made, deliver signals
         that are due, or end the running thread's slice."""
         k, th = self.kernel, self.kernel.threads
-        if k.pending is not None:
+        if self._sched_after_hook:
+            self._sched_after_hook = False
+            end = self._linux_schedule(preempt=k.yield_wanted)
+            if end is not None:
+                return end
+        elif k.pending is not None:
             end = self._linux_syscall()
             if end is not None:
                 return end
@@ -428,6 +443,28 @@ class Recorder:
         if waits or k.threads.cur.exited or k.yield_wanted:
             return self._linux_schedule(preempt=k.yield_wanted)
         return None
+
+    def _hook_call(self):
+        """Inside the syscall hook (linux/inhook.py): run the call there if it is one
+        that may, as ``_linux_syscall`` would at the stop. Returns STOP, DONE or
+        DONE_STOP (the call must wait, exited or yielded: the stop schedules)."""
+        from .linux import inhook
+        k, cpu = self.kernel, self.m.cpu
+        if not inhook.eligible(k, cpu.sys_regs[0], cpu.sys_regs[1]):
+            return inhook.STOP
+        if cpu.tsc_len:
+            self._drain_tsc()       # RDTSC results before this call come first in the log
+        k.take_hook()
+        k.hook_rip = k.pending[2] + 2
+        try:
+            rec, waits = k.run_record()
+        finally:
+            k.hook_rip = None
+        self._event(rec)
+        if waits or k.threads.cur.exited or k.yield_wanted:
+            self._sched_after_hook = True
+            return inhook.DONE_STOP
+        return inhook.DONE
 
     def _linux_schedule(self, preempt=False):
         """Pick the thread to run (threads.py's rule); log a SCHED record for a switch.
@@ -720,6 +757,13 @@ class DeadlinePoker:
         with self.cond:
             self.closed = True
             self.cond.notify()
+
+
+def inhook_enabled():
+    """Linux calls run inside the syscall hook unless FTVM_INHOOK=0 (to measure what
+    it saves, or to rule it out)."""
+    import os
+    return os.environ.get("FTVM_INHOOK", "1") != "0"
 
 
 def console_write(console):

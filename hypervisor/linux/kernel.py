@@ -65,6 +65,7 @@ class Kernel:
         self.restored_regs = False     # rt_sigreturn set every register itself
         self.signals_pending = []      # signals the guest sent itself, delivered at this stop
         self.itimer = [0, 0]           # ITIMER_REAL: deadline (guest ns, 0: off), interval
+        self.hook_rip = None           # running inside the syscall hook (inhook.py): the rip a stop would have
 
     # The running thread's call in progress (threads.py keeps one per thread).
     @property
@@ -344,7 +345,7 @@ class Kernel:
             self.restored_regs = False
             return ret
         v.set_reg("rax", ret & (2**64 - 1))
-        v.set_reg("rcx", v.reg("rip"))          # as the syscall instruction leaves them
+        v.set_reg("rcx", v.reg("rip") if self.hook_rip is None else self.hook_rip)  # as syscall leaves them
         v.set_reg("r11", v.reg("rflags"))
         return ret
 

@@ -1,0 +1,84 @@
+"""System calls run inside the syscall hook, without stopping the engine.
+
+A stop costs far more than most calls: the engine leaves emu_start, the recording or
+replay loop runs its checks, the engine starts again. A request to a network server
+makes about four calls (epoll_wait, read, a clock read, write), so a server spent most
+of its time stopping. For the calls below the C hook (fastpath.c) calls back into
+Python at once, and the call runs right there, at the same execution point the stop
+would have given it: the syscall ends its block, the block is already counted, and the
+record carries the syscall's own pc. Registers are left as the instruction leaves them
+(rcx is the next instruction's address, which at a stop is rip and here is pc + 2).
+
+What runs in the hook is exactly the stop's first step (record: run the call and log
+its SYSCALL or WAIT record; replay: apply the next record, which must be this call's),
+and nothing that logs the stop's own point (a Progress record, output release, a
+digest) or changes threads: a call that must wait, exit or yield runs here too, but
+then asks for the stop, where the scheduler takes over. Which calls: those that touch
+only sockets, readiness and the clock, so that running one cannot make another thread
+runnable (the preemption stop was armed before; a futex wake or a pipe write would
+change it) and cannot need the Output Rule (a data-directory write logs an Intent at
+a stop). The rest stop as before. Logs are the same records either way, so old logs
+replay and a log made with this replays without it.
+"""
+from __future__ import annotations
+
+from ..uc import ffi, lib
+from .sysnames import NUMBERS
+
+STOP, DONE, DONE_STOP = 0, 1, 2
+
+TIME_CALLS = frozenset(NUMBERS[n] for n in ("gettimeofday", "clock_gettime", "time"))
+SOCKET_CALLS = frozenset(NUMBERS[n] for n in ("read", "write", "readv", "writev", "recvfrom", "sendto",
+                                              "recvmsg", "sendmsg"))
+EPOLL_CALLS = frozenset(NUMBERS[n] for n in ("epoll_wait", "epoll_pwait"))
+CALLS = TIME_CALLS | SOCKET_CALLS | EPOLL_CALLS
+
+
+def eligible(k, nr, fd):
+    """May call ``nr`` on ``fd`` run in the hook? (Its file decides: a connected
+    socket's read and write, or an epoll instance's wait; time calls always.)"""
+    if nr in TIME_CALLS:
+        return True
+    from .net import ConnSocket, Epoll
+    f = k.files.fds.get(fd if fd < 1 << 31 else fd - (1 << 32))
+    if nr in SOCKET_CALLS:
+        return isinstance(f, ConnSocket)
+    return isinstance(f, Epoll)
+
+
+class InHook:
+    """Installs ``run()`` (returns STOP, DONE or DONE_STOP) as the hook's callback on
+    ``cpu`` for CALLS; ``error`` keeps an exception raised in the hook, for the loop
+    to raise after the stop it asks for."""
+
+    def __init__(self, cpu, run):
+        self.cpu = cpu
+        self.error = None
+        self._run = run
+        self._cb = ffi.callback("int(ftvm_cpu *)", self._call)
+
+    def _call(self, _cpu):
+        if self.error is not None:
+            return STOP
+        try:
+            return self._run()
+        except BaseException as e:      # noqa: BLE001 - kept, raised by the loop
+            self.error = e
+            lib.ftvm_request(self.cpu, 4)
+            return STOP
+
+    def install(self, calls=CALLS):
+        c = self.cpu
+        for i in range(8):
+            c.sys_fast_mask[i] = 0
+        for nr in calls:
+            c.sys_fast_mask[nr >> 6] |= 1 << (nr & 63)
+        c.sys_fast = self._cb
+
+    def remove(self):
+        self.cpu.sys_fast = ffi.NULL
+
+    def raise_error(self):
+        e, self.error = self.error, None
+        if e is not None:
+            raise e
