@@ -234,6 +234,148 @@ int ftvm_rdtscp_hook(void *uc_, void *user)
     return 1;
 }
 
+/* --- Clock reads run in C (record side of the Linux personality) -----------------
+ * gettimeofday, clock_gettime and time are a third to a half of a network server's
+ * calls. Recording one in C gives the same result, the same guest memory and the
+ * same SYSCALL record, byte for byte, as the Python handlers (calls_time.py) and
+ * kernel.run_record would: [blocks, pc, nr, args, ret, [guest ns], []], encoded as
+ * logging_channel/records.py encodes it. The frames wait in sys_frames until Python
+ * appends them to the log, first thing at the next stop or hook call, so the log
+ * order is the execution order. Anything unusual (an unknown clock, a bad pointer, a
+ * full buffer, RDTSC results waiting to be logged) goes to Python instead, before any
+ * value is taken. */
+
+#define SYS_GETTIMEOFDAY 96
+#define SYS_TIME 201
+#define SYS_CLOCK_GETTIME 228
+#define FRAME_VERSION 3
+#define KIND_SYSCALL 14
+
+static uint8_t *mp_uint(uint8_t *p, uint64_t v)
+{
+    if (v < 128) {
+        *p++ = (uint8_t)v;
+    } else if (v < 256) {
+        *p++ = 0xcc;
+        *p++ = (uint8_t)v;
+    } else if (v < 65536) {
+        *p++ = 0xcd;
+        *p++ = (uint8_t)(v >> 8);
+        *p++ = (uint8_t)v;
+    } else if (v < (1ull << 32)) {
+        *p++ = 0xce;
+        for (int s = 24; s >= 0; s -= 8)
+            *p++ = (uint8_t)(v >> s);
+    } else {
+        *p++ = 0xcf;
+        for (int s = 56; s >= 0; s -= 8)
+            *p++ = (uint8_t)(v >> s);
+    }
+    return p;
+}
+
+static void put_le32(uint8_t *p, uint32_t v)
+{
+    for (int i = 0; i < 4; i++)
+        p[i] = (uint8_t)(v >> (8 * i));
+}
+
+/* CRC-32 as zlib computes it (the log frames' checksum), for frames of a few dozen
+ * bytes: a table, built once. */
+static uint32_t crc_table[256];
+
+static uint32_t crc32_update(uint32_t crc, const uint8_t *p, size_t n)
+{
+    if (!crc_table[1]) {
+        for (uint32_t i = 0; i < 256; i++) {
+            uint32_t c = i;
+            for (int k = 0; k < 8; k++)
+                c = c & 1 ? 0xEDB88320u ^ (c >> 1) : c >> 1;
+            crc_table[i] = c;
+        }
+    }
+    crc = ~crc;
+    while (n--)
+        crc = crc_table[(crc ^ *p++) & 0xff] ^ (crc >> 8);
+    return ~crc;
+}
+
+static int realtime_clock(uint64_t clock) { return clock == 0 || clock == 5 || clock == 11; }
+static int known_clock(uint64_t clock) { return clock <= 9 || clock == 11; }
+
+static int time_call(uc_engine *uc, ftvm_cpu *c, uint64_t nr, uint64_t rip)
+{
+    const uint64_t *a = c->sys_regs + 1;
+    if (c->tsc_len || c->sys_frames_cap - c->sys_frames_len < 96)
+        return 0;
+    if (c->tsc_mode != FTVM_TSC_HOST && c->tsc_mode != FTVM_TSC_SYNTHETIC)
+        return 0;
+    uint64_t v;
+    if (c->tsc_mode == FTVM_TSC_SYNTHETIC)
+        v = (uint64_t)((int64_t)(c->blocks * c->tsc_synth_ns_per_block) + c->tsc_offset_ns);
+    else
+        v = (uint64_t)((int64_t)ftvm_host_ns() + c->tsc_offset_ns);
+    if (v <= c->tsc_last)
+        v = c->tsc_last + 1;
+    uint64_t real = v + (uint64_t)c->sys_realtime_base_ns, ret = 0;
+    int nargs;
+    int64_t buf[2];
+    if (nr == SYS_GETTIMEOFDAY) {
+        nargs = 2;
+        buf[0] = (int64_t)(real / 1000000000ull);
+        buf[1] = (int64_t)((real % 1000000000ull) / 1000);
+        if (a[0] && uc_mem_write(uc, a[0], buf, 16) != UC_ERR_OK)
+            return 0;
+        if (a[1]) {
+            int64_t zero = 0;
+            if (uc_mem_write(uc, a[1], &zero, 8) != UC_ERR_OK)
+                return 0;
+        }
+    } else if (nr == SYS_CLOCK_GETTIME) {
+        nargs = 2;
+        if (!known_clock(a[0]))
+            return 0;
+        uint64_t ns = realtime_clock(a[0]) ? real : v;
+        buf[0] = (int64_t)(ns / 1000000000ull);
+        buf[1] = (int64_t)(ns % 1000000000ull);
+        if (uc_mem_write(uc, a[1], buf, 16) != UC_ERR_OK)
+            return 0;
+    } else {
+        nargs = 1;
+        ret = real / 1000000000ull;
+        buf[0] = (int64_t)ret;
+        if (a[0] && uc_mem_write(uc, a[0], buf, 8) != UC_ERR_OK)
+            return 0;
+    }
+    c->tsc_last = v;
+    uint64_t next = rip + 2, rflags = 0;
+    uc_reg_read(uc, UC_X86_REG_RFLAGS, &rflags);
+    uc_reg_write(uc, UC_X86_REG_RAX, &ret);
+    uc_reg_write(uc, UC_X86_REG_RCX, &next);
+    uc_reg_write(uc, UC_X86_REG_R11, &rflags);
+
+    uint8_t *frame = c->sys_frames + c->sys_frames_len, *body = frame + 10, *p = body;
+    *p++ = 0x97;
+    p = mp_uint(p, c->blocks);
+    p = mp_uint(p, rip);
+    p = mp_uint(p, nr);
+    *p++ = (uint8_t)(0x90 | nargs);
+    for (int i = 0; i < nargs; i++)
+        p = mp_uint(p, a[i]);
+    p = mp_uint(p, ret);
+    *p++ = 0x91;
+    p = mp_uint(p, v);
+    *p++ = 0x90;
+    uint32_t len = (uint32_t)(p - body);
+    frame[0] = FRAME_VERSION;
+    frame[1] = KIND_SYSCALL;
+    put_le32(frame + 2, len);
+    put_le32(frame + 6, crc32_update(crc32_update(0, frame, 6), body, len));
+    c->sys_frames_len += 10 + len;
+    c->sys_frames_count++;
+    return 1;
+}
+
 void ftvm_syscall_hook(void *uc_, void *user)
 {
     ftvm_cpu *c = (ftvm_cpu *)user;
@@ -246,6 +388,12 @@ void ftvm_syscall_hook(void *uc_, void *user)
     c->sys_pending = 1;
     c->sys_pc = rip;
     uint64_t nr = c->sys_regs[0];
+    if (c->sys_time_c && (nr == SYS_GETTIMEOFDAY || nr == SYS_CLOCK_GETTIME || nr == SYS_TIME)
+        && time_call((uc_engine *)uc_, c, nr, rip)) {
+        c->sys_pending = 0;
+        c->sys_fast_calls++;
+        return;
+    }
     if (c->sys_fast && nr < 512 && ((c->sys_fast_mask[nr >> 6] >> (nr & 63)) & 1)) {
         int r = c->sys_fast(c);
         if (r == FTVM_SYS_DONE) {
@@ -310,6 +458,21 @@ void ftvm_restore_signals(void)
         signals_installed = 0;
     }
     signal_cpu = NULL;
+}
+
+/* A Linux system call's return: rax = the result, rcx = the next instruction's
+ * address (rip at a stop; `next_rip` when run inside the hook, where rip is still
+ * the syscall's own address), r11 = rflags, as the syscall instruction leaves them. */
+void ftvm_sys_return(void *uc_, uint64_t rax, uint64_t next_rip)
+{
+    uc_engine *uc = (uc_engine *)uc_;
+    uint64_t rflags = 0;
+    if (!next_rip)
+        uc_reg_read(uc, UC_X86_REG_RIP, &next_rip);
+    uc_reg_read(uc, UC_X86_REG_RFLAGS, &rflags);
+    uc_reg_write(uc, UC_X86_REG_RAX, &rax);
+    uc_reg_write(uc, UC_X86_REG_RCX, &next_rip);
+    uc_reg_write(uc, UC_X86_REG_R11, &rflags);
 }
 
 uint64_t ftvm_reg_read(void *uc, int regid)

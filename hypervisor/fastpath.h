@@ -67,6 +67,14 @@ typedef struct ftvm_cpu {
     int (*sys_fast)(struct ftvm_cpu *);
     uint64_t sys_fast_mask[8];  /* bit nr: try call nr in the hook (nr < 512) */
     uint64_t sys_fast_calls;    /* calls run in the hook so far */
+    /* Record: clock reads (gettimeofday, clock_gettime, time) run in C, their SYSCALL
+     * records encoded into sys_frames (whole log frames) for Python to append. */
+    uint32_t sys_time_c;
+    int64_t sys_realtime_base_ns;   /* CLOCK_REALTIME = guest time + this */
+    uint8_t *sys_frames;
+    uint32_t sys_frames_len;        /* bytes */
+    uint32_t sys_frames_cap;
+    uint32_t sys_frames_count;      /* frames */
 
     /* Debugger: the guest stopped in the middle of a block (after single steps or at a
      * breakpoint) and resumes there. Unicorn starts a new translated block at that
@@ -90,6 +98,7 @@ uint64_t ftvm_host_ns(void);
 /* Read / write one register of at most 64 bits, without the Python binding's cost. */
 uint64_t ftvm_reg_read(void *uc, int regid);
 int ftvm_reg_write(void *uc, int regid, uint64_t value);
+void ftvm_sys_return(void *uc, uint64_t rax, uint64_t next_rip);
 void ftvm_set_clock_skew(int64_t skew_ns);
 int ftvm_install_signals(ftvm_cpu *cpu);
 void ftvm_restore_signals(void);

@@ -20,6 +20,7 @@ from logging_channel import records as R
 
 from . import abi
 from .errors import EXIT_INTERRUPTED, GuestStuck
+from .linux import inhook
 from .machine import Config, Machine
 from .sources.interrupts import HostEvents
 from .uc import NO_STOP, SYNC_HYPERCALL, TSC_HOST, lib
@@ -245,9 +246,9 @@ class Recorder:
         m, cpu = self.m, self.m.cpu
         lib.ftvm_install_signals(cpu)
         if self.kernel is not None and inhook_enabled():
-            from .linux.inhook import InHook
-            self._inhook = InHook(cpu, self._hook_call)
+            self._inhook = inhook.InHook(cpu, self._hook_call)
             self._inhook.install()
+            self._inhook.record_clocks(self.kernel.realtime_base_ns)
         try:
             return self._loop(m, cpu)
         finally:
@@ -269,6 +270,7 @@ class Recorder:
             self._arm(m)
             fault = m.vcpu.run()
             if self._inhook is not None:
+                self._drain_frames()
                 self._inhook.raise_error()
             self._logged_at_stop = False
             self._drain_tsc()
@@ -448,8 +450,9 @@ class Recorder:
         """Inside the syscall hook (linux/inhook.py): run the call there if it is one
         that may, as ``_linux_syscall`` would at the stop. Returns STOP, DONE or
         DONE_STOP (the call must wait, exited or yielded: the stop schedules)."""
-        from .linux import inhook
         k, cpu = self.kernel, self.m.cpu
+        if cpu.sys_frames_count:
+            self._drain_frames()
         if not inhook.eligible(k, cpu.sys_regs[0], cpu.sys_regs[1]):
             return inhook.STOP
         if cpu.tsc_len:
@@ -465,6 +468,26 @@ class Recorder:
             self._sched_after_hook = True
             return inhook.DONE_STOP
         return inhook.DONE
+
+    def _drain_frames(self):
+        """SYSCALL records of clock reads made in C (fastpath.c) go into the log, in
+        order, before anything else is logged."""
+        got = self._inhook.take_frames()
+        if got is None:
+            return
+        blob, n = got
+        add = getattr(self.sink, "append_frames", None)
+        if add is not None:
+            add(blob, n)
+        else:
+            off = 0
+            while off < len(blob):
+                rec, size = R.decode(blob, off)
+                self.sink.append(rec)
+                off += size
+        self.kernel.calls += n
+        self.events += n
+        self._logged_at_stop = True
 
     def _linux_schedule(self, preempt=False):
         """Pick the thread to run (threads.py's rule); log a SCHED record for a switch.

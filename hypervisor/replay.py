@@ -26,7 +26,8 @@ from logging_channel.logfile import LogReader, scan
 from . import abi, elf_loader
 from .errors import Divergence, EXIT_INTERRUPTED, LogDamaged, LogTruncated
 from .machine import Config, Machine, compare_digests
-from .record import Chaos
+from .linux import inhook
+from .record import Chaos, inhook_enabled
 from .uc import SYNC_DIVERGED, lib
 
 CUT, HORIZON = -1, -2
@@ -148,6 +149,8 @@ class Replayer:
         self.events = 0
         self.records = 1
         self._safe_blocks = 0      # the furthest point the log vouches for so far
+        self._ev = None            # the next point event (the syscall hook may move on, inhook.py)
+        self._inhook = None
         if header is None and getattr(source, "header", None) is not None:
             header = source.header
         if header is None:
@@ -234,18 +237,60 @@ class Replayer:
     # --- the loop -------------------------------------------------------------------
     def run(self) -> ReplayResult:
         lib.ftvm_install_signals(self.m.cpu)
+        self._inhook = None
+        if (self.kernel is not None and self.to_blocks is None and self.to_event is None and self.to_syscall is None
+                and self.chaos is None and inhook_enabled()):
+            self._inhook = inhook.InHook(self.m.cpu, self._hook_call)
+            self._inhook.install()
         try:
             return self._loop()
         finally:
+            if self._inhook is not None:
+                self._inhook.remove()
             lib.ftvm_restore_signals()
             self.m.console.flush()
+
+    def _hook_call(self):
+        """Inside the syscall hook (linux/inhook.py): if the log's next event is this
+        call's SYSCALL record, apply it there, as the loop would at the stop, and arm
+        the stop for the event after it. Returns STOP, DONE or DONE_STOP."""
+        ev, m, k = self._ev, self.m, self.kernel
+        cpu = m.cpu
+        if (ev is None or ev.kind != R.SYSCALL or ev.blocks != m.blocks or ev.nr != cpu.sys_regs[0]
+                or not inhook.eligible(k, cpu.sys_regs[0], cpu.sys_regs[1])):
+            return inhook.STOP
+        k.take_hook()
+        k.hook_rip = k.pending[2] + 2
+        try:
+            self._apply(ev)
+        finally:
+            k.hook_rip = None
+        self._ev = nxt = self._next_event_now()
+        if nxt is None or nxt.blocks <= m.blocks:
+            return inhook.DONE_STOP      # the loop takes it from here
+        lib.ftvm_arm(cpu, nxt.blocks)
+        return inhook.DONE
+
+    def _next_event_now(self):
+        """The next point event if the source has it at hand (value records met on the
+        way are queued); None if it would have to wait or the log ends here."""
+        try:
+            while True:
+                rec = self.source.next()
+                if rec is None:
+                    return None
+                ev = self._take(rec)
+                if ev is not None:
+                    return ev
+        except LogTruncated as e:
+            return _Stop(CUT, self._safe_blocks, e)
 
     def _point(self):
         return self.m.point()
 
     def _loop(self):
         m, cpu = self.m, self.m.cpu
-        ev = self._next_event()
+        ev = self._ev = self._next_event()
         while True:
             if self.to_event is not None and self.events >= self.to_event and m.blocks >= ev.blocks:
                 return self._stop_here(f"stopped before event #{self.events}")
@@ -262,12 +307,12 @@ class Replayer:
                     raise LogTruncated(e.path, e.index, e.offset,
                                        f"{e.reason}; replayed everything before it, up to block {m.blocks}")
                 if ev.kind == HORIZON:
-                    ev = self._next_event()
+                    ev = self._ev = self._next_event()
                     continue
                 result = self._apply(ev)
                 if result is not None:
                     return result
-                ev = self._next_event()
+                ev = self._ev = self._next_event()
                 continue
             if m.blocks > ev.blocks:
                 raise Divergence(self._point(), f"ran past the log's next {R.KIND_NAMES.get(ev.kind, 'point')} at block {ev.blocks}")
@@ -282,6 +327,11 @@ class Replayer:
                                                 f"at block {ev.blocks}")
             lib.ftvm_arm(cpu, target)
             fault = m.vcpu.run()
+            if self._inhook is not None:
+                self._inhook.raise_error()
+                if self._ev is None:
+                    self._ev = self._next_event()
+                ev = self._ev
             if cpu.sync_req & SYNC_DIVERGED:
                 raise m.vtime.divergence(self._point())
             if self.kernel is not None and fault is None:

@@ -39,11 +39,13 @@ def eligible(k, nr, fd):
     socket's read and write, or an epoll instance's wait; time calls always.)"""
     if nr in TIME_CALLS:
         return True
-    from .net import ConnSocket, Epoll
     f = k.files.fds.get(fd if fd < 1 << 31 else fd - (1 << 32))
     if nr in SOCKET_CALLS:
-        return isinstance(f, ConnSocket)
-    return isinstance(f, Epoll)
+        return type(f) is _net.ConnSocket
+    return type(f) is _net.Epoll
+
+
+from . import net as _net    # noqa: E402  (after CALLS: net's import chain does not need this module)
 
 
 class InHook:
@@ -75,8 +77,32 @@ class InHook:
             c.sys_fast_mask[nr >> 6] |= 1 << (nr & 63)
         c.sys_fast = self._cb
 
+    def record_clocks(self, realtime_base_ns, frames_bytes=1 << 16):
+        """Record side: clock reads run in C (fastpath.c), their records encoded into
+        a buffer that ``take_frames`` empties."""
+        c = self.cpu
+        self._frames = ffi.new("uint8_t[]", frames_bytes)
+        c.sys_frames, c.sys_frames_cap = self._frames, frames_bytes
+        c.sys_frames_len = c.sys_frames_count = 0
+        c.sys_realtime_base_ns = realtime_base_ns
+        c.sys_time_c = 1
+
+    def take_frames(self):
+        """(frames, count) made in C since the last call, or None."""
+        c = self.cpu
+        n = c.sys_frames_count
+        if not n:
+            return None
+        blob = bytes(ffi.buffer(c.sys_frames, c.sys_frames_len))
+        c.sys_frames_len = c.sys_frames_count = 0
+        return blob, n
+
     def remove(self):
-        self.cpu.sys_fast = ffi.NULL
+        c = self.cpu
+        c.sys_fast = ffi.NULL
+        c.sys_time_c = 0
+        c.sys_frames = ffi.NULL
+        c.sys_frames_cap = 0
 
     def raise_error(self):
         e, self.error = self.error, None
