@@ -303,25 +303,16 @@ static uint32_t crc32_update(uint32_t crc, const uint8_t *p, size_t n)
 static int realtime_clock(uint64_t clock) { return clock == 0 || clock == 5 || clock == 11; }
 static int known_clock(uint64_t clock) { return clock <= 9 || clock == 11; }
 
-static int time_call(uc_engine *uc, ftvm_cpu *c, uint64_t nr, uint64_t rip)
+static int time_nargs(uint64_t nr) { return nr == SYS_TIME ? 1 : 2; }
+
+/* What the call does with guest time `v` (memory and result), as calls_time.py does
+ * it; 0 (and nothing changed that matters) if Python must do it instead. */
+static int time_write(uc_engine *uc, const uint64_t *a, uint64_t nr, int64_t base_ns, uint64_t v, uint64_t *ret)
 {
-    const uint64_t *a = c->sys_regs + 1;
-    if (c->tsc_len || c->sys_frames_cap - c->sys_frames_len < 96)
-        return 0;
-    if (c->tsc_mode != FTVM_TSC_HOST && c->tsc_mode != FTVM_TSC_SYNTHETIC)
-        return 0;
-    uint64_t v;
-    if (c->tsc_mode == FTVM_TSC_SYNTHETIC)
-        v = (uint64_t)((int64_t)(c->blocks * c->tsc_synth_ns_per_block) + c->tsc_offset_ns);
-    else
-        v = (uint64_t)((int64_t)ftvm_host_ns() + c->tsc_offset_ns);
-    if (v <= c->tsc_last)
-        v = c->tsc_last + 1;
-    uint64_t real = v + (uint64_t)c->sys_realtime_base_ns, ret = 0;
-    int nargs;
+    uint64_t real = v + (uint64_t)base_ns;
     int64_t buf[2];
+    *ret = 0;
     if (nr == SYS_GETTIMEOFDAY) {
-        nargs = 2;
         buf[0] = (int64_t)(real / 1000000000ull);
         buf[1] = (int64_t)((real % 1000000000ull) / 1000);
         if (a[0] && uc_mem_write(uc, a[0], buf, 16) != UC_ERR_OK)
@@ -332,7 +323,6 @@ static int time_call(uc_engine *uc, ftvm_cpu *c, uint64_t nr, uint64_t rip)
                 return 0;
         }
     } else if (nr == SYS_CLOCK_GETTIME) {
-        nargs = 2;
         if (!known_clock(a[0]))
             return 0;
         uint64_t ns = realtime_clock(a[0]) ? real : v;
@@ -341,18 +331,42 @@ static int time_call(uc_engine *uc, ftvm_cpu *c, uint64_t nr, uint64_t rip)
         if (uc_mem_write(uc, a[1], buf, 16) != UC_ERR_OK)
             return 0;
     } else {
-        nargs = 1;
-        ret = real / 1000000000ull;
-        buf[0] = (int64_t)ret;
+        *ret = real / 1000000000ull;
+        buf[0] = (int64_t)*ret;
         if (a[0] && uc_mem_write(uc, a[0], buf, 8) != UC_ERR_OK)
             return 0;
     }
-    c->tsc_last = v;
-    uint64_t next = rip + 2, rflags = 0;
+    return 1;
+}
+
+static void sys_return(uc_engine *uc, uint64_t ret, uint64_t next)
+{
+    uint64_t rflags = 0;
     uc_reg_read(uc, UC_X86_REG_RFLAGS, &rflags);
     uc_reg_write(uc, UC_X86_REG_RAX, &ret);
     uc_reg_write(uc, UC_X86_REG_RCX, &next);
     uc_reg_write(uc, UC_X86_REG_R11, &rflags);
+}
+
+static int time_call(uc_engine *uc, ftvm_cpu *c, uint64_t nr, uint64_t rip)
+{
+    const uint64_t *a = c->sys_regs + 1;
+    if (c->tsc_len || c->sys_frames_cap - c->sys_frames_len < 96)
+        return 0;
+    if (c->tsc_mode != FTVM_TSC_HOST && c->tsc_mode != FTVM_TSC_SYNTHETIC)
+        return 0;
+    uint64_t v, ret;
+    if (c->tsc_mode == FTVM_TSC_SYNTHETIC)
+        v = (uint64_t)((int64_t)(c->blocks * c->tsc_synth_ns_per_block) + c->tsc_offset_ns);
+    else
+        v = (uint64_t)((int64_t)ftvm_host_ns() + c->tsc_offset_ns);
+    if (v <= c->tsc_last)
+        v = c->tsc_last + 1;
+    int nargs = time_nargs(nr);
+    if (!time_write(uc, a, nr, c->sys_realtime_base_ns, v, &ret))
+        return 0;
+    c->tsc_last = v;
+    sys_return(uc, ret, rip + 2);
 
     uint8_t *frame = c->sys_frames + c->sys_frames_len, *body = frame + 10, *p = body;
     *p++ = 0x97;
@@ -376,6 +390,24 @@ static int time_call(uc_engine *uc, ftvm_cpu *c, uint64_t nr, uint64_t rip)
     return 1;
 }
 
+/* Replay: the clock read the log has next, queued by Python (sys_tq entries: blocks,
+ * pc, nr, arg0, arg1, ret, guest ns). Applied here when the call matches it in every
+ * logged respect; otherwise Python applies (or refuses) it. */
+static int time_replay(uc_engine *uc, ftvm_cpu *c, uint64_t nr, uint64_t rip)
+{
+    const uint64_t *a = c->sys_regs + 1, *e = c->sys_tq + 7 * (uint64_t)c->sys_tq_pos;
+    uint64_t ret;
+    if (e[0] != c->blocks || e[1] != rip || e[2] != nr || e[3] != a[0] || (time_nargs(nr) == 2 && e[4] != a[1]))
+        return 0;
+    if (!time_write(uc, a, nr, c->sys_realtime_base_ns, e[6], &ret) || ret != e[5])
+        return 0;
+    if (e[6] > c->tsc_last)
+        c->tsc_last = e[6];
+    sys_return(uc, ret, rip + 2);
+    c->sys_tq_pos++;
+    return 1;
+}
+
 void ftvm_syscall_hook(void *uc_, void *user)
 {
     ftvm_cpu *c = (ftvm_cpu *)user;
@@ -389,7 +421,8 @@ void ftvm_syscall_hook(void *uc_, void *user)
     c->sys_pc = rip;
     uint64_t nr = c->sys_regs[0];
     if (c->sys_time_c && (nr == SYS_GETTIMEOFDAY || nr == SYS_CLOCK_GETTIME || nr == SYS_TIME)
-        && time_call((uc_engine *)uc_, c, nr, rip)) {
+        && (c->sys_time_c == 1 ? time_call((uc_engine *)uc_, c, nr, rip)
+                               : c->sys_tq_pos < c->sys_tq_len && time_replay((uc_engine *)uc_, c, nr, rip))) {
         c->sys_pending = 0;
         c->sys_fast_calls++;
         return;
@@ -466,13 +499,9 @@ void ftvm_restore_signals(void)
 void ftvm_sys_return(void *uc_, uint64_t rax, uint64_t next_rip)
 {
     uc_engine *uc = (uc_engine *)uc_;
-    uint64_t rflags = 0;
     if (!next_rip)
         uc_reg_read(uc, UC_X86_REG_RIP, &next_rip);
-    uc_reg_read(uc, UC_X86_REG_RFLAGS, &rflags);
-    uc_reg_write(uc, UC_X86_REG_RAX, &rax);
-    uc_reg_write(uc, UC_X86_REG_RCX, &next_rip);
-    uc_reg_write(uc, UC_X86_REG_R11, &rflags);
+    sys_return(uc, rax, next_rip);
 }
 
 uint64_t ftvm_reg_read(void *uc, int regid)

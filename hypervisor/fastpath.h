@@ -67,9 +67,15 @@ typedef struct ftvm_cpu {
     int (*sys_fast)(struct ftvm_cpu *);
     uint64_t sys_fast_mask[8];  /* bit nr: try call nr in the hook (nr < 512) */
     uint64_t sys_fast_calls;    /* calls run in the hook so far */
-    /* Record: clock reads (gettimeofday, clock_gettime, time) run in C, their SYSCALL
-     * records encoded into sys_frames (whole log frames) for Python to append. */
+    /* Clock reads (gettimeofday, clock_gettime, time) run in C. sys_time_c 1 (record):
+     * their SYSCALL records are encoded into sys_frames (whole log frames) for Python
+     * to append. 2 (replay): they are checked against, and take their values from,
+     * the records Python queued in sys_tq. */
     uint32_t sys_time_c;
+    uint64_t *sys_tq;               /* replay: entries of 7: blocks, pc, nr, arg0, arg1, ret, ns */
+    uint32_t sys_tq_len;            /* entries queued */
+    uint32_t sys_tq_pos;            /* next entry to apply */
+    uint32_t sys_tq_cap;
     int64_t sys_realtime_base_ns;   /* CLOCK_REALTIME = guest time + this */
     uint8_t *sys_frames;
     uint32_t sys_frames_len;        /* bytes */

@@ -195,6 +195,27 @@ def test_calls_run_in_the_hook_log_what_a_stop_logs(progs, tmp_path, timerand_ru
     assert rep.stdout == rec.stdout and "identical to the recording" in rep.stderr, rep.stderr
 
 
+@pytest.mark.parametrize("field", ["pc", "nr"])
+def test_a_clock_read_replayed_in_c_still_diverges_on_a_mismatch(progs, tmp_path, timerand_run, field):
+    """A log whose clock-read record does not match the call the guest makes (another
+    pc, another call) is a divergence naming the call, though such reads are replayed
+    in C."""
+    import dataclasses
+    from logging_channel.logfile import LogWriter
+    recs = log_records(timerand_run.log)
+    i = next(i for i, r in enumerate(recs) if r.kind == R.SYSCALL and r.nr == SYS["clock_gettime"])
+    r = recs[i]
+    recs[i] = dataclasses.replace(r, pc=r.pc + 1) if field == "pc" else dataclasses.replace(r, nr=SYS["gettimeofday"])
+    bad = tmp_path / "bad.ftlog"
+    w = LogWriter(bad)
+    for rec in recs:
+        w.append(rec)
+    w.close()
+    rep = run_ftvm("replay", bad)
+    assert rep.returncode == 5, rep.stderr
+    assert "clock_gettime" in rep.stderr and "Traceback" not in rep.stderr, rep.stderr
+
+
 STDIN = b"".join(b"line %d: the quick brown fox jumps over the lazy dog\n" % i for i in range(400)) + b"\xc3\xa9 no newline"
 
 

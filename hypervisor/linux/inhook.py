@@ -22,6 +22,8 @@ replay and a log made with this replays without it.
 """
 from __future__ import annotations
 
+import collections
+
 from ..uc import ffi, lib
 from .sysnames import NUMBERS
 
@@ -32,6 +34,7 @@ SOCKET_CALLS = frozenset(NUMBERS[n] for n in ("read", "write", "readv", "writev"
                                               "recvmsg", "sendmsg"))
 EPOLL_CALLS = frozenset(NUMBERS[n] for n in ("epoll_wait", "epoll_pwait"))
 CALLS = TIME_CALLS | SOCKET_CALLS | EPOLL_CALLS
+_SYS_TIME = NUMBERS["time"]
 
 
 def eligible(k, nr, fd):
@@ -56,6 +59,7 @@ class InHook:
     def __init__(self, cpu, run):
         self.cpu = cpu
         self.error = None
+        self.queued = collections.deque()     # replay: clock-read records queued for C
         self._run = run
         self._cb = ffi.callback("int(ftvm_cpu *)", self._call)
 
@@ -97,12 +101,62 @@ class InHook:
         c.sys_frames_len = c.sys_frames_count = 0
         return blob, n
 
+    # --- replay: clock reads applied in C from a queue of their records ------------
+    def replay_clocks(self, realtime_base_ns, entries=4096):
+        """Replay side: clock reads are applied in C from the records queued here
+        (``queue``), in log order; Python keeps the records (``queued``) until C has
+        applied them (``sync``)."""
+        c = self.cpu
+        self._tq = ffi.new("uint64_t[]", 7 * entries)
+        c.sys_tq, c.sys_tq_cap = self._tq, entries
+        c.sys_tq_len = c.sys_tq_pos = 0
+        c.sys_realtime_base_ns = realtime_base_ns
+        c.sys_time_c = 2
+        self.queued = collections.deque()
+        self._synced = 0
+
+    def queue(self, rec):
+        """Queue a clock read's SYSCALL record for C; False if it is not one C applies
+        (an error result, an unknown clock) or the queue is full."""
+        c = self.cpu
+        if (rec.nr not in TIME_CALLS or len(rec.values) != 1 or rec.strings or c.sys_tq_len >= c.sys_tq_cap
+                or len(rec.args) != (1 if rec.nr == _SYS_TIME else 2) or rec.ret >= 1 << 63
+                or (rec.nr != _SYS_TIME and rec.ret != 0) or type(rec.values[0]) is not int):
+            return False
+        e = 7 * c.sys_tq_len
+        a = rec.args
+        for i, v in enumerate((rec.blocks, rec.pc, rec.nr, a[0], a[1] if len(a) > 1 else 0, rec.ret, rec.values[0])):
+            self._tq[e + i] = v & 0xFFFF_FFFF_FFFF_FFFF
+        c.sys_tq_len += 1
+        self.queued.append(rec)
+        return True
+
+    def sync(self):
+        """How many queued records C applied since the last call (they are dropped)."""
+        c = self.cpu
+        n = c.sys_tq_pos - self._synced
+        for _ in range(n):
+            self.queued.popleft()
+        self._synced = c.sys_tq_pos
+        if c.sys_tq_pos == c.sys_tq_len:
+            c.sys_tq_pos = c.sys_tq_len = self._synced = 0
+        return n
+
+    def pop(self):
+        """The next queued record, taken from C's queue (for Python to apply)."""
+        self.sync()
+        self.cpu.sys_tq_pos += 1
+        self._synced += 1
+        return self.queued.popleft()
+
     def remove(self):
         c = self.cpu
         c.sys_fast = ffi.NULL
         c.sys_time_c = 0
         c.sys_frames = ffi.NULL
         c.sys_frames_cap = 0
+        c.sys_tq = ffi.NULL
+        c.sys_tq_cap = c.sys_tq_len = c.sys_tq_pos = 0
 
     def raise_error(self):
         e, self.error = self.error, None

@@ -237,6 +237,10 @@ class Kernel:
         nr, args, _ = self.pending
         return describe_call(nr, args, None)
 
+    @staticmethod
+    def describe_record(rec):
+        return describe_call(rec.nr, rec.args, rec.ret)
+
     def exit_pending(self):
         """exit_group, or the exit of the last thread, ends the process at once (no
         SYSCALL record: the END record says it). Returns the exit status, or None."""
