@@ -270,7 +270,7 @@ class Kernel:
             return rec, True
         t.blocked = None
         strings = tuple((i, self.call_strings[a]) for i, a in enumerate(targs) if a in self.call_strings)
-        rec = R.Syscall(self.m.blocks, pc, nr, targs, ret & (2**64 - 1), self.rec_values, strings)
+        rec = R.syscall_record(self.m.blocks, pc, nr, targs, ret & (2**64 - 1), self.rec_values, strings)
         self.rec_values = None
         self.call_strings = None
         self.redo_values, self.redo_now, self.intent = [], False, None
