@@ -504,6 +504,17 @@ void ftvm_sys_return(void *uc_, uint64_t rax, uint64_t next_rip)
     sys_return(uc, rax, next_rip);
 }
 
+/* Guest memory without the binding's ctypes conversions: 0 on success. */
+int ftvm_mem_write(void *uc, uint64_t addr, const uint8_t *data, size_t n)
+{
+    return uc_mem_write((uc_engine *)uc, addr, data, n) == UC_ERR_OK ? 0 : -1;
+}
+
+int ftvm_mem_read(void *uc, uint64_t addr, uint8_t *out, size_t n)
+{
+    return uc_mem_read((uc_engine *)uc, addr, out, n) == UC_ERR_OK ? 0 : -1;
+}
+
 uint64_t ftvm_reg_read(void *uc, int regid)
 {
     uint64_t v = 0;

@@ -454,10 +454,17 @@ class Recorder:
         k, cpu = self.kernel, self.m.cpu
         if cpu.sys_frames_count:
             self._drain_frames()
-        if not inhook.eligible(k, cpu.sys_regs[0], cpu.sys_regs[1]):
+        r = cpu.sys_regs
+        if not inhook.eligible(k, r[0], r[1]):
             return inhook.STOP
         if cpu.tsc_len:
             self._drain_tsc()       # RDTSC results before this call come first in the log
+        nr, args, pc = r[0], (r[1], r[2], r[3]), cpu.sys_pc
+        ret = inhook.socket_io(k, nr, args, pc)
+        if ret is not None:
+            cpu.sys_pending = 0
+            self._event(R.syscall_record(self.m.blocks, pc, nr, args, ret, [], ()))
+            return inhook.DONE
         k.take_hook()
         k.hook_rip = k.pending[2] + 2
         try:

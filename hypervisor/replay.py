@@ -27,6 +27,8 @@ from . import abi, elf_loader
 from .errors import Divergence, EXIT_INTERRUPTED, LogDamaged, LogTruncated
 from .machine import Config, Machine, compare_digests
 from .linux import inhook
+from .linux.kernel import _ret_text
+from .linux.sysnames import NAMES
 from .record import Chaos, inhook_enabled
 from .uc import SYNC_DIVERGED, lib
 
@@ -269,15 +271,28 @@ class Replayer:
             finally:
                 k.hook_rip = None
             return inhook.DONE
-        if (ev is None or ev.kind != R.SYSCALL or ev.blocks != m.blocks or ev.nr != cpu.sys_regs[0]
-                or not inhook.eligible(k, cpu.sys_regs[0], cpu.sys_regs[1])):
+        r = cpu.sys_regs
+        if (ev is None or ev.kind != R.SYSCALL or ev.blocks != m.blocks or ev.nr != r[0]
+                or not inhook.eligible(k, r[0], r[1])):
             return inhook.STOP
-        k.take_hook()
-        k.hook_rip = k.pending[2] + 2
-        try:
-            self._apply(ev)
-        finally:
-            k.hook_rip = None
+        args = (r[1], r[2], r[3])
+        ret = None
+        if ev.pc == cpu.sys_pc and not ev.values and len(ev.args) == 3 and args == tuple(ev.args):
+            ret = inhook.socket_io(k, ev.nr, args, ev.pc)
+        if ret is not None:
+            cpu.sys_pending = 0
+            self.events += 1
+            if ret != ev.ret:
+                raise Divergence(f"block {m.blocks} pc {ev.pc + 2:#x}",
+                                 f"system call {NAMES.get(ev.nr, ev.nr)} returned {ret} in replay, "
+                                 f"{_ret_text(ev.ret)} in the recording")
+        else:
+            k.take_hook()
+            k.hook_rip = k.pending[2] + 2
+            try:
+                self._apply(ev)
+            finally:
+                k.hook_rip = None
         self._ev = nxt = self._next_event_now()
         if nxt is None or nxt.blocks <= m.blocks:
             return inhook.DONE_STOP      # the loop takes it from here

@@ -48,7 +48,53 @@ def eligible(k, nr, fd):
     return type(f) is _net.Epoll
 
 
+_SYS_READ, _SYS_WRITE = NUMBERS["read"], NUMBERS["write"]
+_M64 = (1 << 64) - 1
+
+
+def socket_io(k, nr, args, pc):
+    """The commonest calls of a server, record and replay alike: read of a connected
+    socket that has data, write to one that can take it. Does exactly what
+    calls_files.sys_read / sys_write and ConnSocket do in that case, with less Python
+    (no host values: socket data is guest state), and returns the result; None (having
+    changed nothing) for any other case, which then takes the general path."""
+    fd, buf, n = args
+    f = k.files.fds.get(fd if fd < 1 << 31 else fd - (1 << 32))
+    if type(f) is not _net.ConnSocket or k.redo_values or not 0 < n < 1 << 63:
+        return None
+    st = f.st
+    uch = k.m.vcpu._uch
+    if nr == _SYS_READ:
+        if not st.buf or not f.readable():
+            return None
+        data = bytes(st.buf[:min(n, _net.RECV_MAX, _IO_MAX)])
+        if lib.ftvm_mem_write(uch, buf, data, len(data)):
+            return None             # not all there: the general path says EFAULT
+        del st.buf[:len(data)]
+        ret = len(data)
+    elif nr == _SYS_WRITE:
+        if st.reset or f.shut_wr or not f.writable():
+            return None
+        size = min(n, _IO_MAX)
+        out = ffi.new("uint8_t[]", size)
+        if lib.ftvm_mem_read(uch, buf, out, size):
+            return None
+        k.m.netout.append(_net.FRAME.pack(f.conn & 0xFFFFFFFF, _ABI_NET_DATA, size) + ffi.buffer(out, size)[:])
+        ret = size
+    else:
+        return None
+    lib.ftvm_sys_return(uch, ret, pc + 2)
+    t = k.threads.cur
+    t.blocked = None
+    t.intent = None
+    k.calls += 1
+    return ret
+
+
 from . import net as _net    # noqa: E402  (after CALLS: net's import chain does not need this module)
+from .files import IO_MAX as _IO_MAX    # noqa: E402
+from ..abi import NET_DATA as _ABI_NET_DATA    # noqa: E402
+
 
 
 class InHook:
