@@ -303,6 +303,46 @@ static uint32_t crc32_update(uint32_t crc, const uint8_t *p, size_t n)
 static int realtime_clock(uint64_t clock) { return clock == 0 || clock == 5 || clock == 11; }
 static int known_clock(uint64_t clock) { return clock <= 9 || clock == 11; }
 
+/* A SYSCALL record's whole frame, appended to sys_frames (the caller made sure of
+ * room: 96 bytes hold three arguments and a value): [blocks, pc, nr, args, ret,
+ * values (none, or one), []], as records.py encodes it. */
+static void put_syscall_frame(ftvm_cpu *c, uint64_t pc, uint64_t nr, const uint64_t *a, int nargs, uint64_t ret,
+                              int nvalues, uint64_t value)
+{
+    uint8_t *frame = c->sys_frames + c->sys_frames_len, *body = frame + 10, *p = body;
+    *p++ = 0x97;
+    p = mp_uint(p, c->blocks);
+    p = mp_uint(p, pc);
+    p = mp_uint(p, nr);
+    *p++ = (uint8_t)(0x90 | nargs);
+    for (int i = 0; i < nargs; i++)
+        p = mp_uint(p, a[i]);
+    p = mp_uint(p, ret);
+    *p++ = (uint8_t)(0x90 | nvalues);
+    if (nvalues)
+        p = mp_uint(p, value);
+    *p++ = 0x90;
+    uint32_t len = (uint32_t)(p - body);
+    frame[0] = FRAME_VERSION;
+    frame[1] = KIND_SYSCALL;
+    put_le32(frame + 2, len);
+    put_le32(frame + 6, crc32_update(crc32_update(0, frame, 6), body, len));
+    c->sys_frames_len += 10 + len;
+    c->sys_frames_count++;
+}
+
+/* Python's lean socket calls (linux/inhook.py) log their record here, after the clock
+ * reads made in C, so the order holds. 0: no room (Python appends what is there
+ * first). */
+int ftvm_log_syscall3(ftvm_cpu *c, uint64_t pc, uint64_t nr, uint64_t a0, uint64_t a1, uint64_t a2, uint64_t ret)
+{
+    uint64_t a[3] = {a0, a1, a2};
+    if (!c->sys_frames || c->sys_frames_cap - c->sys_frames_len < 96)
+        return 0;
+    put_syscall_frame(c, pc, nr, a, 3, ret, 0, 0);
+    return 1;
+}
+
 static int time_nargs(uint64_t nr) { return nr == SYS_TIME ? 1 : 2; }
 
 /* What the call does with guest time `v` (memory and result), as calls_time.py does
@@ -368,25 +408,7 @@ static int time_call(uc_engine *uc, ftvm_cpu *c, uint64_t nr, uint64_t rip)
     c->tsc_last = v;
     sys_return(uc, ret, rip + 2);
 
-    uint8_t *frame = c->sys_frames + c->sys_frames_len, *body = frame + 10, *p = body;
-    *p++ = 0x97;
-    p = mp_uint(p, c->blocks);
-    p = mp_uint(p, rip);
-    p = mp_uint(p, nr);
-    *p++ = (uint8_t)(0x90 | nargs);
-    for (int i = 0; i < nargs; i++)
-        p = mp_uint(p, a[i]);
-    p = mp_uint(p, ret);
-    *p++ = 0x91;
-    p = mp_uint(p, v);
-    *p++ = 0x90;
-    uint32_t len = (uint32_t)(p - body);
-    frame[0] = FRAME_VERSION;
-    frame[1] = KIND_SYSCALL;
-    put_le32(frame + 2, len);
-    put_le32(frame + 6, crc32_update(crc32_update(0, frame, 6), body, len));
-    c->sys_frames_len += 10 + len;
-    c->sys_frames_count++;
+    put_syscall_frame(c, rip, nr, a, nargs, ret, 1, v);
     return 1;
 }
 
