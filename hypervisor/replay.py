@@ -97,6 +97,7 @@ class StreamSource:
 
     def __init__(self):
         self._q = collections.deque()
+        self._mine = collections.deque()    # taken from _q in one go: the replaying thread's alone
         self._cond = threading.Condition()
         self.ended = False
         self.records_read = 0
@@ -115,13 +116,17 @@ class StreamSource:
     def poll(self, timeout):
         """A record, or None if none came within ``timeout`` (or the stream ended).
         Items pushed as frames (bytes) are decoded here, on the replaying thread."""
-        with self._cond:
-            if not self._q and not self.ended:
-                self._cond.wait(timeout)
-            if not self._q:
-                return None
-            self.records_read += 1
-            item = self._q.popleft()
+        if not self._mine:
+            # Everything pushed so far at once: one lock round per batch, not per
+            # record (the receiver thread pushes while this one replays).
+            with self._cond:
+                if not self._q and not self.ended:
+                    self._cond.wait(timeout)
+                if not self._q:
+                    return None
+                self._mine, self._q = self._q, self._mine
+        self.records_read += 1
+        item = self._mine.popleft()
         if isinstance(item, (bytes, bytearray)):
             try:
                 item, _ = R.decode(item)
