@@ -38,6 +38,10 @@
 
 #define RFLAGS_IF 0x200u
 
+#define FTVM_SYS_STOP 0
+#define FTVM_SYS_DONE 1
+#define FTVM_SYS_DONE_STOP 2
+
 /* UC_CTL_BLOCK_COUNTER comes with the patched Unicorn. Spelled out here when the
  * headers lack it, so this file builds against the stock wheel too: a stock engine
  * refuses the control (UC_ERR_ARG) and ftvm falls back to the block hook. */
@@ -263,6 +267,202 @@ int ftvm_tsc_install(void *uc_, ftvm_cpu *c)
     return (int)uc_ctl(uc, UC_CTL_WRITE(FTVM_CTL_TSC_SOURCE, 2), (uc_cb_tsc_t)ftvm_tsc_source, (void *)c);
 }
 
+/* --- Clock reads run in C (record side of the Linux personality) -----------------
+ * gettimeofday, clock_gettime and time are a third to a half of a network server's
+ * calls. Recording one in C gives the same result, the same guest memory and the
+ * same SYSCALL record, byte for byte, as the Python handlers (calls_time.py) and
+ * kernel.run_record would: [blocks, pc, nr, args, ret, [guest ns], []], encoded as
+ * logging_channel/records.py encodes it. The frames wait in sys_frames until Python
+ * appends them to the log, first thing at the next stop or hook call, so the log
+ * order is the execution order. Anything unusual (an unknown clock, a bad pointer, a
+ * full buffer, RDTSC results waiting to be logged) goes to Python instead, before any
+ * value is taken. */
+
+#define SYS_GETTIMEOFDAY 96
+#define SYS_TIME 201
+#define SYS_CLOCK_GETTIME 228
+#define FRAME_VERSION 3
+#define KIND_SYSCALL 14
+
+static uint8_t *mp_uint(uint8_t *p, uint64_t v)
+{
+    if (v < 128) {
+        *p++ = (uint8_t)v;
+    } else if (v < 256) {
+        *p++ = 0xcc;
+        *p++ = (uint8_t)v;
+    } else if (v < 65536) {
+        *p++ = 0xcd;
+        *p++ = (uint8_t)(v >> 8);
+        *p++ = (uint8_t)v;
+    } else if (v < (1ull << 32)) {
+        *p++ = 0xce;
+        for (int s = 24; s >= 0; s -= 8)
+            *p++ = (uint8_t)(v >> s);
+    } else {
+        *p++ = 0xcf;
+        for (int s = 56; s >= 0; s -= 8)
+            *p++ = (uint8_t)(v >> s);
+    }
+    return p;
+}
+
+static void put_le32(uint8_t *p, uint32_t v)
+{
+    for (int i = 0; i < 4; i++)
+        p[i] = (uint8_t)(v >> (8 * i));
+}
+
+/* CRC-32 as zlib computes it (the log frames' checksum), for frames of a few dozen
+ * bytes: a table, built once. */
+static uint32_t crc_table[256];
+
+static uint32_t crc32_update(uint32_t crc, const uint8_t *p, size_t n)
+{
+    if (!crc_table[1]) {
+        for (uint32_t i = 0; i < 256; i++) {
+            uint32_t c = i;
+            for (int k = 0; k < 8; k++)
+                c = c & 1 ? 0xEDB88320u ^ (c >> 1) : c >> 1;
+            crc_table[i] = c;
+        }
+    }
+    crc = ~crc;
+    while (n--)
+        crc = crc_table[(crc ^ *p++) & 0xff] ^ (crc >> 8);
+    return ~crc;
+}
+
+static int realtime_clock(uint64_t clock) { return clock == 0 || clock == 5 || clock == 11; }
+static int known_clock(uint64_t clock) { return clock <= 9 || clock == 11; }
+
+/* A SYSCALL record's whole frame, appended to sys_frames (the caller made sure of
+ * room: 96 bytes hold three arguments and a value): [blocks, pc, nr, args, ret,
+ * values (none, or one), []], as records.py encodes it. */
+static void put_syscall_frame(ftvm_cpu *c, uint64_t pc, uint64_t nr, const uint64_t *a, int nargs, uint64_t ret,
+                              int nvalues, uint64_t value)
+{
+    uint8_t *frame = c->sys_frames + c->sys_frames_len, *body = frame + 10, *p = body;
+    *p++ = 0x97;
+    p = mp_uint(p, c->blocks);
+    p = mp_uint(p, pc);
+    p = mp_uint(p, nr);
+    *p++ = (uint8_t)(0x90 | nargs);
+    for (int i = 0; i < nargs; i++)
+        p = mp_uint(p, a[i]);
+    p = mp_uint(p, ret);
+    *p++ = (uint8_t)(0x90 | nvalues);
+    if (nvalues)
+        p = mp_uint(p, value);
+    *p++ = 0x90;
+    uint32_t len = (uint32_t)(p - body);
+    frame[0] = FRAME_VERSION;
+    frame[1] = KIND_SYSCALL;
+    put_le32(frame + 2, len);
+    put_le32(frame + 6, crc32_update(crc32_update(0, frame, 6), body, len));
+    c->sys_frames_len += 10 + len;
+    c->sys_frames_count++;
+}
+
+/* Python's lean socket calls (linux/inhook.py) log their record here, after the clock
+ * reads made in C, so the order holds. 0: no room (Python appends what is there
+ * first). */
+int ftvm_log_syscall3(ftvm_cpu *c, uint64_t pc, uint64_t nr, uint64_t a0, uint64_t a1, uint64_t a2, uint64_t ret)
+{
+    uint64_t a[3] = {a0, a1, a2};
+    if (!c->sys_frames || c->sys_frames_cap - c->sys_frames_len < 96)
+        return 0;
+    put_syscall_frame(c, pc, nr, a, 3, ret, 0, 0);
+    return 1;
+}
+
+static int time_nargs(uint64_t nr) { return nr == SYS_TIME ? 1 : 2; }
+
+/* What the call does with guest time `v` (memory and result), as calls_time.py does
+ * it; 0 (and nothing changed that matters) if Python must do it instead. */
+static int time_write(uc_engine *uc, const uint64_t *a, uint64_t nr, int64_t base_ns, uint64_t v, uint64_t *ret)
+{
+    uint64_t real = v + (uint64_t)base_ns;
+    int64_t buf[2];
+    *ret = 0;
+    if (nr == SYS_GETTIMEOFDAY) {
+        buf[0] = (int64_t)(real / 1000000000ull);
+        buf[1] = (int64_t)((real % 1000000000ull) / 1000);
+        if (a[0] && uc_mem_write(uc, a[0], buf, 16) != UC_ERR_OK)
+            return 0;
+        if (a[1]) {
+            int64_t zero = 0;
+            if (uc_mem_write(uc, a[1], &zero, 8) != UC_ERR_OK)
+                return 0;
+        }
+    } else if (nr == SYS_CLOCK_GETTIME) {
+        if (!known_clock(a[0]))
+            return 0;
+        uint64_t ns = realtime_clock(a[0]) ? real : v;
+        buf[0] = (int64_t)(ns / 1000000000ull);
+        buf[1] = (int64_t)(ns % 1000000000ull);
+        if (uc_mem_write(uc, a[1], buf, 16) != UC_ERR_OK)
+            return 0;
+    } else {
+        *ret = real / 1000000000ull;
+        buf[0] = (int64_t)*ret;
+        if (a[0] && uc_mem_write(uc, a[0], buf, 8) != UC_ERR_OK)
+            return 0;
+    }
+    return 1;
+}
+
+static void sys_return(uc_engine *uc, uint64_t ret, uint64_t next)
+{
+    uint64_t rflags = 0;
+    uc_reg_read(uc, UC_X86_REG_RFLAGS, &rflags);
+    uc_reg_write(uc, UC_X86_REG_RAX, &ret);
+    uc_reg_write(uc, UC_X86_REG_RCX, &next);
+    uc_reg_write(uc, UC_X86_REG_R11, &rflags);
+}
+
+static int time_call(uc_engine *uc, ftvm_cpu *c, uint64_t nr, uint64_t rip)
+{
+    const uint64_t *a = c->sys_regs + 1;
+    if (c->tsc_len || c->sys_frames_cap - c->sys_frames_len < 96)
+        return 0;
+    if (c->tsc_mode != FTVM_TSC_HOST && c->tsc_mode != FTVM_TSC_SYNTHETIC)
+        return 0;
+    uint64_t v, ret;
+    if (c->tsc_mode == FTVM_TSC_SYNTHETIC)
+        v = (uint64_t)((int64_t)(c->blocks * c->tsc_synth_ns_per_block) + c->tsc_offset_ns);
+    else
+        v = (uint64_t)((int64_t)ftvm_host_ns() + c->tsc_offset_ns);
+    if (v <= c->tsc_last)
+        v = c->tsc_last + 1;
+    int nargs = time_nargs(nr);
+    if (!time_write(uc, a, nr, c->sys_realtime_base_ns, v, &ret))
+        return 0;
+    c->tsc_last = v;
+    sys_return(uc, ret, rip + 2);
+
+    put_syscall_frame(c, rip, nr, a, nargs, ret, 1, v);
+    return 1;
+}
+
+/* Replay: the clock read the log has next, queued by Python (sys_tq entries: blocks,
+ * pc, nr, arg0, arg1, ret, guest ns). Applied here when the call matches it in every
+ * logged respect; otherwise Python applies (or refuses) it. */
+static int time_replay(uc_engine *uc, ftvm_cpu *c, uint64_t nr, uint64_t rip)
+{
+    const uint64_t *a = c->sys_regs + 1, *e = c->sys_tq + 7 * (uint64_t)c->sys_tq_pos;
+    uint64_t ret;
+    if (e[0] != c->blocks || e[1] != rip || e[2] != nr || e[3] != a[0] || (time_nargs(nr) == 2 && e[4] != a[1]))
+        return 0;
+    if (!time_write(uc, a, nr, c->sys_realtime_base_ns, e[6], &ret) || ret != e[5])
+        return 0;
+    if (e[6] > c->tsc_last)
+        c->tsc_last = e[6];
+    sys_return(uc, ret, rip + 2);
+    c->sys_tq_pos++;
+    return 1;
+}
+
 void ftvm_syscall_hook(void *uc_, void *user)
 {
     ftvm_cpu *c = (ftvm_cpu *)user;
@@ -274,6 +474,23 @@ void ftvm_syscall_hook(void *uc_, void *user)
         uc_reg_read((uc_engine *)uc_, regs[i], &c->sys_regs[i]);
     c->sys_pending = 1;
     c->sys_pc = rip;
+    uint64_t nr = c->sys_regs[0];
+    if (c->sys_time_c && (nr == SYS_GETTIMEOFDAY || nr == SYS_CLOCK_GETTIME || nr == SYS_TIME)
+        && (c->sys_time_c == 1 ? time_call((uc_engine *)uc_, c, nr, rip)
+                               : c->sys_tq_pos < c->sys_tq_len && time_replay((uc_engine *)uc_, c, nr, rip))) {
+        c->sys_pending = 0;
+        c->sys_fast_calls++;
+        return;
+    }
+    if (c->sys_fast && nr < 512 && ((c->sys_fast_mask[nr >> 6] >> (nr & 63)) & 1)) {
+        int r = c->sys_fast(c);
+        if (r == FTVM_SYS_DONE) {
+            c->sys_fast_calls++;
+            return;
+        }
+        if (r == FTVM_SYS_DONE_STOP)
+            c->sys_fast_calls++;
+    }
     ftvm_request(c, SYNC_HYPERCALL);
 }
 
@@ -329,6 +546,28 @@ void ftvm_restore_signals(void)
         signals_installed = 0;
     }
     signal_cpu = NULL;
+}
+
+/* A Linux system call's return: rax = the result, rcx = the next instruction's
+ * address (rip at a stop; `next_rip` when run inside the hook, where rip is still
+ * the syscall's own address), r11 = rflags, as the syscall instruction leaves them. */
+void ftvm_sys_return(void *uc_, uint64_t rax, uint64_t next_rip)
+{
+    uc_engine *uc = (uc_engine *)uc_;
+    if (!next_rip)
+        uc_reg_read(uc, UC_X86_REG_RIP, &next_rip);
+    sys_return(uc, rax, next_rip);
+}
+
+/* Guest memory without the binding's ctypes conversions: 0 on success. */
+int ftvm_mem_write(void *uc, uint64_t addr, const uint8_t *data, size_t n)
+{
+    return uc_mem_write((uc_engine *)uc, addr, data, n) == UC_ERR_OK ? 0 : -1;
+}
+
+int ftvm_mem_read(void *uc, uint64_t addr, uint8_t *out, size_t n)
+{
+    return uc_mem_read((uc_engine *)uc, addr, out, n) == UC_ERR_OK ? 0 : -1;
 }
 
 uint64_t ftvm_reg_read(void *uc, int regid)

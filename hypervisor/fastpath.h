@@ -59,6 +59,28 @@ typedef struct ftvm_cpu {
     uint32_t sys_pending;
     uint64_t sys_pc;            /* address of the syscall instruction */
     uint64_t sys_regs[7];       /* rax (the number), rdi, rsi, rdx, r10, r8, r9 */
+    /* Calls run inside the hook, without stopping the engine (record and replay of
+     * the Linux personality, see hypervisor/linux/inhook.py): for a call whose bit is
+     * set in sys_fast_mask the hook calls sys_fast, which returns FTVM_SYS_DONE (the
+     * call ran: go on), FTVM_SYS_DONE_STOP (it ran: stop at the end of the block) or
+     * FTVM_SYS_STOP (not run here: stop, the call stays pending). */
+    int (*sys_fast)(struct ftvm_cpu *);
+    uint64_t sys_fast_mask[8];  /* bit nr: try call nr in the hook (nr < 512) */
+    uint64_t sys_fast_calls;    /* calls run in the hook so far */
+    /* Clock reads (gettimeofday, clock_gettime, time) run in C. sys_time_c 1 (record):
+     * their SYSCALL records are encoded into sys_frames (whole log frames) for Python
+     * to append. 2 (replay): they are checked against, and take their values from,
+     * the records Python queued in sys_tq. */
+    uint32_t sys_time_c;
+    uint64_t *sys_tq;               /* replay: entries of 7: blocks, pc, nr, arg0, arg1, ret, ns */
+    uint32_t sys_tq_len;            /* entries queued */
+    uint32_t sys_tq_pos;            /* next entry to apply */
+    uint32_t sys_tq_cap;
+    int64_t sys_realtime_base_ns;   /* CLOCK_REALTIME = guest time + this */
+    uint8_t *sys_frames;
+    uint32_t sys_frames_len;        /* bytes */
+    uint32_t sys_frames_cap;
+    uint32_t sys_frames_count;      /* frames */
 
     /* Debugger: the guest stopped in the middle of a block (after single steps or at a
      * breakpoint) and resumes there. Unicorn starts a new translated block at that
@@ -85,6 +107,10 @@ uint64_t ftvm_host_ns(void);
 /* Read / write one register of at most 64 bits, without the Python binding's cost. */
 uint64_t ftvm_reg_read(void *uc, int regid);
 int ftvm_reg_write(void *uc, int regid, uint64_t value);
+void ftvm_sys_return(void *uc, uint64_t rax, uint64_t next_rip);
+int ftvm_log_syscall3(ftvm_cpu *cpu, uint64_t pc, uint64_t nr, uint64_t a0, uint64_t a1, uint64_t a2, uint64_t ret);
+int ftvm_mem_write(void *uc, uint64_t addr, const uint8_t *data, size_t n);
+int ftvm_mem_read(void *uc, uint64_t addr, uint8_t *out, size_t n);
 void ftvm_set_clock_skew(int64_t skew_ns);
 int ftvm_install_signals(ftvm_cpu *cpu);
 void ftvm_restore_signals(void);

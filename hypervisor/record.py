@@ -20,6 +20,7 @@ from logging_channel import records as R
 
 from . import abi
 from .errors import EXIT_INTERRUPTED, GuestStuck
+from .linux import inhook
 from .machine import Config, Machine
 from .sources.interrupts import HostEvents
 from .uc import NO_STOP, SYNC_HYPERCALL, TSC_HOST, lib
@@ -129,6 +130,8 @@ class Recorder:
         self._stop_soon = False
         self.disk_reads_in_log = machine.config.disk_reads != "shared"
         self._poker = None
+        self._inhook = None             # linux/inhook.py: calls run inside the syscall hook
+        self._sched_after_hook = False  # a call run there must wait (or exit, yield): schedule at the stop
         machine.rng.mode = "record"
         machine.rng.set_append(self._append)
         machine.mode = "record"
@@ -221,6 +224,7 @@ class Recorder:
         lib.ftvm_request(self.m.cpu, SYNC_HYPERCALL)   # hand it out at the end of this block
 
     FLUSH_SOON_BLOCKS = 4096
+    DIGEST_COST_FACTOR = 50     # a Linux guest's digests: at most ~1/50 of the run
 
     def stop_soon(self):
         """Make the next stop come within FLUSH_SOON_BLOCKS blocks (asked at a stop)."""
@@ -242,9 +246,15 @@ class Recorder:
         """Record until the guest ends. Returns the End record written."""
         m, cpu = self.m, self.m.cpu
         lib.ftvm_install_signals(cpu)
+        if self.kernel is not None and inhook_enabled():
+            self._inhook = inhook.InHook(cpu, self._hook_call)
+            self._inhook.install()
+            self._inhook.record_clocks(self.kernel.realtime_base_ns)
         try:
             return self._loop(m, cpu)
         finally:
+            if self._inhook is not None:
+                self._inhook.remove()
             lib.ftvm_restore_signals()
             if self._poker is not None:
                 self._poker.close()
@@ -260,6 +270,9 @@ class Recorder:
         while True:
             self._arm(m)
             fault = m.vcpu.run()
+            if self._inhook is not None:
+                self._drain_frames()
+                self._inhook.raise_error()
             self._logged_at_stop = False
             self._drain_tsc()
             if self.kernel is not None and fault is None:
@@ -353,7 +366,12 @@ class Recorder:
         """At a stop: run the system call the running thread made, deliver signals
         that are due, or end the running thread's slice."""
         k, th = self.kernel, self.kernel.threads
-        if k.pending is not None:
+        if self._sched_after_hook:
+            self._sched_after_hook = False
+            end = self._linux_schedule(preempt=k.yield_wanted)
+            if end is not None:
+                return end
+        elif k.pending is not None:
             end = self._linux_syscall()
             if end is not None:
                 return end
@@ -428,6 +446,62 @@ class Recorder:
         if waits or k.threads.cur.exited or k.yield_wanted:
             return self._linux_schedule(preempt=k.yield_wanted)
         return None
+
+    def _hook_call(self):
+        """Inside the syscall hook (linux/inhook.py): run the call there if it is one
+        that may, as ``_linux_syscall`` would at the stop. Returns STOP, DONE or
+        DONE_STOP (the call must wait, exited or yielded: the stop schedules)."""
+        k, cpu = self.kernel, self.m.cpu
+        r = cpu.sys_regs
+        if not inhook.eligible(k, r[0], r[1]):
+            return inhook.STOP
+        if cpu.tsc_len:
+            self._drain_frames()
+            self._drain_tsc()       # RDTSC results before this call come first in the log
+        nr, args, pc = r[0], (r[1], r[2], r[3]), cpu.sys_pc
+        ret = inhook.socket_io(k, nr, args, pc)
+        if ret is not None:
+            cpu.sys_pending = 0
+            # Its SYSCALL record (no host values) is encoded in C, after the clock
+            # reads made there; it is counted when the frames go into the log.
+            k.calls -= 1
+            if not lib.ftvm_log_syscall3(cpu, pc, nr, args[0], args[1], args[2], ret):
+                self._drain_frames()
+                lib.ftvm_log_syscall3(cpu, pc, nr, args[0], args[1], args[2], ret)
+            return inhook.DONE
+        if cpu.sys_frames_count:
+            self._drain_frames()
+        k.take_hook()
+        k.hook_rip = k.pending[2] + 2
+        try:
+            rec, waits = k.run_record()
+        finally:
+            k.hook_rip = None
+        self._event(rec)
+        if waits or k.threads.cur.exited or k.yield_wanted:
+            self._sched_after_hook = True
+            return inhook.DONE_STOP
+        return inhook.DONE
+
+    def _drain_frames(self):
+        """SYSCALL records of clock reads made in C (fastpath.c) go into the log, in
+        order, before anything else is logged."""
+        got = self._inhook.take_frames()
+        if got is None:
+            return
+        blob, n = got
+        add = getattr(self.sink, "append_frames", None)
+        if add is not None:
+            add(blob, n)
+        else:
+            off = 0
+            while off < len(blob):
+                rec, size = R.decode(blob, off)
+                self.sink.append(rec)
+                off += size
+        self.kernel.calls += n
+        self.events += n
+        self._logged_at_stop = True
 
     def _linux_schedule(self, preempt=False):
         """Pick the thread to run (threads.py's rule); log a SCHED record for a switch.
@@ -656,7 +730,15 @@ class Recorder:
         if self._digest_interval_ns and since >= self._digest_interval_ns:
             due = True
         if due:
+            t0 = time.monotonic_ns()
             self._append(m.digest())
+            if self.kernel is not None and self._digest_interval_ns:
+                # A Linux process maps far more memory as it runs (allocator arenas,
+                # thread stacks) than at the start, where the interval was sized: keep
+                # hashing it near 2% of the run, whatever it has grown to (redis-server
+                # under load: 180 ms a digest, which had come every 0.7 s).
+                cost_ns = time.monotonic_ns() - t0
+                self._digest_interval_ns = max(self._digest_interval_ns, self.DIGEST_COST_FACTOR * cost_ns)
             self._logged_at_stop = True
             self._events_at_digest = self.events
             self._vtime_at_digest = m.vtime.now()
@@ -720,6 +802,13 @@ class DeadlinePoker:
         with self.cond:
             self.closed = True
             self.cond.notify()
+
+
+def inhook_enabled():
+    """Linux calls run inside the syscall hook unless FTVM_INHOOK=0 (to measure what
+    it saves, or to rule it out)."""
+    import os
+    return os.environ.get("FTVM_INHOOK", "1") != "0"
 
 
 def console_write(console):

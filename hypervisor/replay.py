@@ -26,7 +26,10 @@ from logging_channel.logfile import LogReader, scan
 from . import abi, elf_loader
 from .errors import Divergence, EXIT_INTERRUPTED, LogDamaged, LogTruncated
 from .machine import Config, Machine, compare_digests
-from .record import Chaos
+from .linux import inhook
+from .linux.kernel import _ret_text
+from .linux.sysnames import NAMES
+from .record import Chaos, inhook_enabled
 from .uc import SYNC_DIVERGED, lib
 
 CUT, HORIZON = -1, -2
@@ -94,6 +97,7 @@ class StreamSource:
 
     def __init__(self):
         self._q = collections.deque()
+        self._mine = collections.deque()    # taken from _q in one go: the replaying thread's alone
         self._cond = threading.Condition()
         self.ended = False
         self.records_read = 0
@@ -112,13 +116,17 @@ class StreamSource:
     def poll(self, timeout):
         """A record, or None if none came within ``timeout`` (or the stream ended).
         Items pushed as frames (bytes) are decoded here, on the replaying thread."""
-        with self._cond:
-            if not self._q and not self.ended:
-                self._cond.wait(timeout)
-            if not self._q:
-                return None
-            self.records_read += 1
-            item = self._q.popleft()
+        if not self._mine:
+            # Everything pushed so far at once: one lock round per batch, not per
+            # record (the receiver thread pushes while this one replays).
+            with self._cond:
+                if not self._q and not self.ended:
+                    self._cond.wait(timeout)
+                if not self._q:
+                    return None
+                self._mine, self._q = self._q, self._mine
+        self.records_read += 1
+        item = self._mine.popleft()
         if isinstance(item, (bytes, bytearray)):
             try:
                 item, _ = R.decode(item)
@@ -148,6 +156,8 @@ class Replayer:
         self.events = 0
         self.records = 1
         self._safe_blocks = 0      # the furthest point the log vouches for so far
+        self._ev = None            # the next point event (the syscall hook may move on, inhook.py)
+        self._inhook = None
         if header is None and getattr(source, "header", None) is not None:
             header = source.header
         if header is None:
@@ -200,6 +210,8 @@ class Replayer:
         if rec.kind == R.HEADER:
             raise LogDamaged(self.path, self.records - 1, 0, "a second header record")
         self._safe_blocks = max(self._safe_blocks, rec.blocks)
+        if rec.kind == R.SYSCALL and self._inhook is not None and self._inhook.queue(rec):
+            return None     # a clock read: C applies it when the guest makes it
         return rec
 
     def _next_event(self):
@@ -234,19 +246,106 @@ class Replayer:
     # --- the loop -------------------------------------------------------------------
     def run(self) -> ReplayResult:
         lib.ftvm_install_signals(self.m.cpu)
+        self._inhook = None
+        if (self.kernel is not None and self.to_blocks is None and self.to_event is None and self.to_syscall is None
+                and self.chaos is None and inhook_enabled()):
+            self._inhook = inhook.InHook(self.m.cpu, self._hook_call)
+            self._inhook.install()
+            self._inhook.replay_clocks(self.kernel.realtime_base_ns)
         try:
             return self._loop()
         finally:
+            if self._inhook is not None:
+                self._inhook.remove()
             lib.ftvm_restore_signals()
             self.m.console.flush()
+
+    def _hook_call(self):
+        """Inside the syscall hook (linux/inhook.py): if the log's next event is this
+        call's SYSCALL record, apply it there, as the loop would at the stop, and arm
+        the stop for the event after it. Returns STOP, DONE or DONE_STOP."""
+        ev, m, k = self._ev, self.m, self.kernel
+        cpu = m.cpu
+        if self._clocks_applied() and self._inhook.queued:
+            # A clock read C did not apply, or another call where the log has one: the
+            # record decides (run_replay names the difference).
+            k.take_hook()
+            k.hook_rip = k.pending[2] + 2
+            try:
+                self._apply(self._inhook.pop())
+            finally:
+                k.hook_rip = None
+            return inhook.DONE
+        r = cpu.sys_regs
+        if (ev is None or ev.kind != R.SYSCALL or ev.blocks != m.blocks or ev.nr != r[0]
+                or not inhook.eligible(k, r[0], r[1])):
+            return inhook.STOP
+        args = (r[1], r[2], r[3])
+        ret = None
+        if ev.pc == cpu.sys_pc and not ev.values and len(ev.args) == 3 and args == tuple(ev.args):
+            ret = inhook.socket_io(k, ev.nr, args, ev.pc)
+        if ret is not None:
+            cpu.sys_pending = 0
+            self.events += 1
+            if ret != ev.ret:
+                raise Divergence(f"block {m.blocks} pc {ev.pc + 2:#x}",
+                                 f"system call {NAMES.get(ev.nr, ev.nr)} returned {ret} in replay, "
+                                 f"{_ret_text(ev.ret)} in the recording")
+        else:
+            k.take_hook()
+            k.hook_rip = k.pending[2] + 2
+            try:
+                self._apply(ev)
+            finally:
+                k.hook_rip = None
+        self._ev = nxt = self._next_event_now()
+        if nxt is None or nxt.blocks <= m.blocks:
+            return inhook.DONE_STOP      # the loop takes it from here
+        lib.ftvm_arm(cpu, nxt.blocks)
+        return inhook.DONE
+
+    def _clocks_applied(self):
+        """Count the clock reads C applied from the queue; True if clock reads are
+        queued for C at all (in-hook replay)."""
+        ih = self._inhook
+        if ih is None:
+            return False
+        n = ih.sync()
+        if n:
+            self.kernel.calls += n
+            self.events += n
+        return True
+
+    def _next_event_now(self):
+        """The next point event if the source has it at hand (value records met on the
+        way are queued); None if it would have to wait or the log ends here."""
+        try:
+            while True:
+                rec = self.source.next()
+                if rec is None:
+                    return None
+                ev = self._take(rec)
+                if ev is not None:
+                    return ev
+        except LogTruncated as e:
+            return _Stop(CUT, self._safe_blocks, e)
 
     def _point(self):
         return self.m.point()
 
     def _loop(self):
         m, cpu = self.m, self.m.cpu
-        ev = self._next_event()
+        ev = self._ev = self._next_event()
         while True:
+            if self._clocks_applied() and self._inhook.queued:
+                k = self.kernel
+                if k.pending is not None and k.threads.cur.blocked is None:
+                    self._apply(self._inhook.pop())     # a queued clock read, at a stop
+                    continue
+                if m.blocks >= ev.blocks:
+                    head = self._inhook.queued[0]
+                    raise Divergence(self._point(), f"the log has system call {k.describe_record(head)} at block "
+                                                    f"{head.blocks} pc {head.pc:#x}, but the guest did not make it")
             if self.to_event is not None and self.events >= self.to_event and m.blocks >= ev.blocks:
                 return self._stop_here(f"stopped before event #{self.events}")
             if self.to_blocks is not None and m.blocks >= self.to_blocks:
@@ -262,12 +361,12 @@ class Replayer:
                     raise LogTruncated(e.path, e.index, e.offset,
                                        f"{e.reason}; replayed everything before it, up to block {m.blocks}")
                 if ev.kind == HORIZON:
-                    ev = self._next_event()
+                    ev = self._ev = self._next_event()
                     continue
                 result = self._apply(ev)
                 if result is not None:
                     return result
-                ev = self._next_event()
+                ev = self._ev = self._next_event()
                 continue
             if m.blocks > ev.blocks:
                 raise Divergence(self._point(), f"ran past the log's next {R.KIND_NAMES.get(ev.kind, 'point')} at block {ev.blocks}")
@@ -282,6 +381,12 @@ class Replayer:
                                                 f"at block {ev.blocks}")
             lib.ftvm_arm(cpu, target)
             fault = m.vcpu.run()
+            if self._inhook is not None:
+                self._clocks_applied()
+                self._inhook.raise_error()
+                if self._ev is None:
+                    self._ev = self._next_event()
+                ev = self._ev
             if cpu.sync_req & SYNC_DIVERGED:
                 raise m.vtime.divergence(self._point())
             if self.kernel is not None and fault is None:

@@ -396,7 +396,40 @@ def _digest_from(f, where="digest") -> Digest:
     return Digest(blocks, pc, vtime, tuple(regs), tuple(tuple(m) for m in mem), out_bytes, out_crc)
 
 
+_U64 = 1 << 64
+_new = object.__new__
+
+
+def syscall_record(blocks, pc, nr, args, ret, values, strings=()):
+    """Syscall(...) at a quarter of the cost: a frozen dataclass's __init__ sets each
+    field through object.__setattr__ (about 2.5 us for seven), and a busy server
+    makes and reads tens of thousands of these records a second. The same object."""
+    rec = _new(Syscall)
+    rec.__dict__.update(blocks=blocks, pc=pc, nr=nr, args=args, ret=ret, values=values, strings=strings)
+    return rec
+
+
+def _syscall_fast(b):
+    """The common SYSCALL body (no strings), checked as ``_from_body`` checks it, with
+    less Python; None sends it down the general path (which names what is wrong)."""
+    if type(b) is not list or len(b) != 7:
+        return None
+    blocks, pc, nr, args, ret, values, strings = b
+    if (type(blocks) is int and type(pc) is int and type(nr) is int and type(ret) is int and type(args) is list
+            and type(values) is list and type(strings) is list and not strings and len(args) <= 6
+            and 0 <= blocks < _U64 and 0 <= pc < _U64 and 0 <= nr < 65536 and 0 <= ret < _U64):
+        for a in args:
+            if type(a) is not int or not 0 <= a < _U64:
+                return None
+        return syscall_record(blocks, pc, nr, tuple(args), ret, values, ())
+    return None
+
+
 def _from_body(kind, b):
+    if kind == SYSCALL:
+        rec = _syscall_fast(b)
+        if rec is not None:
+            return rec
     if kind == HEADER:
         _need(isinstance(b, dict), "header: expected a map")
         try:
@@ -502,7 +535,8 @@ def check_frame(buf, offset: int = 0):
                          "(the log was cut short, or the length is damaged)",
                          truncated=True)
     body = bytes(buf[offset + FRAME.size: offset + FRAME.size + length])
-    if zlib.crc32(body, zlib.crc32(FRAME_HEAD.pack(version, kind, length))) != crc:
+    head = buf[offset:offset + FRAME_HEAD.size] if offset else buf[:FRAME_HEAD.size]
+    if zlib.crc32(body, zlib.crc32(head)) != crc:
         raise FrameError(f"{KIND_NAMES[kind]} record fails its CRC32 check")
     return kind, body
 

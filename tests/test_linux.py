@@ -167,6 +167,55 @@ def test_timerand_randomness_differs_between_recordings(progs, tmp_path, timeran
     assert hashes[0] != hashes[1], "getrandom and /dev/urandom come from the host at record time"
 
 
+def test_calls_run_in_the_hook_log_what_a_stop_logs(progs, tmp_path, timerand_run):
+    """Clock reads recorded in C write the frames the Python handlers would (byte for
+    byte), and a log recorded with calls run inside the syscall hook replays with every
+    call run at a stop instead (FTVM_INHOOK=0), and the other way round."""
+    import os
+    import subprocess
+    from conftest import FTVM
+    from logging_channel.logfile import LogReader
+    data = timerand_run.log.read_bytes()
+    clocks = 0
+    with LogReader(timerand_run.log) as r:
+        for _, off, rec in r:
+            if rec.kind == R.SYSCALL and rec.nr in (SYS["gettimeofday"], SYS["clock_gettime"], SYS["time"]):
+                clocks += 1
+                frame = R.encode(rec)
+                assert data[off:off + len(frame)] == frame, rec
+    assert clocks >= 3
+    stop_env = dict(os.environ, FTVM_INHOOK="0")
+    rep = subprocess.run([str(FTVM), "replay", str(timerand_run.log)], capture_output=True, env=stop_env, timeout=120)
+    assert rep.stdout == timerand_run.stdout and b"identical to the recording" in rep.stderr, rep.stderr
+    log = tmp_path / "stops.ftlog"
+    p = prog(progs, "timerand", "static")
+    rec = subprocess.run([str(FTVM), "record", "-o", str(log), "--", str(p)], capture_output=True, env=stop_env,
+                         timeout=120)
+    rep = run_ftvm("replay", log)
+    assert rep.stdout == rec.stdout and "identical to the recording" in rep.stderr, rep.stderr
+
+
+@pytest.mark.parametrize("field", ["pc", "nr"])
+def test_a_clock_read_replayed_in_c_still_diverges_on_a_mismatch(progs, tmp_path, timerand_run, field):
+    """A log whose clock-read record does not match the call the guest makes (another
+    pc, another call) is a divergence naming the call, though such reads are replayed
+    in C."""
+    import dataclasses
+    from logging_channel.logfile import LogWriter
+    recs = log_records(timerand_run.log)
+    i = next(i for i, r in enumerate(recs) if r.kind == R.SYSCALL and r.nr == SYS["clock_gettime"])
+    r = recs[i]
+    recs[i] = dataclasses.replace(r, pc=r.pc + 1) if field == "pc" else dataclasses.replace(r, nr=SYS["gettimeofday"])
+    bad = tmp_path / "bad.ftlog"
+    w = LogWriter(bad)
+    for rec in recs:
+        w.append(rec)
+    w.close()
+    rep = run_ftvm("replay", bad)
+    assert rep.returncode == 5, rep.stderr
+    assert "clock_gettime" in rep.stderr and "Traceback" not in rep.stderr, rep.stderr
+
+
 STDIN = b"".join(b"line %d: the quick brown fox jumps over the lazy dog\n" % i for i in range(400)) + b"\xc3\xa9 no newline"
 
 

@@ -267,6 +267,27 @@ def test_record_commands_benchmark_sigterm_and_replay(tmp_path):
     assert "Ready to accept connections" in srv.console().decode(errors="replace")
     assert (data / "appendonlydir" / "appendonly.aof.manifest").exists()
     check_replay(srv)
+    check_hook_frames(srv)
+
+
+def check_hook_frames(srv):
+    """Calls run inside the syscall hook (socket reads and writes, clock reads) log,
+    from C, exactly the frames the Python encoder writes, and the log replays with every
+    call run at a stop instead."""
+    from logging_channel import records as R
+    from logging_channel.logfile import LogReader
+    data = Path(srv.log).read_bytes()
+    calls = 0
+    with LogReader(srv.log) as reader:
+        for _, off, rec in reader:
+            if rec.kind == R.SYSCALL:
+                calls += 1
+                frame = R.encode(rec)
+                assert data[off:off + len(frame)] == frame, rec
+    assert calls > 10000
+    rep = subprocess.run([str(FTVM), "replay", "-q", str(srv.log)], capture_output=True, timeout=600,
+                         env=dict(os.environ, FTVM_INHOOK="0"))
+    assert rep.returncode == 0 and rep.stdout == srv.console(), rep.stderr
 
 
 @needs_redis

@@ -29,6 +29,7 @@ from ..errors import Divergence, FtvmError
 from ..uc import lib
 from .fs import GuestErr
 from .sysnames import NAMES
+from .table import HANDLERS, NARGS, describe_call
 
 SYS_EXIT, SYS_EXIT_GROUP = 60, 231
 
@@ -65,6 +66,7 @@ class Kernel:
         self.restored_regs = False     # rt_sigreturn set every register itself
         self.signals_pending = []      # signals the guest sent itself, delivered at this stop
         self.itimer = [0, 0]           # ITIMER_REAL: deadline (guest ns, 0: off), interval
+        self.hook_rip = None           # running inside the syscall hook (inhook.py): the rip a stop would have
 
     # The running thread's call in progress (threads.py keeps one per thread).
     @property
@@ -127,7 +129,7 @@ class Kernel:
 
     def _take_value(self, door):
         if not self.replay_values:
-            raise Divergence(self.m.point(), f"system call {self.pending_name()} asked the host for more "
+            raise Divergence(self.point(), f"system call {self.pending_name()} asked the host for more "
                                              f"({door}) than the log recorded")
         return self.replay_values.pop(0)
 
@@ -235,6 +237,10 @@ class Kernel:
         nr, args, _ = self.pending
         return describe_call(nr, args, None)
 
+    @staticmethod
+    def describe_record(rec):
+        return describe_call(rec.nr, rec.args, rec.ret)
+
     def exit_pending(self):
         """exit_group, or the exit of the last thread, ends the process at once (no
         SYSCALL record: the END record says it). Returns the exit status, or None."""
@@ -264,7 +270,7 @@ class Kernel:
             return rec, True
         t.blocked = None
         strings = tuple((i, self.call_strings[a]) for i, a in enumerate(targs) if a in self.call_strings)
-        rec = R.Syscall(self.m.blocks, pc, nr, targs, ret & (2**64 - 1), self.rec_values, strings)
+        rec = R.syscall_record(self.m.blocks, pc, nr, targs, ret & (2**64 - 1), self.rec_values, strings)
         self.rec_values = None
         self.call_strings = None
         self.redo_values, self.redo_now, self.intent = [], False, None
@@ -297,22 +303,33 @@ class Kernel:
             raise Divergence(point, f"the guest called {describe_call(nr, args, None)} at pc {pc:#x}, "
                                     f"the log has {describe_call(rec.nr, rec.args, None)} at pc {rec.pc:#x}")
 
+    def point(self):
+        """The execution point of the call being run (inside the hook too, where rip
+        is still the syscall's own address)."""
+        if self.hook_rip is None:
+            return self.m.point()
+        return f"block {self.m.blocks} pc {self.hook_rip:#x}"
+
     def run_replay(self, rec):
         """Replay side: run the pending call against its SYSCALL record."""
-        point = self.m.point()
-        self._check_call(rec, point)
+        if self.pending is None:
+            self._check_call(rec, self.point())
         nr, args, pc = self.pending
+        if nr != rec.nr or pc != rec.pc or args[:len(rec.args)] != tuple(rec.args) or len(rec.args) != NARGS.get(nr, 6):
+            self._check_call(rec, self.point())
         self.replay_values = list(rec.values)
         self.threads.cur.blocked = None
+        point = self.point
         try:
             ret = self._run(nr, args)
         except Blocked as b:
+            point = point()
             raise Divergence(point, f"system call {NAMES.get(nr, nr)} would wait ({b.what}) in replay, "
                                     "but it completed in the recording") from None
         if self.replay_values:
-            raise Divergence(point, f"system call {NAMES.get(nr, nr)} used fewer host results than the log holds")
+            raise Divergence(point(), f"system call {NAMES.get(nr, nr)} used fewer host results than the log holds")
         if ret & (2**64 - 1) != rec.ret:
-            raise Divergence(point, f"system call {NAMES.get(nr, nr)} returned {_ret_text(ret)} in replay, "
+            raise Divergence(point(), f"system call {NAMES.get(nr, nr)} returned {_ret_text(ret)} in replay, "
                                     f"{_ret_text(rec.ret)} in the recording")
         self.replay_values = None
         self.pending = None
@@ -320,7 +337,6 @@ class Kernel:
         self.calls += 1
 
     def _run(self, nr, args):
-        from .table import HANDLERS, NARGS, describe_call
         h = HANDLERS.get(nr)
         if h is None:
             ret = -errno.ENOSYS
@@ -338,19 +354,17 @@ class Kernel:
                 raise
             except Exception as e:     # a bug in a handler: name the call, no traceback
                 raise FtvmError(f"internal error in system call {describe_call(nr, args[:NARGS[nr]], None)} at "
-                                f"{self.m.point()}: {type(e).__name__}: {e}") from e
-        v = self.m.vcpu
+                                f"{self.point()}: {type(e).__name__}: {e}") from e
         if self.restored_regs:
             self.restored_regs = False
             return ret
-        v.set_reg("rax", ret & (2**64 - 1))
-        v.set_reg("rcx", v.reg("rip"))          # as the syscall instruction leaves them
-        v.set_reg("r11", v.reg("rflags"))
+        # rax: the result; rcx and r11: as the syscall instruction leaves them.
+        v = self.m.vcpu
+        lib.ftvm_sys_return(v._uch, ret & (2**64 - 1), self.hook_rip or 0)
         return ret
 
 
 def _trim(nr, args):
-    from .table import NARGS
     return tuple(args[:NARGS.get(nr, 6)])
 
 

@@ -38,6 +38,10 @@ def _uc_prot(prot):
     return prot & (PROT_READ | PROT_WRITE | PROT_EXEC)
 
 
+def _vma_start(v):
+    return v[0]
+
+
 class AddressSpace:
     def __init__(self, uc):
         self.uc = uc
@@ -52,7 +56,7 @@ class AddressSpace:
 
     def overlapping(self, start, end):
         """Mappings that intersect [start, end)."""
-        i = bisect.bisect_right(self._starts(), start) - 1
+        i = bisect.bisect_right(self.vmas, start, key=_vma_start) - 1
         i = max(i, 0)
         out = []
         for v in self.vmas[i:]:
