@@ -25,6 +25,10 @@ int main(void)
         ftvm_put_u64(n);
         ftvm_puts(" ");
         ftvm_put_hex(x & 0xffff);
+#ifdef PAD
+        /* lines_fast: a longer line for the same number of output calls */
+        ftvm_puts(" ................................................................................");
+#endif
         ftvm_putc('\n');
     }
     return 0;

@@ -157,6 +157,10 @@ class LocalCluster:
         self.stop()
 
     # --- queries ------------------------------------------------------------------------------
+    def client_requests(self):
+        """Client requests received by all live members so far (see client_requests)."""
+        return sum(client_requests(m.client_url) or 0 for m in self.members if m.alive())
+
     def leader(self):
         """Index of the member that is leader now (asked of the live members), or None."""
         for i, m in enumerate(self.members):
@@ -172,6 +176,24 @@ class LocalCluster:
                         if st2 and st2.get("header", {}).get("member_id") == st["leader"]:
                             return j
         return None
+
+
+def client_requests(client_url, timeout_s=2.0):
+    """Client requests this member has received so far, from its Prometheus counters:
+    ``grpc_server_started_total`` of the KV, Lease and Watch services (the JSON gateway's
+    range/txn/put/lease calls reach the server as gRPC calls and are counted there;
+    /health and /metrics are not). None if the member did not answer."""
+    try:
+        with urllib.request.urlopen(client_url + "/metrics", timeout=timeout_s) as r:
+            text = r.read().decode()
+    except (OSError, ValueError, urllib.error.URLError):
+        return None
+    n = 0
+    for line in text.splitlines():
+        if line.startswith("grpc_server_started_total{") and any(
+                f'grpc_service="etcdserverpb.{svc}"' in line for svc in ("KV", "Lease", "Watch")):
+            n += int(float(line.rsplit(" ", 1)[1]))
+    return n
 
 
 def health(client_url, timeout_s=0.5):
