@@ -37,7 +37,10 @@ int main(int argc, char **argv)
 """
 
 
-def run_debug_bench(tmp, say, rounds=2000, mem_mib=64, snapshot_mem=1 << 30, interval_s=0.25):
+def run_debug_bench(tmp, say, rounds=None, mem_mib=64, snapshot_mem=1 << 30, interval_s=0.25, record_target_s=10.0):
+    """``rounds`` None: as many as make a recording of about ``record_target_s`` on this
+    machine (measured on a short recording first), so the figures keep the issue's
+    meaning however fast the engine gets."""
     from ..debug.timeline import Point, Timeline
     src = os.path.join(tmp, "spin.c")
     exe = os.path.join(tmp, "spin")
@@ -45,11 +48,20 @@ def run_debug_bench(tmp, say, rounds=2000, mem_mib=64, snapshot_mem=1 << 30, int
         f.write(PROGRAM)
     subprocess.run(["gcc", "-O1", "-g", "-static", src, "-o", exe], check=True)
     log = os.path.join(tmp, "spin.ftlog")
+    ftvm = os.path.join(os.path.dirname(os.sys.executable), "ftvm")
+
+    def record(n):
+        t0 = time.perf_counter()
+        subprocess.run([ftvm, "record", "-q", "-o", log, "--", exe, str(n), str(mem_mib)], check=True,
+                       stdout=subprocess.DEVNULL)
+        return time.perf_counter() - t0
+    if rounds is None:
+        say("timing two short recordings (300 and 600 rounds) to size the real one")
+        t1, t2 = record(300), record(600)
+        per_round = max(1e-5, (t2 - t1) / 300)           # without the start-up both include
+        rounds = max(600, int((record_target_s - max(0.0, t1 - 300 * per_round)) / per_round))
     say(f"recording a CPU-bound program with a {mem_mib} MiB buffer ({rounds} rounds)")
-    t0 = time.perf_counter()
-    subprocess.run([os.path.join(os.path.dirname(os.sys.executable), "ftvm"), "record", "-q", "-o", log, "--",
-                    exe, str(rounds), str(mem_mib)], check=True, stdout=subprocess.DEVNULL)
-    record_s = time.perf_counter() - t0
+    record_s = record(rounds)
     say("replaying it under the debugger")
     tl = Timeline(log, interval_s=interval_s, mem_max_bytes=snapshot_mem)
     t0 = time.perf_counter()
