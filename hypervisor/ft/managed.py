@@ -70,7 +70,7 @@ class ManagedNode(Node):
     # --- view service ---------------------------------------------------------------------
     def _pinger(self):
         client = ViewClient(self.vs_addr, timeout_ms=int(self.ping_interval_s * 4000))
-        while not self.stop_requested and not self.rejoin:
+        while self._pinging():
             with self.lock:
                 ping_num, ready = self.core.acked_view, self.core.ready
             asked_at = now_ns()
@@ -81,6 +81,19 @@ class ManagedNode(Node):
                     self.step(P.ViewReply(rep[0], rep[1], rep[2], asked_at))
             time.sleep(self.ping_interval_s)
         client.close()
+
+    def _pinging(self):
+        """Ping until stopped. A primary that was asked to stop still brings its guest
+        to an end (SIGTERM to a Linux guest, whose shutdown writes output), and alone in
+        its view it may release that output only while the view service's lease is
+        fresh: it keeps pinging until it exits. (It stopped at once, and a lone
+        primary's last output then waited for good.)"""
+        if self.rejoin:
+            return False
+        if not self.stop_requested:
+            return True
+        with self.lock:
+            return self.core.role == "primary" and not self.halted
 
     # --- I/O thread additions -------------------------------------------------------------
     def _on_message(self, msg):
