@@ -644,3 +644,28 @@ def test_root_program_changed_between_record_and_replay(progs, tmp_path):
     assert "/hello" in line, line
     assert p.stdout == b""
 
+
+
+def test_epoll_interest_keeps_its_order_through_a_state_transfer(progs):
+    """epoll_wait reports ready files in registration order, so the state a new backup
+    restores must keep that order (sorted by fd, a backup read another connection first
+    and diverged after a state transfer under redis-server)."""
+    from hypervisor.console import Console
+    from hypervisor.guest import open_guest
+    from hypervisor.linux import net as N
+    from hypervisor.linux import state as S
+    from hypervisor.machine import Config
+    from hypervisor.snapshot import _ctx_bytes, _ctx_from
+
+    def kernel():
+        g = open_guest(str(prog(progs, "hello", "static")))
+        return g.machine(Config(), "record", Console()).kernel
+    k = kernel()
+    ep, a, b = N.Epoll(0), N.EventFd(0, 0), N.EventFd(0, 0)
+    epfd, fa, fb = k.files.install(ep), k.files.install(a), k.files.install(b)
+    ep.interest[fb] = [b, N.EPOLLIN, 2, None]       # registered first, the higher fd
+    ep.interest[fa] = [a, N.EPOLLIN, 1, None]
+    st = S.capture(k, _ctx_bytes)
+    k2 = kernel()
+    S.restore(k2, st, lambda data: _ctx_from(k2.m.vcpu.uc, data))
+    assert list(k2.files.get(epfd).interest) == [fb, fa]

@@ -95,7 +95,7 @@ class ManagedNode(Node):
     def _pinger(self):
         client = self.coord or ViewClient(self.vs_addr, timeout_ms=int(self.ping_interval_s * 4000))
         incarnation = self.incarnation
-        while not self.stop_requested and not self.rejoin:
+        while self._pinging():
             with self.lock:
                 ping_num, ready, suspect = self.core.acked_view, self.core.ready, self.core.silent_backup
             asked_at = now_ns()
@@ -113,6 +113,19 @@ class ManagedNode(Node):
             self.coord_wake.wait(self.ping_interval_s)
             self.coord_wake.clear()
         client.close()
+
+    def _pinging(self):
+        """Ping until stopped. A primary that was asked to stop still brings its guest
+        to an end (SIGTERM to a Linux guest, whose shutdown writes output), and alone in
+        its view it may release that output only while the view service's lease is
+        fresh: it keeps pinging until it exits. (It stopped at once, and a lone
+        primary's last output then waited for good.)"""
+        if self.rejoin:
+            return False
+        if not self.stop_requested:
+            return True
+        with self.lock:
+            return self.core.role == "primary" and not self.halted
 
     # --- I/O thread additions -------------------------------------------------------------
     def _on_message(self, msg):

@@ -85,7 +85,10 @@ def _file_state(f, index_of, pipes):
     elif isinstance(f, N.TimerFd):
         st.update(clock=f.clock, next_ns=f.next_ns, interval_ns=f.interval_ns, gen=f.gen)
     elif isinstance(f, N.Epoll):
-        st["interest"] = [[fd, index_of(e[0]), e[1], e[2], e[3]] for fd, e in sorted(f.interest.items())]
+        # In the dict's own order, not sorted: epoll_wait reports ready files in that
+        # order (registration order), so a restored copy must keep it (sorted, a new
+        # backup read another connection first and diverged after a state transfer).
+        st["interest"] = [[fd, index_of(e[0]), e[1], e[2], e[3]] for fd, e in f.interest.items()]
     return st
 
 
