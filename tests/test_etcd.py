@@ -75,7 +75,12 @@ class Run:
                        if f.endswith(".stderr"))
 
     def ready_backup(self, names="ABCD"):
-        return [n for n in names if status(self.run_dir, n).get("role") == "backup" and status(self.run_dir, n).get("ready")]
+        """Backups up to date in their view, once a primary shows in the status files too
+        (a backup of view 1 is up to date before its primary's status says primary)."""
+        sts = {n: status(self.run_dir, n) for n in names}
+        if not any(st.get("role") == "primary" for st in sts.values()):
+            return []
+        return [n for n, st in sts.items() if st.get("role") == "backup" and st.get("ready")]
 
 
 def history(url):

@@ -12,6 +12,7 @@ import threading
 import pytest
 
 from conftest import FTVM, ROOT, run_ftvm
+from test_ft import status, wait_for
 
 DATA = ROOT / "tests" / "linux_data"
 PY = "/usr/bin/python3"
@@ -48,6 +49,10 @@ def run_with_kills(tmp_path, program, kill_at_lines, nodes=2, timeout=240):
             out += line
             if kills and out.count(b"\n") >= kills[0]:
                 kills.pop(0)
+                if nodes > 2:
+                    # Redundancy first (a state transfer), or the kill ends the run.
+                    assert wait_for(lambda: any(status(run_dir, n).get("role") == "backup"
+                                                and status(run_dir, n).get("ready") for n in "ABCD"), timeout=60)
                 k = run_ftvm("kill", "primary", "--run-dir", run_dir)
                 assert k.returncode == 0, k.stderr
         err = p.stderr.read().decode()
@@ -69,7 +74,8 @@ def check_replay(log, out):
 def test_python_workload_survives_a_primary_kill(tmp_path, seed):
     n = 300
     kill_at = random.Random(seed).randrange(20, n - 40)
-    out, err, rc, log = run_with_kills(tmp_path, [PY, "tests/linux_data/ft_workload.py", "/data", str(n)], [kill_at])
+    out, err, rc, log = run_with_kills(tmp_path, [PY, "tests/linux_data/ft_workload.py", "/data", str(n), "10"],
+                                       [kill_at])
     assert rc == 0, err
     want_lines, done, counter = expected_workload(n)
     assert out.decode() == want_lines + done, f"seed {seed}: kill after {kill_at} lines\n{err}"
@@ -82,7 +88,7 @@ def test_python_workload_survives_a_primary_kill(tmp_path, seed):
 
 def test_python_data_script_three_nodes_two_kills(tmp_path):
     n = 400
-    out, err, rc, log = run_with_kills(tmp_path, [PY, "tests/linux_data/ft_workload.py", "/data", str(n)],
+    out, err, rc, log = run_with_kills(tmp_path, [PY, "tests/linux_data/ft_workload.py", "/data", str(n), "10"],
                                        [60, 220], nodes=3)
     assert rc == 0, err
     want_lines, done, counter = expected_workload(n)
