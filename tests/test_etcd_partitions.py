@@ -178,7 +178,6 @@ def test_backup_cut_off_from_etcd_only(world, guests):
     assert "failover: node" not in err, err
 
 
-@pytest.mark.slow
 def test_primary_paused_past_its_lease_then_resumed(world, guests):
     """SIGSTOP the primary until its member key has gone with its lease (and a view
     without it exists), then SIGCONT: whatever it had ready to release is of an old

@@ -138,7 +138,7 @@ def _campaign(tmp_path, count, seed):
 
 def test_random_kill_sequences_short(guests, tmp_path):
     import os
-    _campaign(tmp_path, 3, int(os.environ.get("FTVM_TEST_SEED", "4")))
+    _campaign(tmp_path, 2, int(os.environ.get("FTVM_TEST_SEED", "4")))
 
 
 @pytest.mark.slow
