@@ -84,3 +84,16 @@ def log_records(path):
     from logging_channel.logfile import LogReader
     with LogReader(path) as r:
         return [rec for _, _, rec in r]
+
+
+def imported_modules(path):
+    """The top-level modules a Python file imports (for the checks that keep I/O,
+    clocks, threads and randomness out of the pure cores)."""
+    import ast
+    names = set()
+    for node in ast.walk(ast.parse(Path(path).read_text())):
+        if isinstance(node, ast.Import):
+            names |= {a.name.split(".")[0] for a in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            names.add(node.module.split(".")[0])
+    return names

@@ -1,10 +1,9 @@
 """The pure decisions behind the etcd coordinator (hypervisor/ft/coordination.py):
 what a node proposes after reading the run's prefix, as transactions (data)."""
-import ast
-import pathlib
 
 import pytest
 
+from conftest import imported_modules
 from hypervisor.ft import coordination as C
 from hypervisor.ft.views import View
 
@@ -83,13 +82,7 @@ def test_values_of_another_format_are_refused():
 
 
 def test_the_core_does_no_io():
-    src = (pathlib.Path(C.__file__)).read_text()
-    names = set()
-    for node in ast.walk(ast.parse(src)):
-        if isinstance(node, ast.Import):
-            names |= {a.name.split(".")[0] for a in node.names}
-        elif isinstance(node, ast.ImportFrom) and node.module:
-            names.add(node.module.split(".")[0])
+    names = imported_modules(C.__file__)
     assert not names & {"socket", "time", "threading", "random", "zmq", "requests", "etcd3gw", "os"}, names
 
 

@@ -1,9 +1,8 @@
 """The deterministic core of fault tolerance, driven with fake time."""
-import ast
-import pathlib
 
 import pytest
 
+from conftest import imported_modules
 from hypervisor.ft import core
 
 MS = 1_000_000
@@ -127,13 +126,7 @@ def test_log_waits_for_the_next_stop_only_while_nothing_depends_on_it():
 
 
 def test_core_does_no_io():
-    src = (pathlib.Path(core.__file__)).read_text()
-    names = set()
-    for node in ast.walk(ast.parse(src)):
-        if isinstance(node, ast.Import):
-            names |= {a.name.split(".")[0] for a in node.names}
-        elif isinstance(node, ast.ImportFrom) and node.module:
-            names.add(node.module.split(".")[0])
+    names = imported_modules(core.__file__)
     assert not names & {"zmq", "socket", "time", "random", "os", "threading", "subprocess"}
 
 
