@@ -168,6 +168,19 @@ uint64_t ftvm_host_ns(void)
     return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec + (uint64_t)clock_skew_ns;
 }
 
+/* The next guest time to hand out (record side): the host clock (or the synthetic
+ * clock) plus the offset, never backwards and never the same twice. RDTSC, RDTSCP and
+ * the clock system calls share it; the caller commits it to tsc_last. */
+static uint64_t vtime_peek(const ftvm_cpu *c)
+{
+    uint64_t v;
+    if (c->tsc_mode == FTVM_TSC_SYNTHETIC)
+        v = (uint64_t)((int64_t)(c->blocks * c->tsc_synth_ns_per_block) + c->tsc_offset_ns);
+    else
+        v = (uint64_t)((int64_t)ftvm_host_ns() + c->tsc_offset_ns);
+    return v <= c->tsc_last ? c->tsc_last + 1 : v;
+}
+
 static uint64_t next_tsc(uc_engine *uc, ftvm_cpu *c)
 {
     uint64_t v, pc = c->block_pc;
@@ -201,12 +214,7 @@ static uint64_t next_tsc(uc_engine *uc, ftvm_cpu *c)
         if (c->tsc_more && c->tsc_len - c->tsc_pos < 1024)
             ftvm_request(c, SYNC_TSC_DRAIN);
     } else {
-        if (c->tsc_mode == FTVM_TSC_SYNTHETIC)
-            v = (uint64_t)((int64_t)(c->blocks * c->tsc_synth_ns_per_block) + c->tsc_offset_ns);
-        else
-            v = (uint64_t)((int64_t)ftvm_host_ns() + c->tsc_offset_ns);
-        if (v <= c->tsc_last)   /* never backwards, never the same twice */
-            v = c->tsc_last + 1;
+        v = vtime_peek(c);
         if (c->tsc_len < c->tsc_cap) {
             uint64_t *e = c->tsc_buf + 3 * (uint64_t)c->tsc_len;
             e[0] = c->blocks;
@@ -428,13 +436,7 @@ static int time_call(uc_engine *uc, ftvm_cpu *c, uint64_t nr, uint64_t rip)
         return 0;
     if (c->tsc_mode != FTVM_TSC_HOST && c->tsc_mode != FTVM_TSC_SYNTHETIC)
         return 0;
-    uint64_t v, ret;
-    if (c->tsc_mode == FTVM_TSC_SYNTHETIC)
-        v = (uint64_t)((int64_t)(c->blocks * c->tsc_synth_ns_per_block) + c->tsc_offset_ns);
-    else
-        v = (uint64_t)((int64_t)ftvm_host_ns() + c->tsc_offset_ns);
-    if (v <= c->tsc_last)
-        v = c->tsc_last + 1;
+    uint64_t v = vtime_peek(c), ret;
     int nargs = time_nargs(nr);
     if (!time_write(uc, a, nr, c->sys_realtime_base_ns, v, &ret))
         return 0;
@@ -498,13 +500,7 @@ void ftvm_syscall_hook(void *uc_, void *user)
  * backwards and never the same twice, shared with RDTSC. */
 uint64_t ftvm_vtime_next(ftvm_cpu *c)
 {
-    uint64_t v;
-    if (c->tsc_mode == FTVM_TSC_SYNTHETIC)
-        v = (uint64_t)((int64_t)(c->blocks * c->tsc_synth_ns_per_block) + c->tsc_offset_ns);
-    else
-        v = (uint64_t)((int64_t)ftvm_host_ns() + c->tsc_offset_ns);
-    if (v <= c->tsc_last)
-        v = c->tsc_last + 1;
+    uint64_t v = vtime_peek(c);
     c->tsc_last = v;
     return v;
 }
