@@ -25,7 +25,7 @@ setup(
         "click>=8.1",
         "rich>=13",
     ],
-    extras_require={"test": ["pytest>=7", "pytest-timeout", "hypothesis>=6", "redis>=5"],
+    extras_require={"test": ["pytest>=7", "pytest-timeout", "pytest-xdist>=3.5", "hypothesis>=6", "redis>=5"],
                     "plot": ["matplotlib>=3.5"],
                     # --coordinator etcd://...: the gateway's JSON API (no protobuf or gRPC pin)
                     "etcd": ["etcd3gw>=2.4"]},
