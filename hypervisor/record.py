@@ -14,18 +14,17 @@ Output Rule). Plain recording releases it at once.
 from __future__ import annotations
 
 import time
-import zlib
 
 from logging_channel import records as R
 
 from . import abi
 from .errors import EXIT_INTERRUPTED, GuestStuck
 from .linux import inhook
+from .linux.signals import apply_signal
 from .machine import Config, Machine
 from .sources.interrupts import HostEvents
 from .uc import NO_STOP, SYNC_HYPERCALL, TSC_HOST, lib
 
-HLT = 0xF4
 
 
 class Chaos:
@@ -640,11 +639,7 @@ class Recorder:
             self._input(rip, None)
         if ticks and m.timer_period_us:
             m.irq.raise_line(abi.IRQ_TIMER)
-        net = self.host.take_net()
-        for conn, type_, payload in net:
-            self._event(R.Net(m.blocks, rip, conn, type_, payload or b""))
-            m.net.append(conn, type_, payload or b"")
-        if net:
+        if m.net.record(self._event, m.blocks, rip, self.host.take_net()):
             m.irq.raise_line(abi.IRQ_NET)
         self._disk_stop(rip)
 
@@ -652,11 +647,7 @@ class Recorder:
         """Completions from the host become DISK records; new requests go to the host."""
         m = self.m
         done = self.host.take_disk() if self.disk is not None else []
-        for req, status, data in done:
-            crc = zlib.crc32(data) if data is not None else 0
-            self._event(R.Disk(m.blocks, rip, req, status, data if self.disk_reads_in_log else None, crc))
-            problem = m.disk.complete(req, status, data)
-            assert problem is None, problem
+        m.disk.record_completions(self._event, m.blocks, rip, done, self.disk_reads_in_log)
         if done or m.disk.completed_now:
             m.disk.completed_now = False
             m.irq.raise_line(abi.IRQ_DISK)
@@ -672,32 +663,11 @@ class Recorder:
                 self._issue(r, self.sink.records)
 
     def _input(self, rip, data):
-        self._event(R.Input(self.m.blocks, rip, data))
-        self.m.input.append(data)
+        self.m.input.record(self._event, self.m.blocks, rip, data)
         self.m.irq.raise_line(abi.IRQ_INPUT)
 
     def _maybe_deliver(self) -> bool:
-        m = self.m
-        vector = m.irq.next_vector()
-        if vector is None:
-            return False
-        if not m.irq.handler:
-            return False              # the line stays raised until a handler is registered
-        rip = m.vcpu.reg("rip")
-        if m.vcpu.read(rip, 1)[0] == HLT:
-            # Let the HLT run first and deliver after it. This keeps `sti; hlt` free of
-            # the lost-wakeup race, as the STI interrupt shadow does on hardware.
-            return False
-        if not m.irq.can_deliver():
-            if not m.irq.in_handler:
-                m.cpu.irq_wait = 1    # stop as soon as the guest sets RFLAGS.IF
-            return False
-        problem = m.irq.deliver(vector)
-        if problem:
-            m.irq.pending.discard(vector)
-            return False
-        self._event(R.Irq(m.blocks, rip, vector))
-        return True
+        return self.m.irq.record_delivery(self._event, self.m.blocks, self.m.cpu)
 
     def _can_wake(self) -> bool:
         m = self.m
@@ -752,18 +722,6 @@ class Recorder:
         self.out.exit(self._console_offset, status, detail, self.sink.records)
         self.out.after_stop(self)
         return end
-
-
-def apply_signal(kernel, signo, vtime=0):
-    """Deliver a signal to the running thread (record and replay alike); returns an
-    exit status if it ends the process. ``vtime``: a timer's signal fired then."""
-    from .linux import signals as S
-    if vtime:
-        kernel.vtime_seen(vtime)
-        S.timer_fired(kernel, vtime)
-    elif signo in kernel.signals_pending:
-        kernel.signals_pending.remove(signo)
-    return S.deliver(kernel, signo)
 
 
 class DeadlinePoker:

@@ -18,7 +18,6 @@ from __future__ import annotations
 import collections
 import dataclasses
 import threading
-import zlib
 
 from logging_channel import records as R
 from logging_channel.logfile import LogReader, scan
@@ -31,6 +30,8 @@ from .linux.kernel import _ret_text
 from .linux.sysnames import NAMES
 from .record import Chaos, inhook_enabled
 from .uc import SYNC_DIVERGED, lib
+
+LINUX_KINDS = (R.SYSCALL, R.INTENT, R.WAIT, R.SIGNAL, R.SCHED)   # the Linux personality's point records
 
 CUT, HORIZON = -1, -2
 
@@ -194,6 +195,7 @@ class Replayer:
         self.last_golive = None
         self.disk_path = None      # the shared disk image, for reads not carried in the log
         self.last_disk_read_record = 0
+        self._side_table = self._sides()
 
     # --- reading --------------------------------------------------------------------
     def _take(self, rec):
@@ -431,100 +433,69 @@ class Replayer:
         if rip != ev.pc:
             raise Divergence(self._point(), f"the log's {R.KIND_NAMES[ev.kind]} record is at pc {ev.pc:#x}")
 
-    def _apply(self, ev):
-        m = self.m
-        if ev.kind == R.END:
-            if ev.reason == "exit" and m.exit_status is not None:
-                return self._check_end(ev, "exit", m.exit_status, f"guest killed by signal {m.exit_status - 128}")
-            if ev.reason in ("exit", "fault"):
-                raise Divergence(self._point(), f"the log says the guest ended here ({ev.detail}), but replay did not")
-            self._check_pc(ev)
-            return self._finish(ev, ev.status, ev.detail)
-        if ev.kind == R.INTENT:
-            if self.kernel is None or self.kernel.pending is None or self.kernel.pending[0] != ev.nr:
-                raise Divergence(self._point(), "the log has a data-directory change here, but the guest is not "
-                                                "in that system call")
-            self.kernel.intent = list(ev.values)
-            return None
-        if ev.kind == R.WAIT:
-            if self.kernel is None:
-                raise Divergence(self._point(), "a system call record in the log of an ftvm-ABI guest")
-            self.kernel.run_replay_wait(ev)
-            return None
-        if ev.kind == R.SIGNAL:
-            th = self.kernel.threads if self.kernel is not None else None
-            if th is None or th.cur.tid != ev.tid:
-                raise Divergence(self._point(), f"the log delivers signal {ev.signo} to thread {ev.tid} here, but the "
-                                                f"running thread is {th.cur.tid if th else '-'}")
-            self._check_pc(ev)
-            from .record import apply_signal
-            status = apply_signal(self.kernel, ev.signo, ev.vtime)
-            if status is not None:
-                m.exit_status = status
-            return None
-        if ev.kind == R.SCHED:
-            th = self.kernel.threads if self.kernel is not None else None
-            if th is None or th.cur.tid != ev.prev or th.get(ev.next) is None:
-                raise Divergence(self._point(), f"the log switches from thread {ev.prev} to {ev.next} here, but the "
-                                                f"running thread is {th.cur.tid if th else '-'}")
-            if th.cur.pending is not None and th.cur.blocked is None and not th.cur.exited:
-                raise Divergence(self._point(), f"the log switches threads here, but thread {th.cur.tid} is in "
-                                                f"{self.kernel.describe_pending()}")
-            self._check_pc(ev)
-            th.switch_to(th.get(ev.next))
-            return None
-        if ev.kind == R.SYSCALL:
-            self.events += 1
-            if self.kernel is None:
-                raise Divergence(self._point(), "a system call record in the log of an ftvm-ABI guest")
-            self.kernel.run_replay(ev)
-            return None
-        self._check_pc(ev)
-        if ev.kind == R.INPUT:
-            self.events += 1
-            m.input.append(ev.data)
-        elif ev.kind == R.IRQ:
-            self.events += 1
-            if not m.irq.can_deliver():
-                raise Divergence(self._point(), f"the log delivers interrupt {ev.vector} here, but the guest cannot take it")
-            problem = m.irq.deliver(ev.vector)
-            if problem:
-                raise Divergence(self._point(), problem)
-        elif ev.kind == R.NET:
-            self.events += 1
-            m.net.append(ev.conn, ev.type, ev.data)
-        elif ev.kind == R.DISK:
-            self.events += 1
-            self._disk_done(ev)
-        elif ev.kind == R.DIGEST:
-            diffs = compare_digests(ev, m.digest())
-            if diffs:
-                raise Divergence(self._point(), "state digest differs: " + "; ".join(diffs))
-        elif ev.kind == R.GOLIVE:
-            self.last_golive = ev
-        return None
+    # --- applying point records: each source's replay side ---------------------------------------
+    def _sides(self):
+        """The replay side of every point record, by kind: (apply, counts as an event,
+        happens at the logged pc). An apply returns None, or what does not match (a
+        divergence at this point). Each lives with its source (hypervisor/sources/,
+        and the Linux personality's families); the record sides sit next to them."""
+        sides = {   # the machine's devices are looked up at each record: a snapshot restore replaces them
+            R.INPUT: (lambda ev: self.m.input.replay(ev), True, True),
+            R.IRQ: (lambda ev: self.m.irq.replay(ev), True, True),
+            R.NET: (lambda ev: self.m.net.replay(ev), True, True),
+            R.DISK: (self._disk_done, True, True),
+            R.DIGEST: (self._digest, False, True),
+            R.GOLIVE: (self._golive, False, True),
+            # marks, no source's: where the primary stood (output covered, a view began,
+            # a state transfer was taken); replay only checks it stands there too
+            R.PROGRESS: (lambda ev: None, False, True),
+            R.VIEW: (lambda ev: None, False, True),
+            R.TRANSFER: (lambda ev: None, False, True),
+        }
+        if self.kernel is not None:
+            from .linux.replay_sides import sides as linux_sides
+            sides.update(linux_sides(self.kernel, self._check_pc))
+        return sides
 
-    def _disk_done(self, ev):
-        m = self.m
-        r = m.disk.inflight.get(ev.req)
-        data = ev.data
-        if r is not None and r.op == abi.DISK_READ and ev.status == abi.DISK_OK and data is None:
-            # Shared-disk mode: the log has only the CRC; read the image ourselves.
-            if not self.disk_path:
-                raise Divergence(self._point(), f"disk request {ev.req}: the log does not carry the data read "
-                                                "(recorded with --disk-reads shared); give the disk image with --disk")
-            with open(self.disk_path, "rb") as f:
-                f.seek(r.lba * abi.DISK_SECTOR)
-                data = f.read(r.count * abi.DISK_SECTOR)
-            data += bytes(r.count * abi.DISK_SECTOR - len(data))
-            if zlib.crc32(data) != ev.crc:
-                raise Divergence(self._point(), f"disk request {ev.req}: the shared image at sector {r.lba} no "
-                                                f"longer holds what the primary read (CRC32 {zlib.crc32(data):#010x}, "
-                                                f"log {ev.crc:#010x})")
-        problem = m.disk.complete(ev.req, ev.status, data)
+    def _apply(self, ev):
+        if ev.kind == R.END:
+            return self._end_record(ev)
+        side = self._side_table.get(ev.kind)
+        if side is None:
+            if ev.kind in LINUX_KINDS:
+                raise Divergence(self._point(), f"a {R.KIND_NAMES.get(ev.kind)} record in the log of an "
+                                                "ftvm-ABI guest")
+            raise Divergence(self._point(), f"a record of kind {ev.kind} that no source replays")
+        apply, counts, at_pc = side
+        if counts:
+            self.events += 1
+        if at_pc:
+            self._check_pc(ev)
+        problem = apply(ev)
         if problem:
             raise Divergence(self._point(), problem)
+        return None
+
+    def _end_record(self, ev):
+        m = self.m
+        if ev.reason == "exit" and m.exit_status is not None:
+            return self._check_end(ev, "exit", m.exit_status, f"guest killed by signal {m.exit_status - 128}")
+        if ev.reason in ("exit", "fault"):
+            raise Divergence(self._point(), f"the log says the guest ended here ({ev.detail}), but replay did not")
+        self._check_pc(ev)
+        return self._finish(ev, ev.status, ev.detail)
+
+    def _disk_done(self, ev):
+        problem = self.m.disk.replay(ev, self.disk_path)
         self.last_disk_read_record = self.records
+        return problem
+
+    def _digest(self, ev):
+        diffs = compare_digests(ev, self.m.digest())
+        return "state digest differs: " + "; ".join(diffs) if diffs else None
+
+    def _golive(self, ev):
+        self.last_golive = ev
 
     def _check_end(self, ev, reason, status, detail):
         m = self.m

@@ -267,3 +267,15 @@ def timer_fired(k, now_ns):
     if nxt <= now_ns:
         nxt += (now_ns - nxt) // t[1] * t[1] + t[1]
     t[0] = nxt
+
+
+def apply_signal(k, signo, vtime=0):
+    """Deliver a signal to the running thread, recording and replaying alike (the
+    SIGNAL record's two sides); returns an exit status if it ends the process.
+    ``vtime``: a timer's signal fired then."""
+    if vtime:
+        k.vtime_seen(vtime)
+        timer_fired(k, vtime)
+    elif signo in k.signals_pending:
+        k.signals_pending.remove(signo)
+    return deliver(k, signo)

@@ -27,6 +27,8 @@ import os
 import threading
 import zlib
 
+from logging_channel import records as R
+
 from .. import abi
 from ..errors import FtvmError
 
@@ -158,6 +160,36 @@ class DiskDevice:
             self.vcpu.write(r.buf, data)
         self.vcpu.write(r.status_ptr, status.to_bytes(4, "little"))
         return None
+
+    # --- record and replay of DISK records ------------------------------------------------
+    def record_completions(self, log, blocks: int, rip: int, done, reads_in_log: bool):
+        """Record side, at a stop: the host's completions (id, status, data) take effect
+        here, each logged as a DISK record; read data goes into the log unless the
+        backup reads the shared image itself (then only its CRC32)."""
+        for req, status, data in done:
+            crc = zlib.crc32(data) if data is not None else 0
+            log(R.Disk(blocks, rip, req, status, data if reads_in_log else None, crc))
+            problem = self.complete(req, status, data)
+            assert problem is None, problem
+
+    def replay(self, ev: R.Disk, image_path: str | None):
+        """Replay side: complete the request as the log says. A read logged with its CRC
+        only is read from the shared image, which must still hold what the primary read.
+        Returns None, or what is wrong (a divergence)."""
+        r = self.inflight.get(ev.req)
+        data = ev.data
+        if r is not None and r.op == abi.DISK_READ and ev.status == abi.DISK_OK and data is None:
+            if not image_path:
+                return (f"disk request {ev.req}: the log does not carry the data read (recorded with "
+                        "--disk-reads shared); give the disk image with --disk")
+            with open(image_path, "rb") as f:
+                f.seek(r.lba * abi.DISK_SECTOR)
+                data = f.read(r.count * abi.DISK_SECTOR)
+            data += bytes(r.count * abi.DISK_SECTOR - len(data))
+            if zlib.crc32(data) != ev.crc:
+                return (f"disk request {ev.req}: the shared image at sector {r.lba} no longer holds what the "
+                        f"primary read (CRC32 {zlib.crc32(data):#010x}, log {ev.crc:#010x})")
+        return self.complete(ev.req, ev.status, data)
 
     def pending_in_order(self):
         return [self.inflight[k] for k in sorted(self.inflight)]

@@ -18,8 +18,12 @@ import os
 import threading
 import time
 
+from logging_channel import records as R
+
 from .. import abi
 from ..uc import lib
+
+HLT = 0xF4
 
 
 class InputDevice:
@@ -48,6 +52,15 @@ class InputDevice:
         b = self.fifo[0]
         del self.fifo[0]
         return b
+
+    # --- record and replay of INPUT records ---------------------------------------------
+    def record(self, log, blocks: int, rip: int, data: bytes | None):
+        """Record side, at a stop: host input (None: its end) arrives at this point."""
+        log(R.Input(blocks, rip, data))
+        self.append(data)
+
+    def replay(self, ev: R.Input):
+        self.append(ev.data)
 
 
 class InterruptController:
@@ -92,6 +105,36 @@ class InterruptController:
         v.set_reg("rflags", v.reg("rflags") & ~abi.RFLAGS_IF)
         self.delivered += 1
         return None
+
+    # --- record and replay of IRQ records -------------------------------------------------
+    def record_delivery(self, log, blocks: int, cpu) -> bool:
+        """Record side, at a stop: deliver the lowest raised vector if the guest can take
+        it here, and log where. Returns True if one was delivered."""
+        vector = self.next_vector()
+        if vector is None or not self.handler:
+            return False              # the line stays raised until a handler is registered
+        v = self.vcpu
+        rip = v.reg("rip")
+        if v.read(rip, 1)[0] == HLT:
+            # Let the HLT run first and deliver after it. This keeps `sti; hlt` free of
+            # the lost-wakeup race, as the STI interrupt shadow does on hardware.
+            return False
+        if not self.can_deliver():
+            if not self.in_handler:
+                cpu.irq_wait = 1      # stop as soon as the guest sets RFLAGS.IF
+            return False
+        if self.deliver(vector):
+            self.pending.discard(vector)
+            return False
+        log(R.Irq(blocks, rip, vector))
+        return True
+
+    def replay(self, ev: R.Irq):
+        """Replay side: deliver where the log says. Returns None, or why the guest
+        cannot take it here (a divergence)."""
+        if not self.can_deliver():
+            return f"the log delivers interrupt {ev.vector} here, but the guest cannot take it"
+        return self.deliver(ev.vector)
 
     def iret(self):
         """Back to the interrupted context. Returns False if no handler was running."""

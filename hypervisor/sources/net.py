@@ -21,6 +21,8 @@ from __future__ import annotations
 import collections
 import struct
 
+from logging_channel import records as R
+
 from .. import abi
 
 FRAME = struct.Struct("<IBI")
@@ -39,6 +41,17 @@ class NetDevice:
     def append(self, conn: int, type_: int, data: bytes):
         self.queue.append([conn, type_, data])
         self.events += 1
+
+    def record(self, log, blocks: int, rip: int, events) -> bool:
+        """Record side, at a stop: the front end's events arrive at this point, each
+        logged as a NET record. Returns True if any came (the caller raises the line)."""
+        for conn, type_, payload in events:
+            log(R.Net(blocks, rip, conn, type_, payload or b""))
+            self.append(conn, type_, payload or b"")
+        return bool(events)
+
+    def replay(self, ev: R.Net):
+        self.append(ev.conn, ev.type, ev.data)
 
     # --- guest side (port hooks) -------------------------------------------------------
     def status(self) -> int:
