@@ -74,9 +74,16 @@ def test_backup_killed_mid_transfer_leaves_the_view_safe(guests, tmp_path):
     # primary's 256 MiB state.
     assert wait_for(lambda: [n for n in "ABC" if status(run_dir, n).get("role") == "backup"], timeout=30)
     assert run_ftvm("kill", "backup", "--run-dir", run_dir).returncode == 0
-    assert wait_for(lambda: any(status(run_dir, n).get("transferring") for n in "ABC"), timeout=30)
-    victims = [n for n in "ABC" if status(run_dir, n).get("role") == "backup" and not status(run_dir, n).get("ready")]
-    assert victims, "a backup waiting for its state"
+    victims = []
+
+    def waiting_backup():
+        """The new backup while it waits for its state (one look at all status files:
+        two looks could straddle the end of the transfer)."""
+        st = {n: status(run_dir, n) for n in "ABC"}
+        if any(s.get("transferring") for s in st.values()):
+            victims[:] = [n for n, s in st.items() if s.get("role") == "backup" and not s.get("ready")]
+        return victims
+    assert wait_for(waiting_backup, timeout=30), "a backup waiting for its state"
     import os
     import signal
     os.kill(status(run_dir, victims[0])["pid"], signal.SIGKILL)
