@@ -140,5 +140,7 @@ int ftvm_log_syscall3(ftvm_cpu *cpu, uint64_t pc, uint64_t nr, uint64_t a0, uint
 int ftvm_mem_write(void *uc, uint64_t addr, const uint8_t *data, size_t n);
 int ftvm_mem_read(void *uc, uint64_t addr, uint8_t *out, size_t n);
 void ftvm_set_clock_skew(int64_t skew_ns);
+/* zlib's crc32 (its address), for the C side's log frames; NULL: its own. */
+void ftvm_set_crc32(void *fn);
 int ftvm_install_signals(ftvm_cpu *cpu);
 void ftvm_restore_signals(void);
