@@ -8,9 +8,16 @@ STAMP  := $(VENV)/.ftvm-installed
 UC_STAMP := $(VENV)/.unicorn-installed
 PYTEST_ARGS ?=
 
-.PHONY: setup guests tools demo test bench clean
+.PHONY: setup guests tools bytecode demo test bench clean
 
-setup: $(STAMP) $(UC_STAMP) tools guests
+setup: $(STAMP) $(UC_STAMP) tools guests bytecode
+
+# ftvm is installed editable, so pip compiles none of its modules: compile them here
+# (as pip does for an installed package). Each ftvm command then starts ~50 ms sooner,
+# even where PYTHONDONTWRITEBYTECODE keeps Python from writing the cache itself. Only
+# changed files are compiled again; a stale cache is simply not used.
+bytecode: $(STAMP)
+	@$(PY) -m compileall -q hypervisor logging_channel >/dev/null
 
 # Debian packages the tests and `ftvm bench` use: redis-cli, redis-benchmark and
 # redis-server drive the kv guest; busybox-static, bash-static, musl-gcc (for the .musl
@@ -34,7 +41,8 @@ tools:
 	  else echo "note: missing packages; run: sudo apt-get install$$missing (some tests and bench parts need them)"; fi; \
 	fi
 
-$(STAMP): setup.py pyproject.toml hypervisor/fastpath.c hypervisor/fastpath.h hypervisor/_fastpath_build.py
+$(STAMP): setup.py pyproject.toml hypervisor/fastpath.c hypervisor/fastpath_files.c hypervisor/fastpath.h \
+          hypervisor/_fastpath_build.py
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -e '.[test,plot,etcd]'

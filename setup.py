@@ -12,7 +12,7 @@ setup(
     python_requires=">=3.10",
     packages=find_packages(include=["hypervisor", "hypervisor.*", "logging_channel", "logging_channel.*",
                                    ]),
-    package_data={"hypervisor": ["fastpath.c", "fastpath.h"], "logging_channel": ["codec.c"]},
+    package_data={"hypervisor": ["fastpath.c", "fastpath_files.c", "fastpath.h"], "logging_channel": ["codec.c"]},
     setup_requires=["cffi>=1.16"],
     cffi_modules=["hypervisor/_fastpath_build.py:ffibuilder", "logging_channel/_codec_build.py:ffibuilder"],
     install_requires=[

@@ -29,7 +29,7 @@ ffibuilder.cdef((HERE / "fastpath.h").read_text())
 _include, _lib = _unicorn_dirs()
 ffibuilder.set_source(
     "hypervisor._fastpath",
-    '#include "fastpath.c"',
+    '#include "fastpath.c"\n#include "fastpath_files.c"',
     include_dirs=[str(HERE), str(_include)],
     extra_compile_args=["-O2", "-Wall", "-Wno-unused-function"],
     # The library is loaded by `import unicorn` before this module (see hypervisor/uc.py);

@@ -1,6 +1,32 @@
 /* Shared between the C fast path and Python (cffi cdef reads this file).
  * Keep it free of preprocessor directives: cffi parses it as declarations. */
 
+/* Data-directory files the syscall hook serves in C (record side of the Linux
+ * personality, fastpath_files.c; hypervisor/linux/cfiles.py keeps it). A mirror of
+ * Python's fd table: Python owns the table and sets each slot's state whenever it
+ * changes an fd; C opens, reads and closes plain data-directory files itself, and
+ * Python takes over the files C opened (state 2) first thing whenever it runs. */
+typedef struct ftvm_cfile {
+    uint32_t state;             /* 0 free, 1 Python's, 2 opened in C (Python not told yet),
+                                 * 3 Python's file that C may read (pos lives here) */
+    int32_t hostfd;             /* states 2 and 3 */
+    uint32_t flags;             /* open flags as the guest gave them (state 2) */
+    uint32_t path_len;
+    uint64_t pos;               /* file position (states 2 and 3) */
+    char path[256];             /* guest path (state 2) */
+} ftvm_cfile;
+
+typedef struct ftvm_files {
+    ftvm_cfile fd[1024];        /* by guest fd (the personality's FD_MAX) */
+    uint32_t fresh;             /* slots in state 2 */
+    int32_t data_dirfd;         /* the data directory on the host (O_PATH), -1: none */
+    uint32_t data_guest_len;
+    uint32_t cwd_len;           /* 0: relative paths go to Python */
+    char data_guest[256];       /* its guest path, no trailing slash */
+    char cwd[256];              /* the working directory's guest path */
+    uint64_t read_max;          /* larger reads go to Python */
+} ftvm_files;
+
 typedef struct ftvm_cpu {
     /* The first three fields are laid out as Unicorn's uc_block_counter (the patched
      * engine's UC_CTL_BLOCK_COUNTER, see unicorn-patch/): with the inline counter the
@@ -81,6 +107,8 @@ typedef struct ftvm_cpu {
     uint32_t sys_frames_len;        /* bytes */
     uint32_t sys_frames_cap;
     uint32_t sys_frames_count;      /* frames */
+    /* Data-directory files served in C (record side, fastpath_files.c), or NULL. */
+    ftvm_files *sys_fs;
 
     /* Debugger: the guest stopped in the middle of a block (after single steps or at a
      * breakpoint) and resumes there. Unicorn starts a new translated block at that
@@ -112,5 +140,7 @@ int ftvm_log_syscall3(ftvm_cpu *cpu, uint64_t pc, uint64_t nr, uint64_t a0, uint
 int ftvm_mem_write(void *uc, uint64_t addr, const uint8_t *data, size_t n);
 int ftvm_mem_read(void *uc, uint64_t addr, uint8_t *out, size_t n);
 void ftvm_set_clock_skew(int64_t skew_ns);
+/* zlib's crc32 (its address), for the C side's log frames; NULL: its own. */
+void ftvm_set_crc32(void *fn);
 int ftvm_install_signals(ftvm_cpu *cpu);
 void ftvm_restore_signals(void);

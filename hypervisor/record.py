@@ -19,7 +19,7 @@ from logging_channel import records as R
 
 from . import abi
 from .errors import EXIT_INTERRUPTED, GuestStuck
-from .linux import inhook
+from .linux import cfiles, inhook
 from .linux.signals import apply_signal
 from .machine import Config, Machine
 from .sources.interrupts import HostEvents
@@ -130,6 +130,7 @@ class Recorder:
         self.disk_reads_in_log = machine.config.disk_reads != "shared"
         self._poker = None
         self._inhook = None             # linux/inhook.py: calls run inside the syscall hook
+        self._cfiles = None             # linux/cfiles.py: data-directory files served there in C
         self._sched_after_hook = False  # a call run there must wait (or exit, yield): schedule at the stop
         machine.rng.mode = "record"
         machine.rng.set_append(self._append)
@@ -248,10 +249,14 @@ class Recorder:
         if self.kernel is not None and inhook_enabled():
             self._inhook = inhook.InHook(cpu, self._hook_call)
             self._inhook.install()
-            self._inhook.record_clocks(self.kernel.realtime_base_ns)
+            self._inhook.record_clocks(self.kernel.realtime_base_ns, cfiles.FRAMES_BYTES)
+            self._cfiles = cfiles.CFiles(cpu, self.kernel.files)
         try:
             return self._loop(m, cpu)
         finally:
+            if self._cfiles is not None:
+                self._cfiles.detach()
+                self._cfiles = None
             if self._inhook is not None:
                 self._inhook.remove()
             lib.ftvm_restore_signals()
@@ -271,6 +276,7 @@ class Recorder:
             fault = m.vcpu.run()
             if self._inhook is not None:
                 self._drain_frames()
+                self._cfiles.sync()
                 self._inhook.raise_error()
             self._logged_at_stop = False
             self._drain_tsc()
@@ -451,6 +457,8 @@ class Recorder:
         that may, as ``_linux_syscall`` would at the stop. Returns STOP, DONE or
         DONE_STOP (the call must wait, exited or yielded: the stop schedules)."""
         k, cpu = self.kernel, self.m.cpu
+        if self._cfiles.t.fresh:
+            self._cfiles.sync()         # files C opened, before Python looks at an fd
         r = cpu.sys_regs
         if not inhook.eligible(k, r[0], r[1]):
             return inhook.STOP

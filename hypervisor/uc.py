@@ -14,6 +14,20 @@ except ImportError as e:  # pragma: no cover - only on a broken install
 ffi = _fastpath.ffi
 lib = _fastpath.lib
 
+
+def _hand_over_zlib_crc32():
+    """The C side checksums the log frames it writes (file reads: many KiB each) with
+    zlib's crc32 when it can have it: the one zlib Python's own zlib module uses."""
+    import ctypes
+    try:
+        fn = ctypes.cast(ctypes.CDLL("libz.so.1").crc32, ctypes.c_void_p).value
+    except (OSError, AttributeError):
+        return
+    lib.ftvm_set_crc32(ffi.cast("void *", fn))
+
+
+_hand_over_zlib_crc32()
+
 TSC_HOST, TSC_SYNTHETIC, TSC_REPLAY = 0, 1, 2
 DIV_TSC_EXHAUSTED, DIV_TSC_POINT = 1, 2
 SYNC_TSC_DRAIN, SYNC_DIVERGED, SYNC_HYPERCALL = 1, 2, 4

@@ -63,6 +63,12 @@ class LogWriter:
 
     def _buffer(self, data):
         buf = self._buf
+        if len(data) >= self.BUFFER_BYTES:
+            # A big batch (the syscall hook's frames: file reads of many KiB) goes
+            # straight to the OS, after what waits, without two more copies.
+            self.flush()
+            self._write(data)
+            return
         if not buf:
             self._buf_since = time.monotonic()
         buf += data

@@ -21,6 +21,31 @@ FD_CLOEXEC = 1
 PATH_MAX = 4096
 
 
+class FdTable(dict):
+    """fd -> File. Tells the C mirror (cfiles.py), while one is attached, of every
+    change, so that the syscall hook knows which fds are free and which files it may
+    read."""
+    mirror = None
+
+    def __setitem__(self, fd, f):
+        dict.__setitem__(self, fd, f)
+        if self.mirror is not None:
+            self.mirror.slot_set(fd, f)
+
+    def __delitem__(self, fd):
+        f = self[fd]
+        dict.__delitem__(self, fd)
+        if self.mirror is not None:
+            self.mirror.slot_del(fd, f)
+
+    def pop(self, fd, *default):
+        if fd not in self:
+            return dict.pop(self, fd, *default)
+        f = self[fd]
+        del self[fd]
+        return f
+
+
 class Files:
     """The fd table, the working directory and the mounts."""
 
@@ -28,12 +53,42 @@ class Files:
         self.root = root                 # host directory that is the guest's /
         self.data_host = data_host       # host directory of the data mount (or None)
         self.data_guest = data_guest     # where the guest sees it
+        self._mirror = None              # cfiles.CFiles while the hook serves files in C
         self.cwd = cwd
         self.program = program           # guest path of the program (/proc/self/exe)
         self.fds = {}                    # fd -> File
         self.cloexec = set()
         self.umask = 0o022
         self.tmp = TmpFs()
+
+    @property
+    def fds(self):
+        return self._fds
+
+    @fds.setter
+    def fds(self, table):
+        self._fds = FdTable(table)
+        if self._mirror is not None:
+            self._fds.mirror = self._mirror
+            self._mirror.reset(self._fds)
+
+    @property
+    def cwd(self):
+        return self._cwd
+
+    @cwd.setter
+    def cwd(self, gpath):
+        self._cwd = gpath
+        if self._mirror is not None:
+            self._mirror.set_cwd(gpath)
+
+    def attach_mirror(self, mirror):
+        """cfiles.CFiles (or None): keep it told of every fd and the working directory."""
+        self._mirror = mirror
+        self._fds.mirror = mirror
+        if mirror is not None:
+            mirror.reset(self._fds)
+            mirror.set_cwd(self._cwd)
 
     def std(self):
         self.fds = {0: F.Stdin("/dev/stdin", 0), 1: F.Console("/dev/stdout", O_WRONLY),

@@ -169,6 +169,24 @@ class DataFile(HostFile):
     """A file of the data directory: host state. Reads are logged inputs; writes are
     outputs (performed by the primary under the Output Rule, never by replay)."""
     kind = "data"
+    # While the syscall hook may read this file in C (linux/cfiles.py), its position
+    # lives in the C mirror's slot, and _cfd is its fd there.
+    _cslot = None
+    _cfd = None
+    _p = 0
+
+    @property
+    def pos(self):
+        s = self._cslot
+        return self._p if s is None else int(s.pos)
+
+    @pos.setter
+    def pos(self, v):
+        s = self._cslot
+        if s is None:
+            self._p = v
+        else:
+            s.pos = v
 
     def open_mode(self):
         return os.O_RDWR if self.writable() and self.readable() else os.O_WRONLY if self.writable() else os.O_RDONLY

@@ -19,7 +19,7 @@ PROT_NONE, PROT_READ, PROT_WRITE, PROT_EXEC = 0, 1, 2, 4
 MMAP_TOP = 0x7FFF_F7FF_F000
 MMAP_BOTTOM = 0x1_0000_0000          # nothing is placed below 4 GiB unless asked (MAP_FIXED)
 ADDR_MAX = 0x7FFF_FFFF_F000
-_DIGEST_STEP = 16 << 20
+_DIGEST_STEP = 1 << 20      # a digest reads memory this much at a time (a bigger buffer costs its zeroing: 16 MiB took 20 ms)
 
 
 def page_down(a):
