@@ -34,7 +34,8 @@ tools:
 	  else echo "note: missing packages; run: sudo apt-get install$$missing (some tests and bench parts need them)"; fi; \
 	fi
 
-$(STAMP): setup.py pyproject.toml hypervisor/fastpath.c hypervisor/fastpath.h hypervisor/_fastpath_build.py
+$(STAMP): setup.py pyproject.toml hypervisor/fastpath.c hypervisor/fastpath.h hypervisor/_fastpath_build.py \
+		logging_channel/codec.c logging_channel/_codec_build.py
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -e '.[test,plot,etcd]'

@@ -21,6 +21,7 @@ import threading
 import zlib
 
 from logging_channel import records as R
+from logging_channel.frames import Frames
 from logging_channel.logfile import LogReader, scan
 
 from . import abi, elf_loader
@@ -99,10 +100,13 @@ class StreamSource:
         self._q = collections.deque()
         self._mine = collections.deque()    # taken from _q in one go: the replaying thread's alone
         self._cond = threading.Condition()
+        self._run = None                    # a run of checked frames being decoded, and where
+        self._at = 0
         self.ended = False
         self.records_read = 0
 
     def push(self, recs):
+        """Records, frames (bytes) or runs of checked frames (logging_channel.frames)."""
         with self._cond:
             self._q.extend(recs)
             self._cond.notify_all()
@@ -115,24 +119,38 @@ class StreamSource:
 
     def poll(self, timeout):
         """A record, or None if none came within ``timeout`` (or the stream ended).
-        Items pushed as frames (bytes) are decoded here, on the replaying thread."""
-        if not self._mine:
-            # Everything pushed so far at once: one lock round per batch, not per
-            # record (the receiver thread pushes while this one replays).
-            with self._cond:
-                if not self._q and not self.ended:
-                    self._cond.wait(timeout)
-                if not self._q:
-                    return None
-                self._mine, self._q = self._q, self._mine
+        Items pushed as frames are decoded here, on the replaying thread."""
+        while self._run is None:
+            if not self._mine:
+                # Everything pushed so far at once: one lock round per batch, not per
+                # record (the receiver thread pushes while this one replays).
+                with self._cond:
+                    if not self._q and not self.ended:
+                        self._cond.wait(timeout)
+                    if not self._q:
+                        return None
+                    self._mine, self._q = self._q, self._mine
+            item = self._mine.popleft()
+            if type(item) is Frames:
+                if item:
+                    self._run, self._at = item, item.lo
+                continue
+            self.records_read += 1
+            if isinstance(item, (bytes, bytearray)):
+                try:
+                    item, _ = R.decode(item)
+                except R.FrameError as e:
+                    raise LogDamaged(self.path, self.records_read - 1, 0, e.reason) from None
+            return item
+        run, at = self._run, self._at
+        self._at = at + 1
+        if self._at >= run.hi:
+            self._run = None
         self.records_read += 1
-        item = self._mine.popleft()
-        if isinstance(item, (bytes, bytearray)):
-            try:
-                item, _ = R.decode(item)
-            except R.FrameError as e:
-                raise LogDamaged(self.path, self.records_read - 1, 0, e.reason) from None
-        return item
+        try:
+            return R.decode_checked(run.blob, run.offs[at])
+        except R.FrameError as e:
+            raise LogDamaged(self.path, self.records_read - 1, 0, e.reason) from None
 
     def next(self):
         return self.poll(0)

@@ -17,12 +17,14 @@ import time
 
 from logging_channel import messages as M
 from logging_channel import records as R
+from logging_channel.frames import Frames, check as frames_check
 from logging_channel.logfile import LogWriter
 from .arbiter import Arbiter
 
 from ..console import Console
 from ..errors import FtvmError
 from ..machine import Config
+from ..profiling import thread_profile
 from ..record import Recorder
 from ..replay import Replayer, StreamSource
 from ..sources.interrupts import HostEvents
@@ -69,6 +71,10 @@ class FtOptions:
     def to_args(self):
         return ["--hb-interval-ms", str(self.hb_interval_ms), "--fail-timeout-ms", str(self.fail_timeout_ms),
                 "--max-lag-ms", str(self.max_lag_ms)]
+
+
+def _by_type(counts):
+    return {M.TYPE_NAMES[t]: n for t, n in enumerate(counts) if n and t in M.TYPE_NAMES}
 
 
 class Halted(FtvmError):
@@ -177,7 +183,8 @@ class Node:
         self.rejoin = False
         self._stop_rec = None           # the recorder at a stop (for StopSoon)
         self.main_tid = None            # the thread that records or replays the guest
-        self.ep = Endpoint(listen, self._on_message, self._on_tick, tick_s=self.opts.hb_interval_ms / 1000)
+        self.ep = Endpoint(listen, self._on_message, self._on_tick, tick_s=self.opts.hb_interval_ms / 1000,
+                           name=name)
         self.addrs = {"observer": observer}
         if peer:
             self.addrs[peer_name] = peer
@@ -235,8 +242,9 @@ class Node:
             self.ep.send(e.to, M.encode(M.ACK, self.id, e.view, e.received,
                                         [int(blocks), e.received, self._disk_reads_replayed(), e.echo]))
         elif isinstance(e, P.AppendLog):
-            self.writer.append_frames(b"".join(e.frames), len(e.frames))
-            self.stream.push(list(e.frames))
+            fr = e.frames
+            self.writer.append_frames(fr.join() if type(fr) is Frames else b"".join(fr), len(fr))
+            self.stream.push([fr] if type(fr) is Frames else list(fr))
         elif isinstance(e, P.Trim):
             if self.sink is not None:
                 self.sink.acked(e.acked)
@@ -335,19 +343,12 @@ class Node:
 
     @staticmethod
     def _split_frames(payload):
-        """A LOG message's frames, checked (framing and CRCs only: cheap; the replay
-        thread decodes the bodies), as a list; None if any is damaged."""
-        blob = payload[0]
-        frames, off = [], 0
+        """A LOG message's frames, checked (framing and CRCs, in one C call; the replay
+        thread decodes the bodies), as a run of frames; None if any is damaged."""
         try:
-            while off < len(blob):
-                R.check_frame(blob, off)
-                size = R.FRAME.size + R.FRAME.unpack_from(blob, off)[2]
-                frames.append(blob[off:off + size])
-                off += size
+            return [frames_check(payload[0]), *payload[1:]]
         except R.FrameError:
             return None
-        return [frames, *payload[1:]]
 
     # --- I/O thread: timers ------------------------------------------------------------
     def _on_tick(self):
@@ -384,6 +385,7 @@ class Node:
             "failovers": c.failovers, "clock_offset_us": c.skew.offset_ns / 1000,
             "rtt_us": None if c.skew.rtt_ns is None else c.skew.rtt_ns / 1000,
             "rtt_p50_us": (core.percentile(sorted(r for r, _ in c.skew.samples), 50) or 0) / 1000,
+            "messages": {"sent": _by_type(self.ep.sent), "received": _by_type(self.ep.received)},
             "garbage": self.ep.garbage, "stale": c.stale, "gaps": c.gaps,
             "fail_timeout_ms": c.watch.timeout_ns() / 1e6,
             "io_failure": repr(self.ep.failure) if self.ep.failure else None,
@@ -563,10 +565,11 @@ class Node:
         self.ep.start()
         self.slew = None
         try:
-            if self.role == "primary":
-                self._run_primary()
-            else:
-                self._run_backup()
+            with thread_profile(f"main-{self.name}"):
+                if self.role == "primary":
+                    self._run_primary()
+                else:
+                    self._run_backup()
         except Halted as e:
             self.say(f"halting: {e}")
             return EXIT_STALE
