@@ -31,7 +31,7 @@ from .linux import inhook
 from .linux.kernel import _ret_text
 from .linux.sysnames import NAMES
 from .record import Chaos, inhook_enabled
-from .uc import SYNC_DIVERGED, lib
+from .uc import SYNC_DIVERGED, ffi, lib
 
 CUT, HORIZON = -1, -2
 
@@ -102,6 +102,9 @@ class StreamSource:
         self._cond = threading.Condition()
         self._run = None                    # a run of checked frames being decoded, and where
         self._at = 0
+        # The replayer's (blob, offset) -> bool: takes a SYSCALL frame without its being
+        # decoded here (a clock read queued for C), or declines it.
+        self.take_frame = None
         self.ended = False
         self.records_read = 0
 
@@ -143,12 +146,21 @@ class StreamSource:
                     raise LogDamaged(self.path, self.records_read - 1, 0, e.reason) from None
             return item
         run, at = self._run, self._at
-        self._at = at + 1
-        if self._at >= run.hi:
-            self._run = None
-        self.records_read += 1
+        blob, offs, take = run.blob, run.offs, self.take_frame
+        while True:
+            off = offs[at]
+            at += 1
+            self.records_read += 1
+            if at >= run.hi:
+                self._run = None
+                if take is not None and blob[off + 1] == R.SYSCALL and take(blob, off):
+                    return self.poll(timeout)
+                break
+            if take is None or blob[off + 1] != R.SYSCALL or not take(blob, off):
+                self._at = at
+                break
         try:
-            return R.decode_checked(run.blob, run.offs[at])
+            return R.decode_checked(blob, off)
         except R.FrameError as e:
             raise LogDamaged(self.path, self.records_read - 1, 0, e.reason) from None
 
@@ -176,6 +188,7 @@ class Replayer:
         self._safe_blocks = 0      # the furthest point the log vouches for so far
         self._ev = None            # the next point event (the syscall hook may move on, inhook.py)
         self._inhook = None
+        self._frame_blob = self._frame_ptr = None    # the stream's frames C reads clock reads from
         if header is None and getattr(source, "header", None) is not None:
             header = source.header
         if header is None:
@@ -270,13 +283,33 @@ class Replayer:
             self._inhook = inhook.InHook(self.m.cpu, self._hook_call)
             self._inhook.install()
             self._inhook.replay_clocks(self.kernel.realtime_base_ns)
+            if hasattr(self.source, "take_frame"):
+                self.source.take_frame = self._take_clock_frame
         try:
             return self._loop()
         finally:
             if self._inhook is not None:
+                if hasattr(self.source, "take_frame"):
+                    self.source.take_frame = None
                 self._inhook.remove()
             lib.ftvm_restore_signals()
             self.m.console.flush()
+
+    def _take_clock_frame(self, blob, off):
+        """A SYSCALL frame from the stream: if it is a clock read C applies, C queues it
+        straight from the frame (fastpath.c), with no record decoded in Python (one
+        clock read in every two records of a busy server); Python decodes it only if C
+        cannot apply it after all (``InHook.pop``). False: decode it as usual."""
+        if blob is not self._frame_blob:
+            self._frame_blob, self._frame_ptr = blob, ffi.from_buffer(blob)
+        blocks = lib.ftvm_tq_push_frame(self.m.cpu, self._frame_ptr, off)
+        if blocks < 0:
+            return False
+        self.records += 1
+        if blocks > self._safe_blocks:
+            self._safe_blocks = blocks
+        self._inhook.queued.append((blob, off))
+        return True
 
     def _hook_call(self):
         """Inside the syscall hook (linux/inhook.py): if the log's next event is this
@@ -361,7 +394,7 @@ class Replayer:
                     self._apply(self._inhook.pop())     # a queued clock read, at a stop
                     continue
                 if m.blocks >= ev.blocks:
-                    head = self._inhook.queued[0]
+                    head = self._inhook.head()
                     raise Divergence(self._point(), f"the log has system call {k.describe_record(head)} at block "
                                                     f"{head.blocks} pc {head.pc:#x}, but the guest did not make it")
             if self.to_event is not None and self.events >= self.to_event and m.blocks >= ev.blocks:
