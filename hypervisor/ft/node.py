@@ -31,6 +31,7 @@ from ..sources.interrupts import HostEvents
 from ..uc import lib
 from . import core, faults
 from . import protocol as P
+from .sink import FtSink
 from .transport import Endpoint
 
 BACKUP_NICE = 10                    # a backup's replaying thread, as root (Node.replay_priority)
@@ -85,59 +86,6 @@ class Halted(FtvmError):
 
 class Stopped(Exception):
     """The run is over for this node (the observer said stop, or went away)."""
-
-
-class FtSink:
-    """The primary's log: each record goes to the local file and is kept until the
-    backup acknowledges it."""
-
-    def __init__(self, writer: LogWriter):
-        self.writer = writer
-        self.records = writer.records
-        self.frames = []            # frames from index `base` on, not yet acknowledged
-        self.base = writer.records
-        self.sent = writer.records  # frames before this index have been sent once
-        self.bytes = 0
-
-    def append(self, rec):
-        frame = R.encode(rec)
-        self.writer.append_frames(frame, 1)
-        self.frames.append(frame)
-        self.bytes += len(frame)
-        self.records += 1
-
-    def append_frames(self, frames: bytes, count: int):
-        """Whole frames encoded elsewhere (clock reads recorded in C)."""
-        self.writer.append_frames(frames, count)
-        off = 0
-        for _ in range(count):
-            size = R.FRAME.size + R.FRAME.unpack_from(frames, off)[2]
-            self.frames.append(frames[off:off + size])
-            self.bytes += size
-            off += size
-        self.records += count
-
-    def flush(self):
-        self.writer.flush()
-
-    def unsent_bytes(self):
-        return sum(len(f) for f in self.frames[max(0, self.sent - self.base):])
-
-    def acked(self, n):
-        drop = min(max(0, n - self.base), len(self.frames))
-        if drop:
-            self.bytes -= sum(len(f) for f in self.frames[:drop])
-            del self.frames[:drop]
-            self.base += drop
-
-    def frames_from(self, index, max_bytes=8 << 20):
-        out, size = [], 0
-        for f in self.frames[max(0, index - self.base):]:
-            if out and size + len(f) > max_bytes:
-                break
-            out.append(f)
-            size += len(f)
-        return out
 
 
 class Node:
@@ -227,12 +175,12 @@ class Node:
             s = self.sink
             if s is None:
                 return
-            frames = s.frames_from(e.first)[:max(0, e.upto - e.first)]
+            blob, count = s.frames_from(e.first, e.upto)
             s.sent = max(s.sent, e.upto)
-            if frames:
+            if count:
                 m = self.machine
                 data = M.encode(M.LOG, self.id, e.view, e.first,
-                                [b"".join(frames), len(frames), int(m.cpu.blocks), int(m.cpu.tsc_offset_ns), e.at])
+                                [blob, count, int(m.cpu.blocks), int(m.cpu.tsc_offset_ns), e.at])
                 if threading.get_native_id() == self.main_tid:
                     self.ep.send_direct(e.to, data)     # the emulation thread: skip the hop
                 else:
