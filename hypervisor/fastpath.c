@@ -491,6 +491,61 @@ static int time_replay(uc_engine *uc, ftvm_cpu *c, uint64_t nr, uint64_t rip)
 }
 
 static int files_call(uc_engine *uc, ftvm_cpu *c, uint64_t nr, uint64_t rip);
+static uint32_t get_le32_(const uint8_t *p)
+{
+    return (uint32_t)p[0] | (uint32_t)p[1] << 8 | (uint32_t)p[2] << 16 | (uint32_t)p[3] << 24;
+}
+
+/* One msgpack unsigned integer at *p (before end); 0 if there is none. */
+static int mp_get_uint(const uint8_t **p, const uint8_t *end, uint64_t *v)
+{
+    const uint8_t *q = *p;
+    if (q >= end)
+        return 0;
+    uint8_t t = *q++;
+    int n = t < 0x80 ? 0 : t == 0xcc ? 1 : t == 0xcd ? 2 : t == 0xce ? 4 : t == 0xcf ? 8 : -1;
+    if (n < 0 || end - q < n)
+        return 0;
+    uint64_t x = n ? 0 : t;
+    for (int i = 0; i < n; i++)
+        x = x << 8 | q[i];
+    *v = x;
+    *p = q + n;
+    return 1;
+}
+
+/* Replay: if the frame at buf + off (checked already: logging_channel/frames.py) is a
+ * clock read's SYSCALL record that C applies (the shape put_syscall_frame writes and
+ * linux/inhook.py's queue accepts: a known call, its arguments, a result that is no
+ * error, one value), queue it in sys_tq without Python decoding it, and return its
+ * block count; -1 otherwise (Python decodes the record). */
+int64_t ftvm_tq_push_frame(ftvm_cpu *c, const uint8_t *buf, uint64_t off)
+{
+    const uint8_t *f = buf + off, *p = f + 10, *end = p + get_le32_(f + 2);
+    uint64_t e[7] = {0}, nargs, ret, v;
+    if (f[1] != KIND_SYSCALL || c->sys_tq_len >= c->sys_tq_cap || p >= end || *p++ != 0x97)
+        return -1;
+    if (!mp_get_uint(&p, end, &e[0]) || !mp_get_uint(&p, end, &e[1]) || !mp_get_uint(&p, end, &e[2]))
+        return -1;
+    if (e[2] != SYS_GETTIMEOFDAY && e[2] != SYS_CLOCK_GETTIME && e[2] != SYS_TIME)
+        return -1;
+    nargs = (uint64_t)time_nargs(e[2]);
+    if (p >= end || *p++ != (uint8_t)(0x90 | nargs))
+        return -1;
+    for (uint64_t i = 0; i < nargs; i++)
+        if (!mp_get_uint(&p, end, &e[3 + i]))
+            return -1;
+    if (!mp_get_uint(&p, end, &ret) || ret >> 63 || (e[2] != SYS_TIME && ret != 0))
+        return -1;
+    if (p >= end || *p++ != 0x91 || !mp_get_uint(&p, end, &v) || p >= end || *p++ != 0x90 || p != end
+        || e[0] >> 63)
+        return -1;
+    e[5] = ret;
+    e[6] = v;
+    memcpy(c->sys_tq + 7 * (uint64_t)c->sys_tq_len, e, sizeof e);
+    c->sys_tq_len++;
+    return (int64_t)e[0];
+}
 
 void ftvm_syscall_hook(void *uc_, void *user)
 {

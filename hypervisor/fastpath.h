@@ -136,6 +136,7 @@ uint64_t ftvm_host_ns(void);
 uint64_t ftvm_reg_read(void *uc, int regid);
 int ftvm_reg_write(void *uc, int regid, uint64_t value);
 void ftvm_sys_return(void *uc, uint64_t rax, uint64_t next_rip);
+int64_t ftvm_tq_push_frame(ftvm_cpu *cpu, const uint8_t *buf, uint64_t off);
 int ftvm_log_syscall3(ftvm_cpu *cpu, uint64_t pc, uint64_t nr, uint64_t a0, uint64_t a1, uint64_t a2, uint64_t ret);
 int ftvm_mem_write(void *uc, uint64_t addr, const uint8_t *data, size_t n);
 int ftvm_mem_read(void *uc, uint64_t addr, uint8_t *out, size_t n);

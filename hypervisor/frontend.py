@@ -23,6 +23,7 @@ import threading
 
 from . import abi
 from .errors import FtvmError
+from .profiling import thread_profile
 from .sources.net import parse_frames
 
 RECV = 65536
@@ -174,6 +175,10 @@ class FrontEnd:
 
     # --- the selector thread --------------------------------------------------------
     def _run(self):
+        with thread_profile("frontend"):
+            self._serve()
+
+    def _serve(self):
         while True:
             events = []
             try:

@@ -20,6 +20,7 @@ import dataclasses
 import threading
 
 from logging_channel import records as R
+from logging_channel.frames import Frames
 from logging_channel.logfile import LogReader, scan
 
 from . import abi, elf_loader
@@ -29,7 +30,7 @@ from .linux import inhook
 from .linux.kernel import _ret_text
 from .linux.sysnames import NAMES
 from .record import Chaos, inhook_enabled
-from .uc import SYNC_DIVERGED, lib
+from .uc import SYNC_DIVERGED, ffi, lib
 
 LINUX_KINDS = (R.SYSCALL, R.INTENT, R.WAIT, R.SIGNAL, R.SCHED)   # the Linux personality's point records
 
@@ -100,10 +101,16 @@ class StreamSource:
         self._q = collections.deque()
         self._mine = collections.deque()    # taken from _q in one go: the replaying thread's alone
         self._cond = threading.Condition()
+        self._run = None                    # a run of checked frames being decoded, and where
+        self._at = 0
+        # The replayer's (blob, offset) -> bool: takes a SYSCALL frame without its being
+        # decoded here (a clock read queued for C), or declines it.
+        self.take_frame = None
         self.ended = False
         self.records_read = 0
 
     def push(self, recs):
+        """Records, frames (bytes) or runs of checked frames (logging_channel.frames)."""
         with self._cond:
             self._q.extend(recs)
             self._cond.notify_all()
@@ -116,24 +123,47 @@ class StreamSource:
 
     def poll(self, timeout):
         """A record, or None if none came within ``timeout`` (or the stream ended).
-        Items pushed as frames (bytes) are decoded here, on the replaying thread."""
-        if not self._mine:
-            # Everything pushed so far at once: one lock round per batch, not per
-            # record (the receiver thread pushes while this one replays).
-            with self._cond:
-                if not self._q and not self.ended:
-                    self._cond.wait(timeout)
-                if not self._q:
-                    return None
-                self._mine, self._q = self._q, self._mine
-        self.records_read += 1
-        item = self._mine.popleft()
-        if isinstance(item, (bytes, bytearray)):
-            try:
-                item, _ = R.decode(item)
-            except R.FrameError as e:
-                raise LogDamaged(self.path, self.records_read - 1, 0, e.reason) from None
-        return item
+        Items pushed as frames are decoded here, on the replaying thread."""
+        while self._run is None:
+            if not self._mine:
+                # Everything pushed so far at once: one lock round per batch, not per
+                # record (the receiver thread pushes while this one replays).
+                with self._cond:
+                    if not self._q and not self.ended:
+                        self._cond.wait(timeout)
+                    if not self._q:
+                        return None
+                    self._mine, self._q = self._q, self._mine
+            item = self._mine.popleft()
+            if type(item) is Frames:
+                if item:
+                    self._run, self._at = item, item.lo
+                continue
+            self.records_read += 1
+            if isinstance(item, (bytes, bytearray)):
+                try:
+                    item, _ = R.decode(item)
+                except R.FrameError as e:
+                    raise LogDamaged(self.path, self.records_read - 1, 0, e.reason) from None
+            return item
+        run, at = self._run, self._at
+        blob, offs, take = run.blob, run.offs, self.take_frame
+        while True:
+            off = offs[at]
+            at += 1
+            self.records_read += 1
+            if at >= run.hi:
+                self._run = None
+                if take is not None and blob[off + 1] == R.SYSCALL and take(blob, off):
+                    return self.poll(timeout)
+                break
+            if take is None or blob[off + 1] != R.SYSCALL or not take(blob, off):
+                self._at = at
+                break
+        try:
+            return R.decode_checked(blob, off)
+        except R.FrameError as e:
+            raise LogDamaged(self.path, self.records_read - 1, 0, e.reason) from None
 
     def next(self):
         return self.poll(0)
@@ -159,6 +189,7 @@ class Replayer:
         self._safe_blocks = 0      # the furthest point the log vouches for so far
         self._ev = None            # the next point event (the syscall hook may move on, inhook.py)
         self._inhook = None
+        self._frame_blob = self._frame_ptr = None    # the stream's frames C reads clock reads from
         if header is None and getattr(source, "header", None) is not None:
             header = source.header
         if header is None:
@@ -254,13 +285,33 @@ class Replayer:
             self._inhook = inhook.InHook(self.m.cpu, self._hook_call)
             self._inhook.install()
             self._inhook.replay_clocks(self.kernel.realtime_base_ns)
+            if hasattr(self.source, "take_frame"):
+                self.source.take_frame = self._take_clock_frame
         try:
             return self._loop()
         finally:
             if self._inhook is not None:
+                if hasattr(self.source, "take_frame"):
+                    self.source.take_frame = None
                 self._inhook.remove()
             lib.ftvm_restore_signals()
             self.m.console.flush()
+
+    def _take_clock_frame(self, blob, off):
+        """A SYSCALL frame from the stream: if it is a clock read C applies, C queues it
+        straight from the frame (fastpath.c), with no record decoded in Python (one
+        clock read in every two records of a busy server); Python decodes it only if C
+        cannot apply it after all (``InHook.pop``). False: decode it as usual."""
+        if blob is not self._frame_blob:
+            self._frame_blob, self._frame_ptr = blob, ffi.from_buffer(blob)
+        blocks = lib.ftvm_tq_push_frame(self.m.cpu, self._frame_ptr, off)
+        if blocks < 0:
+            return False
+        self.records += 1
+        if blocks > self._safe_blocks:
+            self._safe_blocks = blocks
+        self._inhook.queued.append((blob, off))
+        return True
 
     def _hook_call(self):
         """Inside the syscall hook (linux/inhook.py): if the log's next event is this
@@ -345,7 +396,7 @@ class Replayer:
                     self._apply(self._inhook.pop())     # a queued clock read, at a stop
                     continue
                 if m.blocks >= ev.blocks:
-                    head = self._inhook.queued[0]
+                    head = self._inhook.head()
                     raise Divergence(self._point(), f"the log has system call {k.describe_record(head)} at block "
                                                     f"{head.blocks} pc {head.pc:#x}, but the guest did not make it")
             if self.to_event is not None and self.events >= self.to_event and m.blocks >= ev.blocks:

@@ -546,8 +546,20 @@ def decode(buf, offset: int = 0):
 
     Raises FrameError: truncated=True when ``buf`` ends before the frame does."""
     kind, body = check_frame(buf, offset)
+    return _record(kind, body), FRAME.size + len(body)
+
+
+def decode_checked(buf, offset: int = 0):
+    """The record of a frame whose framing and CRC32 were checked already
+    (logging_channel.frames.check); the body is still checked as ``decode`` checks it."""
+    _, kind, length, _ = FRAME.unpack_from(buf, offset)
+    start = offset + FRAME.size
+    return _record(kind, buf[start:start + length])
+
+
+def _record(kind, body):
     try:
         obj = msgpack.unpackb(body, raw=False, use_list=True, strict_map_key=True)
     except (ValueError, msgpack.ExtraData, msgpack.FormatError, msgpack.StackError) as e:
         raise FrameError(f"{KIND_NAMES[kind]} record body is not valid msgpack ({e})") from None
-    return _from_body(kind, obj), FRAME.size + len(body)
+    return _from_body(kind, obj)

@@ -70,6 +70,24 @@ def test_truncated_frame_is_reported_as_truncated():
         assert e.value.truncated
 
 
+@settings(max_examples=60)
+@given(st.lists(records, min_size=1, max_size=6), st.data())
+def test_a_run_of_frames_is_checked_in_one_call(recs, data):
+    """frames.check (C) takes exactly the runs decode takes, one bit flip anywhere is
+    refused naming the frame, and the run slices and joins like the list of frames."""
+    from logging_channel import frames as F
+    blob = b"".join(R.encode(r) for r in recs)
+    run = F.check(blob)
+    assert len(run) == len(recs) and list(run.records()) == recs
+    i = data.draw(st.integers(0, len(recs)))
+    assert run[i:].join() == b"".join(R.encode(r) for r in recs[i:]) and list(run[i:]) == [R.encode(r) for r in recs[i:]]
+    bad = bytearray(blob)
+    bit = data.draw(st.integers(0, len(blob) * 8 - 1))
+    bad[bit // 8] ^= 1 << (bit % 8)
+    with pytest.raises(R.FrameError):
+        F.check(bytes(bad))
+
+
 PURE = ["logging_channel/records.py"]
 FORBIDDEN = {"zmq", "socket", "time", "random", "os", "threading", "unicorn", "subprocess"}
 

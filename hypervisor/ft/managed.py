@@ -204,7 +204,7 @@ class ManagedNode(Node):
 
         from ..record import Recorder
         from ..sources.interrupts import HostEvents
-        from .node import FtSink
+        from .sink import FtSink
         from ..guest import open_guest
         guest = open_guest(self.guest)
         if not claimed and not self.arbiter.claim(self.view, self.name) and self.coord is not None:
@@ -318,7 +318,7 @@ class ManagedNode(Node):
             if self.core.peer != backup or self.role != "primary":
                 return                  # the view moved on meanwhile
             s = self.sink
-            s.frames, s.base, s.sent, s.bytes = [], k, k, 0
+            s.reset(k)
             self.transfer_started_ns = t0
             self.step(P.TransferStarted(k))
             self.transfer_whole = whole

@@ -17,18 +17,21 @@ import time
 
 from logging_channel import messages as M
 from logging_channel import records as R
+from logging_channel.frames import Frames, check as frames_check
 from logging_channel.logfile import LogWriter
 from .arbiter import Arbiter
 
 from ..console import Console
 from ..errors import FtvmError
 from ..machine import Config
+from ..profiling import thread_profile
 from ..record import Recorder
 from ..replay import Replayer, StreamSource
 from ..sources.interrupts import HostEvents
 from ..uc import lib
 from . import core, faults
 from . import protocol as P
+from .sink import FtSink
 from .transport import Endpoint
 
 BACKUP_NICE = 10                    # a backup's replaying thread, as root (Node.replay_priority)
@@ -71,6 +74,10 @@ class FtOptions:
                 "--max-lag-ms", str(self.max_lag_ms)]
 
 
+def _by_type(counts):
+    return {M.TYPE_NAMES[t]: n for t, n in enumerate(counts) if n and t in M.TYPE_NAMES}
+
+
 class Halted(FtvmError):
     """This node found it is stale: another node holds a newer view. It stops at once
     and releases nothing more."""
@@ -79,59 +86,6 @@ class Halted(FtvmError):
 
 class Stopped(Exception):
     """The run is over for this node (the observer said stop, or went away)."""
-
-
-class FtSink:
-    """The primary's log: each record goes to the local file and is kept until the
-    backup acknowledges it."""
-
-    def __init__(self, writer: LogWriter):
-        self.writer = writer
-        self.records = writer.records
-        self.frames = []            # frames from index `base` on, not yet acknowledged
-        self.base = writer.records
-        self.sent = writer.records  # frames before this index have been sent once
-        self.bytes = 0
-
-    def append(self, rec):
-        frame = R.encode(rec)
-        self.writer.append_frames(frame, 1)
-        self.frames.append(frame)
-        self.bytes += len(frame)
-        self.records += 1
-
-    def append_frames(self, frames: bytes, count: int):
-        """Whole frames encoded elsewhere (clock reads recorded in C)."""
-        self.writer.append_frames(frames, count)
-        off = 0
-        for _ in range(count):
-            size = R.FRAME.size + R.FRAME.unpack_from(frames, off)[2]
-            self.frames.append(frames[off:off + size])
-            self.bytes += size
-            off += size
-        self.records += count
-
-    def flush(self):
-        self.writer.flush()
-
-    def unsent_bytes(self):
-        return sum(len(f) for f in self.frames[max(0, self.sent - self.base):])
-
-    def acked(self, n):
-        drop = min(max(0, n - self.base), len(self.frames))
-        if drop:
-            self.bytes -= sum(len(f) for f in self.frames[:drop])
-            del self.frames[:drop]
-            self.base += drop
-
-    def frames_from(self, index, max_bytes=8 << 20):
-        out, size = [], 0
-        for f in self.frames[max(0, index - self.base):]:
-            if out and size + len(f) > max_bytes:
-                break
-            out.append(f)
-            size += len(f)
-        return out
 
 
 class Node:
@@ -177,7 +131,8 @@ class Node:
         self.rejoin = False
         self._stop_rec = None           # the recorder at a stop (for StopSoon)
         self.main_tid = None            # the thread that records or replays the guest
-        self.ep = Endpoint(listen, self._on_message, self._on_tick, tick_s=self.opts.hb_interval_ms / 1000)
+        self.ep = Endpoint(listen, self._on_message, self._on_tick, tick_s=self.opts.hb_interval_ms / 1000,
+                           name=name)
         self.addrs = {"observer": observer}
         if peer:
             self.addrs[peer_name] = peer
@@ -220,12 +175,12 @@ class Node:
             s = self.sink
             if s is None:
                 return
-            frames = s.frames_from(e.first)[:max(0, e.upto - e.first)]
+            blob, count = s.frames_from(e.first, e.upto)
             s.sent = max(s.sent, e.upto)
-            if frames:
+            if count:
                 m = self.machine
                 data = M.encode(M.LOG, self.id, e.view, e.first,
-                                [b"".join(frames), len(frames), int(m.cpu.blocks), int(m.cpu.tsc_offset_ns), e.at])
+                                [blob, count, int(m.cpu.blocks), int(m.cpu.tsc_offset_ns), e.at])
                 if threading.get_native_id() == self.main_tid:
                     self.ep.send_direct(e.to, data)     # the emulation thread: skip the hop
                 else:
@@ -235,8 +190,9 @@ class Node:
             self.ep.send(e.to, M.encode(M.ACK, self.id, e.view, e.received,
                                         [int(blocks), e.received, self._disk_reads_replayed(), e.echo]))
         elif isinstance(e, P.AppendLog):
-            self.writer.append_frames(b"".join(e.frames), len(e.frames))
-            self.stream.push(list(e.frames))
+            fr = e.frames
+            self.writer.append_frames(fr.join() if type(fr) is Frames else b"".join(fr), len(fr))
+            self.stream.push([fr] if type(fr) is Frames else list(fr))
         elif isinstance(e, P.Trim):
             if self.sink is not None:
                 self.sink.acked(e.acked)
@@ -335,19 +291,12 @@ class Node:
 
     @staticmethod
     def _split_frames(payload):
-        """A LOG message's frames, checked (framing and CRCs only: cheap; the replay
-        thread decodes the bodies), as a list; None if any is damaged."""
-        blob = payload[0]
-        frames, off = [], 0
+        """A LOG message's frames, checked (framing and CRCs, in one C call; the replay
+        thread decodes the bodies), as a run of frames; None if any is damaged."""
         try:
-            while off < len(blob):
-                R.check_frame(blob, off)
-                size = R.FRAME.size + R.FRAME.unpack_from(blob, off)[2]
-                frames.append(blob[off:off + size])
-                off += size
+            return [frames_check(payload[0]), *payload[1:]]
         except R.FrameError:
             return None
-        return [frames, *payload[1:]]
 
     # --- I/O thread: timers ------------------------------------------------------------
     def _on_tick(self):
@@ -384,6 +333,7 @@ class Node:
             "failovers": c.failovers, "clock_offset_us": c.skew.offset_ns / 1000,
             "rtt_us": None if c.skew.rtt_ns is None else c.skew.rtt_ns / 1000,
             "rtt_p50_us": (core.percentile(sorted(r for r, _ in c.skew.samples), 50) or 0) / 1000,
+            "messages": {"sent": _by_type(self.ep.sent), "received": _by_type(self.ep.received)},
             "garbage": self.ep.garbage, "stale": c.stale, "gaps": c.gaps,
             "fail_timeout_ms": c.watch.timeout_ns() / 1e6,
             "io_failure": repr(self.ep.failure) if self.ep.failure else None,
@@ -563,10 +513,11 @@ class Node:
         self.ep.start()
         self.slew = None
         try:
-            if self.role == "primary":
-                self._run_primary()
-            else:
-                self._run_backup()
+            with thread_profile(f"main-{self.name}"):
+                if self.role == "primary":
+                    self._run_primary()
+                else:
+                    self._run_backup()
         except Halted as e:
             self.say(f"halting: {e}")
             return EXIT_STALE

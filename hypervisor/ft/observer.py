@@ -71,7 +71,7 @@ class Observer:
                 self.front.on_events = self._on_net_events
             else:
                 self.front = FrontEnd(listen_net, self._on_net_events, say=self.say)
-        self.ep = Endpoint(listen, self._on_message, self._on_tick, tick_s=0.05)
+        self.ep = Endpoint(listen, self._on_message, self._on_tick, tick_s=0.05, name="observer")
         for name, addr in self.nodes.items():
             self.ep.connect(name, addr)
         if stdin_fd is not None:

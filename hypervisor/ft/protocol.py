@@ -164,9 +164,10 @@ class SendAck:
 
 @dataclasses.dataclass(frozen=True)
 class AppendLog:
-    """Backup: frames that are new, in order, starting at record ``first``."""
+    """Backup: frames that are new, in order, starting at record ``first`` (a sequence:
+    logging_channel.frames.Frames from the shell, a list in the simulation)."""
     first: int
-    frames: tuple
+    frames: object
 
 
 @dataclasses.dataclass(frozen=True)
@@ -512,7 +513,7 @@ class NodeCore:
             if m.seq > self.received:
                 self.gaps += 1           # an earlier message was lost: wait for the retransmission
                 return
-            new = tuple(frames[self.received - m.seq:])
+            new = frames[self.received - m.seq:]     # a run of frames: sliced, not copied
             if new:
                 first = self.received
                 self.received += len(new)

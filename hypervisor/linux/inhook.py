@@ -24,6 +24,8 @@ from __future__ import annotations
 
 import collections
 
+from logging_channel import records as R
+
 from ..uc import ffi, lib
 from .sysnames import NUMBERS
 
@@ -188,12 +190,20 @@ class InHook:
             c.sys_tq_pos = c.sys_tq_len = self._synced = 0
         return n
 
+    def head(self):
+        """The next queued record, left queued (to name it in a divergence)."""
+        rec = self.queued[0]
+        return R.decode_checked(*rec) if type(rec) is tuple else rec
+
     def pop(self):
         """The next queued record, taken from C's queue (for Python to apply)."""
         self.sync()
         self.cpu.sys_tq_pos += 1
         self._synced += 1
-        return self.queued.popleft()
+        rec = self.queued.popleft()
+        if type(rec) is tuple:      # queued by C from a checked frame (replay.py): decoded now
+            rec = R.decode_checked(*rec)
+        return rec
 
     def remove(self):
         c = self.cpu
