@@ -42,7 +42,7 @@ tools:
 	fi
 
 $(STAMP): setup.py pyproject.toml hypervisor/fastpath.c hypervisor/fastpath_files.c hypervisor/fastpath.h \
-          hypervisor/_fastpath_build.py logging_channel/codec.c logging_channel/_codec_build.py
+          hypervisor/_fastpath_build.py logging_channel/codec.c logging_channel/crc32_slice8.h logging_channel/_codec_build.py
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -e '.[test,plot,etcd]'

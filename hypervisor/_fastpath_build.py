@@ -30,7 +30,7 @@ _include, _lib = _unicorn_dirs()
 ffibuilder.set_source(
     "hypervisor._fastpath",
     '#include "fastpath.c"\n#include "fastpath_files.c"',
-    include_dirs=[str(HERE), str(_include)],
+    include_dirs=[str(HERE), str(HERE.parent / "logging_channel"), str(_include)],
     extra_compile_args=["-O2", "-Wall", "-Wno-unused-function"],
     # The library is loaded by `import unicorn` before this module (see hypervisor/uc.py);
     # linking it records the dependency so the symbols resolve against that copy.

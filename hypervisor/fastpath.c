@@ -321,23 +321,9 @@ static void put_le32(uint8_t *p, uint32_t v)
         p[i] = (uint8_t)(v >> (8 * i));
 }
 
-/* CRC-32 as zlib computes it (the log frames' checksum), eight bytes a step
- * ("slicing by 8"): frames of a few dozen bytes, and reads of data-directory files
- * (fastpath_files.c) of many kilobytes. Tables built once. */
-static uint32_t crc_table[8][256];
-
-static void crc_tables(void)
-{
-    for (uint32_t i = 0; i < 256; i++) {
-        uint32_t c = i;
-        for (int k = 0; k < 8; k++)
-            c = c & 1 ? 0xEDB88320u ^ (c >> 1) : c >> 1;
-        crc_table[0][i] = c;
-    }
-    for (uint32_t i = 0; i < 256; i++)
-        for (int t = 1; t < 8; t++)
-            crc_table[t][i] = (crc_table[t - 1][i] >> 8) ^ crc_table[0][crc_table[t - 1][i] & 0xff];
-}
+/* CRC-32 of log frames (logging_channel/crc32_slice8.h): frames of a few dozen bytes, and
+ * reads of data-directory files (fastpath_files.c) of many kilobytes. */
+#include "crc32_slice8.h"
 
 /* zlib's own crc32 when Python hands it over (ftvm_set_crc32): about twice as fast
  * on the many-KiB frames of file reads. */
@@ -349,21 +335,7 @@ static uint32_t crc32_update(uint32_t crc, const uint8_t *p, size_t n)
 {
     if (zlib_crc32 && n >= 256 && n < (1u << 31))
         return (uint32_t)zlib_crc32(crc, p, (unsigned int)n);
-    if (!crc_table[0][1])
-        crc_tables();
-    crc = ~crc;
-    while (n >= 8) {
-        uint32_t lo = crc ^ ((uint32_t)p[0] | (uint32_t)p[1] << 8 | (uint32_t)p[2] << 16 | (uint32_t)p[3] << 24);
-        uint32_t hi = (uint32_t)p[4] | (uint32_t)p[5] << 8 | (uint32_t)p[6] << 16 | (uint32_t)p[7] << 24;
-        crc = crc_table[7][lo & 0xff] ^ crc_table[6][(lo >> 8) & 0xff] ^ crc_table[5][(lo >> 16) & 0xff]
-              ^ crc_table[4][lo >> 24] ^ crc_table[3][hi & 0xff] ^ crc_table[2][(hi >> 8) & 0xff]
-              ^ crc_table[1][(hi >> 16) & 0xff] ^ crc_table[0][hi >> 24];
-        p += 8;
-        n -= 8;
-    }
-    while (n--)
-        crc = crc_table[0][(crc ^ *p++) & 0xff] ^ (crc >> 8);
-    return ~crc;
+    return crc32_slice8(crc, p, n);
 }
 
 static int realtime_clock(uint64_t clock) { return clock == 0 || clock == 5 || clock == 11; }

@@ -64,37 +64,12 @@ int64_t ftvm_tsc_decode(const uint8_t *in, size_t len, uint64_t *entries, uint32
  * every frame of every LOG message it takes, tens of thousands a second: one call per message
  * here instead of a struct unpack, a slice and two zlib calls per frame in Python. */
 
-static uint32_t crc_tab[8][256];
+#include "crc32_slice8.h"
 
-static void crc_init(void)
-{
-    for (uint32_t i = 0; i < 256; i++) {
-        uint32_t c = i;
-        for (int k = 0; k < 8; k++)
-            c = c & 1 ? 0xEDB88320u ^ (c >> 1) : c >> 1;
-        crc_tab[0][i] = c;
-    }
-    for (uint32_t i = 0; i < 256; i++)
-        for (int t = 1; t < 8; t++)
-            crc_tab[t][i] = (crc_tab[t - 1][i] >> 8) ^ crc_tab[0][crc_tab[t - 1][i] & 0xff];
-}
-
-/* zlib.crc32(p[:n], crc): slicing by 8 */
+/* zlib.crc32(p[:n], crc) */
 uint32_t ftvm_crc32(uint32_t crc, const uint8_t *p, size_t n)
 {
-    if (!crc_tab[0][1])
-        crc_init();
-    crc = ~crc;
-    while (n >= 8) {
-        uint32_t lo = crc ^ ((uint32_t)p[0] | (uint32_t)p[1] << 8 | (uint32_t)p[2] << 16 | (uint32_t)p[3] << 24);
-        crc = crc_tab[7][lo & 0xff] ^ crc_tab[6][(lo >> 8) & 0xff] ^ crc_tab[5][(lo >> 16) & 0xff]
-            ^ crc_tab[4][lo >> 24] ^ crc_tab[3][p[4]] ^ crc_tab[2][p[5]] ^ crc_tab[1][p[6]] ^ crc_tab[0][p[7]];
-        p += 8;
-        n -= 8;
-    }
-    while (n--)
-        crc = crc_tab[0][(crc ^ *p++) & 0xff] ^ (crc >> 8);
-    return ~crc;
+    return crc32_slice8(crc, p, n);
 }
 
 static inline uint32_t get_le32(const uint8_t *p)
