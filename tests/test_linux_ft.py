@@ -33,12 +33,8 @@ def run_with_kills(tmp_path, program, kill_at_lines, nodes=2, timeout=240):
     """`ftvm run` PROGRAM; kill the primary once the observer has printed each count
     of lines in ``kill_at_lines``. Returns (stdout bytes, stderr, returncode, log)."""
     run_dir, log = tmp_path / "run", tmp_path / "whole.ftlog"
-    # A generous failure timeout: these tests are about the Linux personality's output and
-    # data across a failover, not about failure detection on a loaded machine.
-    args = [str(FTVM), "run", "--run-dir", str(run_dir), "--log", str(log), "--nodes", str(nodes),
-            "--fail-timeout-ms", "1000",
-            "--data", f"{tmp_path / 'data'}:/data", "--cwd", str(ROOT), "--", *program]
-    p = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL)
+    p = subprocess.Popen(_run_args(tmp_path, run_dir, log, nodes, program), stdout=subprocess.PIPE,
+                         stderr=subprocess.PIPE, stdin=subprocess.DEVNULL)
     out = bytearray()
     kills = sorted(kill_at_lines)
     # A run that stops making progress must fail the test, not hang it.
@@ -62,6 +58,49 @@ def run_with_kills(tmp_path, program, kill_at_lines, nodes=2, timeout=240):
         if p.poll() is None:
             p.kill()
     return bytes(out), err, p.returncode, log
+
+
+def _run_args(tmp_path, run_dir, log, nodes, program):
+    # A generous failure timeout: these tests are about the Linux personality's output and
+    # data across a failover, not about failure detection on a loaded machine.
+    return [str(FTVM), "run", "--run-dir", str(run_dir), "--log", str(log), "--nodes", str(nodes),
+            "--fail-timeout-ms", "1000", "--data", f"{tmp_path / 'data'}:/data", "--cwd", str(ROOT), "--", *program]
+
+
+def run_killed_while_waiting(tmp_path, program, first, rest, ready=lambda: True, timeout=240):
+    """`ftvm run` PROGRAM with ``first`` as its input; once the primary reports that
+    the guest waits (for more input) and ``ready()`` holds, kill the primary, then give
+    ``rest`` and end the input. A program that waits is certainly still running when it
+    is killed; one that reads data-directory files in C inside the system-call hook is
+    done within milliseconds, before the observer could print a line a kill was timed
+    from (and a pipe's output is buffered until the end anyway)."""
+    run_dir, log = tmp_path / "run", tmp_path / "whole.ftlog"
+    p = subprocess.Popen(_run_args(tmp_path, run_dir, log, 2, program), stdout=subprocess.PIPE,
+                         stderr=subprocess.PIPE, stdin=subprocess.PIPE)
+    watchdog = threading.Timer(timeout, p.kill)
+    watchdog.start()
+    got = {}
+    reader = threading.Thread(target=lambda: got.update(out=p.stdout.read(), err=p.stderr.read()), daemon=True)
+    reader.start()
+    try:
+        p.stdin.write(first)
+        p.stdin.flush()
+
+        def waiting():
+            return any(st.get("role") == "primary" and st.get("guest_waits") and st.get("protected")
+                       for st in (status(run_dir, n) for n in "AB")) and ready()
+        assert wait_for(waiting, timeout=120), "the guest never waited for input"
+        k = run_ftvm("kill", "primary", "--run-dir", run_dir)
+        assert k.returncode == 0, k.stderr
+        p.stdin.write(rest)
+        p.stdin.close()
+        p.wait(timeout=timeout)
+        reader.join(timeout=30)
+    finally:
+        watchdog.cancel()
+        if p.poll() is None:
+            p.kill()
+    return got.get("out", b""), got.get("err", b"").decode(), p.returncode, log
 
 
 def check_replay(log, out):
@@ -99,34 +138,52 @@ def test_python_data_script_three_nodes_two_kills(tmp_path):
 
 
 def test_busybox_md5sum_survives_a_primary_kill(tmp_path):
+    """md5sum of 400 data-directory files with its standard input ("-") among them: the
+    primary is killed while md5sum waits there, after the 200 files before it."""
     data = tmp_path / "data"
     data.mkdir()
     names = []
     for i in range(400):
         (data / f"f{i:03d}").write_bytes(hashlib.sha256(str(i).encode()).digest() * (i % 7 + 1))
         names.append(f"/data/f{i:03d}")
-    native = subprocess.run([BUSYBOX, "md5sum", *[str(data / n[6:]) for n in names]], capture_output=True,
-                            check=True).stdout.replace(str(data).encode(), b"/data")
-    kill_at = random.Random(7).randrange(50, 300)
-    out, err, rc, log = run_with_kills(tmp_path, [BUSYBOX, "md5sum", *names], [kill_at])
+    args = [*names[:200], "-", *names[200:]]
+    given = b"input typed after the failover\n"
+    native = subprocess.run([BUSYBOX, "md5sum", *[a if a == "-" else str(data / a[6:]) for a in args]],
+                            input=given, capture_output=True, check=True).stdout.replace(str(data).encode(), b"/data")
+    out, err, rc, log = run_killed_while_waiting(tmp_path, [BUSYBOX, "md5sum", *args], b"", given)
     assert rc == 0, err
-    assert out == native, f"kill after {kill_at} lines\n{err}"
+    assert out == native, err
+    assert "failover" in err, err
     check_replay(log, out)
 
 
-def test_busybox_cp_into_the_data_directory_survives_a_primary_kill(tmp_path):
+def test_busybox_tar_into_the_data_directory_survives_a_primary_kill(tmp_path):
+    """tar -x reading its archive from standard input writes 150 files into the data
+    directory; the primary is killed while tar waits for the second half of the
+    archive, once the first half's 75 files are on disk."""
+    import io
+    import tarfile
     data = tmp_path / "data"
-    src = data / "src"
-    src.mkdir(parents=True)
-    for i in range(150):
-        (src / f"f{i:03d}").write_bytes(os.urandom(1000 + i))
-    # -v prints a line per file: the kill is timed from those lines.
-    out, err, rc, log = run_with_kills(tmp_path, [BUSYBOX, "cp", "-rv", "/data/src", "/data/dst"], [40])
+    (data / "dst").mkdir(parents=True)
+    files = {f"src/f{i:03d}": os.urandom(1000 + i) for i in range(150)}
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=tarfile.USTAR_FORMAT) as tar:
+        for i, (name, body) in enumerate(files.items()):
+            info = tarfile.TarInfo(name)
+            info.size, info.mtime, info.mode = len(body), 1700000000, 0o644
+            tar.addfile(info, io.BytesIO(body))
+            if i == 74:
+                half = buf.tell()
+    archive = buf.getvalue()
+    out, err, rc, log = run_killed_while_waiting(tmp_path, [BUSYBOX, "tar", "-xvf", "-", "-C", "/data/dst"],
+                                                 archive[:half], archive[half:],
+                                                 ready=lambda: (data / "dst" / "src" / "f074").exists())
     assert rc == 0, err
-    for i in range(150):
-        assert (data / "dst" / f"f{i:03d}").read_bytes() == (src / f"f{i:03d}").read_bytes()
+    for name, body in files.items():
+        assert (data / "dst" / name).read_bytes() == body, name
     lines = out.decode().splitlines()
-    assert len(lines) == len(set(lines)) and len(lines) >= 150, out[-500:]
+    assert lines == list(files), out[-500:]
+    assert "failover" in err, err
     check_replay(log, out)
 
 

@@ -125,6 +125,7 @@ class Node:
         self._rate_mark = (0, 0)
         self.after_stop_ns = 0          # time the emulation thread spent handing over at stops
         self.paced_ns = 0               # time the primary waited for the backup (flow control)
+        self.guest_waits = False        # at the last stop the guest waited (for input, a client, a timer)
         self.rule = core.Histogram()    # what the Output Rule added to each output (held -> released)
         self.failover_from = self.started
         self.view_target = None
@@ -343,6 +344,7 @@ class Node:
             "net_out_bytes": int(ms.netout.total) if ms is not None else 0,
             "disk": dict(self.disk_worker.stats, in_flight=len(ms.disk.inflight)) if self.disk_worker and ms else None,
             "blocks": int(ms.cpu.blocks) if ms is not None else 0,
+            "guest_waits": self.guest_waits,
             "stops": int(ms.cpu.hook_stops) if ms is not None else 0,
             "time": time.time(),
         }
@@ -438,6 +440,7 @@ class Node:
                 m.cpu.tsc_offset_ns -= self.slew.absorb(now)
             s = self.sink
             self._stop_rec = rec
+            self.guest_waits = bool(rec.guest_waits)
             try:
                 self.step(P.AtStop(s.records, int(m.cpu.blocks), unsent_bytes=s.unsent_bytes(), unacked_bytes=s.bytes,
                                    guest_waits=bool(rec.guest_waits), net_events=int(m.net.events)), now)
