@@ -286,6 +286,8 @@ int ftvm_tsc_install(void *uc_, ftvm_cpu *c)
  * full buffer, RDTSC results waiting to be logged) goes to Python instead, before any
  * value is taken. */
 
+#define SYS_READ 0
+#define SYS_WRITE 1
 #define SYS_GETTIMEOFDAY 96
 #define SYS_TIME 201
 #define SYS_CLOCK_GETTIME 228
@@ -486,8 +488,27 @@ static int mp_get_uint(const uint8_t **p, const uint8_t *end, uint64_t *v)
     return 1;
 }
 
+/* The rest of a socket read's or write's SYSCALL frame (after blocks, pc, nr), as the
+ * record side's lean path writes it (ftvm_log_syscall3: three arguments, a result that
+ * is no error, no values, no strings): queued as blocks, pc, nr, arg0, arg1, ret, arg2. */
+static int64_t sock_push_frame(ftvm_cpu *c, uint64_t *e, const uint8_t *p, const uint8_t *end)
+{
+    uint64_t a2, ret;
+    if (p >= end || *p++ != 0x93 || !mp_get_uint(&p, end, &e[3]) || !mp_get_uint(&p, end, &e[4])
+        || !mp_get_uint(&p, end, &a2) || !mp_get_uint(&p, end, &ret) || ret >> 63)
+        return -1;
+    if (end - p != 2 || p[0] != 0x90 || p[1] != 0x90 || e[0] >> 63)
+        return -1;
+    e[5] = ret;
+    e[6] = a2;
+    memcpy(c->sys_tq + 7 * (uint64_t)c->sys_tq_len, e, 7 * sizeof *e);
+    c->sys_tq_len++;
+    return (int64_t)e[0];
+}
+
 /* Replay: if the frame at buf + off (checked already: logging_channel/frames.py) is a
- * clock read's SYSCALL record that C applies (the shape put_syscall_frame writes and
+ * socket read's or write's SYSCALL record (sock_push_frame), or a clock read's that C
+ * applies (the shape put_syscall_frame writes and
  * linux/inhook.py's queue accepts: a known call, its arguments, a result that is no
  * error, one value), queue it in sys_tq without Python decoding it, and return its
  * block count; -1 otherwise (Python decodes the record). */
@@ -499,6 +520,8 @@ int64_t ftvm_tq_push_frame(ftvm_cpu *c, const uint8_t *buf, uint64_t off)
         return -1;
     if (!mp_get_uint(&p, end, &e[0]) || !mp_get_uint(&p, end, &e[1]) || !mp_get_uint(&p, end, &e[2]))
         return -1;
+    if (e[2] == SYS_READ || e[2] == SYS_WRITE)
+        return c->sys_sock ? sock_push_frame(c, e, p, end) : -1;
     if (e[2] != SYS_GETTIMEOFDAY && e[2] != SYS_CLOCK_GETTIME && e[2] != SYS_TIME)
         return -1;
     nargs = (uint64_t)time_nargs(e[2]);
@@ -537,6 +560,21 @@ void ftvm_syscall_hook(void *uc_, void *user)
         c->sys_pending = 0;
         c->sys_fast_calls++;
         return;
+    }
+    if (c->sys_time_c == 2 && (nr == SYS_READ || nr == SYS_WRITE) && c->sys_sock && c->sys_tq_pos < c->sys_tq_len) {
+        const uint64_t *e = c->sys_tq + 7 * (uint64_t)c->sys_tq_pos, *a = c->sys_regs + 1;
+        if (e[0] == c->blocks && e[1] == rip && e[2] == nr && e[3] == a[0] && e[4] == a[1] && e[6] == a[2]) {
+            if (c->sys_sock(c)) {
+                c->sys_tq_pos++;
+                c->sys_pending = 0;
+                c->sys_fast_calls++;
+                return;
+            }
+            /* Not a socket's simple case (a console or pipe write, say): the replay
+             * loop applies the record at the stop, as it would have without C. */
+            ftvm_request(c, SYNC_HYPERCALL);
+            return;
+        }
     }
     if (c->sys_fs && c->sys_time_c == 1 && files_call((uc_engine *)uc_, c, nr, rip)) {
         c->sys_pending = 0;

@@ -109,6 +109,13 @@ typedef struct ftvm_cpu {
     uint32_t sys_frames_count;      /* frames */
     /* Data-directory files served in C (record side, fastpath_files.c), or NULL. */
     ftvm_files *sys_fs;
+    /* Replay (sys_time_c 2): socket reads and writes are queued in sys_tq too, in log
+     * order with the clock reads (entries: blocks, pc, nr, arg0, arg1, ret, arg2). When
+     * the guest makes the one at the head, in every logged respect, the hook calls
+     * sys_sock, which moves the bytes (linux/inhook.py) and returns 1 (done, the entry
+     * is used) or 0 (not a connected socket's simple case: the replay loop applies the
+     * record at the stop, as for any call that does not run in the hook). */
+    int (*sys_sock)(struct ftvm_cpu *);
 
     /* Debugger: the guest stopped in the middle of a block (after single steps or at a
      * breakpoint) and resumes there. Unicorn starts a new translated block at that

@@ -285,6 +285,7 @@ class Replayer:
             self._inhook = inhook.InHook(self.m.cpu, self._hook_call)
             self._inhook.install()
             self._inhook.replay_clocks(self.kernel.realtime_base_ns)
+            self._inhook.replay_sockets(self._hook_sock)
             if hasattr(self.source, "take_frame"):
                 self.source.take_frame = self._take_clock_frame
         try:
@@ -311,6 +312,24 @@ class Replayer:
         if blocks > self._safe_blocks:
             self._safe_blocks = blocks
         self._inhook.queued.append((blob, off))
+        return True
+
+    def _hook_sock(self):
+        """Inside the syscall hook: the guest reads or writes a socket just as the record
+        at the head of C's queue says (fastpath.c checked the point and arguments). Move
+        the bytes and check the result; False (nothing changed) leaves the record to the
+        general path."""
+        k, cpu = self.kernel, self.m.cpu
+        r = cpu.sys_regs
+        ret = inhook.socket_io(k, r[0], (r[1], r[2], r[3]), cpu.sys_pc)
+        if ret is None:
+            return False
+        k.calls -= 1        # counted with the clock reads C applied (_clocks_applied)
+        e = self._inhook.entry()
+        if ret != e[5]:
+            raise Divergence(f"block {self.m.blocks} pc {cpu.sys_pc + 2:#x}",
+                             f"system call {NAMES.get(r[0], r[0])} returned {ret} in replay, "
+                             f"{_ret_text(e[5])} in the recording")
         return True
 
     def _hook_call(self):

@@ -163,10 +163,49 @@ class InHook:
         self.queued = collections.deque()
         self._synced = 0
 
+    def replay_sockets(self, run):
+        """Replay side, after ``replay_clocks``: socket reads and writes are queued for C
+        too (in log order with the clock reads, so the queue stays the log's order), and
+        C calls ``run()`` when the guest makes the one at the head. ``run`` moves the
+        bytes (``socket_io``) and returns True, or False having changed nothing (the
+        replay loop then applies the record at the stop: a console or pipe write must
+        not run in the hook); it may raise (a divergence): the error is
+        kept, the stop asked for, and the entry counts as used."""
+        self._run_sock = run
+        self._sock_cb = ffi.callback("int(ftvm_cpu *)", self._sock_call)
+        self.cpu.sys_sock = self._sock_cb
+
+    def _sock_call(self, _cpu):
+        if self.error is not None:
+            return 0
+        try:
+            return 1 if self._run_sock() else 0
+        except BaseException as e:      # noqa: BLE001 - kept, raised by the loop
+            self.error = e
+            lib.ftvm_request(self.cpu, 4)
+            return 1
+
+    def entry(self):
+        """C's queue entry at its head (blocks, pc, nr, arg0, arg1, ret, arg2 or the value)."""
+        e = 7 * self.cpu.sys_tq_pos
+        return self._tq[e:e + 7]
+
     def queue(self, rec):
-        """Queue a clock read's SYSCALL record for C; False if it is not one C applies
-        (an error result, an unknown clock) or the queue is full."""
+        """Queue a clock read's SYSCALL record for C, or (with ``replay_sockets``) a
+        socket read's or write's; False if it is not one C applies (an error result, an
+        unknown clock, host values) or the queue is full."""
         c = self.cpu
+        if rec.nr in (_SYS_READ, _SYS_WRITE) and c.sys_sock != ffi.NULL:
+            if (len(rec.args) != 3 or rec.values or rec.strings or rec.ret >= 1 << 63
+                    or c.sys_tq_len >= c.sys_tq_cap):
+                return False
+            e = 7 * c.sys_tq_len
+            a = rec.args
+            for i, v in enumerate((rec.blocks, rec.pc, rec.nr, a[0], a[1], rec.ret, a[2])):
+                self._tq[e + i] = v
+            c.sys_tq_len += 1
+            self.queued.append(rec)
+            return True
         if (rec.nr not in TIME_CALLS or len(rec.values) != 1 or rec.strings or c.sys_tq_len >= c.sys_tq_cap
                 or len(rec.args) != (1 if rec.nr == _SYS_TIME else 2) or rec.ret >= 1 << 63
                 or (rec.nr != _SYS_TIME and rec.ret != 0) or type(rec.values[0]) is not int):
@@ -208,6 +247,7 @@ class InHook:
     def remove(self):
         c = self.cpu
         c.sys_fast = ffi.NULL
+        c.sys_sock = ffi.NULL
         c.sys_time_c = 0
         c.sys_frames = ffi.NULL
         c.sys_frames_cap = 0
