@@ -282,8 +282,9 @@ def test_interactive_input_survives_a_failover(guests, tmp_path):
 
 def test_ctrl_c_stops_the_whole_run(guests, tmp_path):
     run_dir = tmp_path / "run"
-    # a guest that computes for several seconds: compute.elf could end before the signal came
-    proc = subprocess.Popen([str(FTVM), "run", str(GUESTS / "tsc_heavy_long.elf"), "--run-dir", str(run_dir)],
+    # a guest that computes for several seconds (about 6 s alone; compute.elf and
+    # tsc_heavy_long.elf, about 1 s, could end first under load)
+    proc = subprocess.Popen([str(FTVM), "run", str(GUESTS / "lines_long.elf"), "--run-dir", str(run_dir)],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL)
     assert wait_for(lambda: status(run_dir, "A").get("blocks", 0) > 0 and status(run_dir, "B").get("pid"))
     proc.send_signal(signal.SIGINT)
