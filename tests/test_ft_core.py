@@ -160,6 +160,19 @@ def test_go_live_without_the_primarys_offset_continues_the_guest_clock():
     assert host_now + off == 2 * 10**9 + 1 and excess == 0
 
 
+def test_go_live_before_the_clocks_were_compared_continues_the_guest_clock():
+    """No heartbeat round trip yet, so the skew between the hosts is unknown: taking it
+    as 0 made guest time jump by the whole skew (3 s, under load). Guest time goes on
+    just after the last value the guest saw."""
+    host_now = 100 * 10**9
+    off, excess = core.go_live_offset(primary_offset_ns=-50 * 10**9, skew_ns=None, host_now_ns=host_now,
+                                      tsc_last=47 * 10**9)
+    assert host_now + off == 47 * 10**9 + 1 and excess == 0
+    off, _ = core.go_live_offset(primary_offset_ns=-50 * 10**9, skew_ns=3 * 10**9, host_now_ns=host_now,
+                                 tsc_last=47 * 10**9)
+    assert host_now + off == 53 * 10**9
+
+
 def test_latency_histogram_percentiles_within_two_percent():
     h = core.Histogram()
     assert h.percentile(99) is None

@@ -291,7 +291,7 @@ class Histogram:
         return self.GROWTH ** (max(self.counts) + 1)
 
 
-def go_live_offset(primary_offset_ns: int | None, skew_ns: int, host_now_ns: int, tsc_last: int):
+def go_live_offset(primary_offset_ns: int | None, skew_ns: int | None, host_now_ns: int, tsc_last: int):
     """The virtual-time offset a backup takes when it goes live, and the excess to slew.
 
     The primary's guest time was host_p + primary_offset; host_p = host_b + skew. So
@@ -299,8 +299,11 @@ def go_live_offset(primary_offset_ns: int | None, skew_ns: int, host_now_ns: int
     behind the last value the guest saw, start just after it and slew the excess.
     ``primary_offset_ns`` None: no log message of the primary told it (a backup that got
     the state and nothing after): guest time goes on just after the last value the
-    guest saw, rather than from the host clock's own zero (a jump of the host's uptime)."""
-    if primary_offset_ns is None:
+    guest saw, rather than from the host clock's own zero (a jump of the host's uptime).
+    ``skew_ns`` None: no heartbeat round trip has measured the two clocks yet (a backup
+    killed into going live early on a loaded machine): likewise, rather than take the
+    clocks as equal (a jump by the whole skew: 3 s once, in a test)."""
+    if primary_offset_ns is None or skew_ns is None:
         return tsc_last + 1 - host_now_ns, 0
     offset = primary_offset_ns + skew_ns
     if host_now_ns + offset > tsc_last:

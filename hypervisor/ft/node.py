@@ -656,7 +656,7 @@ class Node:
         m = rp.m
         peer = self.peer_name
         with self.lock:       # what the old primary told us, before the core forgets its peer
-            skew_ns, primary_offset_ns = self.core.skew.offset_ns, self.core.primary_tsc_offset
+            skew_ns, primary_offset_ns = self.core.skew.estimate_ns, self.core.primary_tsc_offset
         self._claim(target_view or self.view_target or self.view + 1)
         with self.lock:
             outage_ms = (now_ns() - self.failover_from) // 1_000_000

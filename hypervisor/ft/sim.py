@@ -218,11 +218,11 @@ class SimNode:
             return
         # Guest time carries on from the old primary's offset, never backwards.
         last = self.log[-1] if self.log else 0
-        offset, _excess = core.go_live_offset(e.primary_offset_ns, e.skew_ns or 0, self.clock(), last)
+        offset, _excess = core.go_live_offset(e.primary_offset_ns, e.skew_ns, self.clock(), last)
         # Guest time runs on through the outage; a go-live that waited for etcd's
         # quorum after the failover began has that much more to show.
         waited = self.clock() - self.failover_at if self.failover_at is not None else 0
-        if self.log and e.skew_ns is not None and \
+        if self.log and \
                 self.clock() + offset - last > 2 * sim.timing.fail_timeout_ns * core.FailureDetector.CAP_FACTOR + waited:
             raise Violation(f"{self.name} went live with guest time {(self.clock() + offset - last) / MS:.0f} ms "
                             f"past the last record: the host clock offset was not applied")
