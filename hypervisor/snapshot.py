@@ -50,6 +50,14 @@ def _copy(dst, dst_off, src, n):
         dst[dst_off + a:dst_off + b] = src[a:b]
 
 
+def memory_regions(m: Machine) -> list:
+    """[[start, size]] of the guest memory a snapshot holds, in its order."""
+    kernel = getattr(m, "kernel", None)
+    if kernel is not None:
+        return [[a, b - a] for a, b, _p, _n in kernel.mem.vmas]
+    return [[start, size] for start, size, _ in m.vcpu.regions]
+
+
 def capture(m: Machine, header_frame: bytes, log_index: int, retained_from: int, retained: bytes,
             extra: dict | None = None, digest: bool = True) -> bytearray:
     """Snapshot of ``m`` at a stop; the log continues at record ``log_index``.
@@ -62,9 +70,7 @@ def capture(m: Machine, header_frame: bytes, log_index: int, retained_from: int,
     kernel = getattr(m, "kernel", None)
     if kernel is not None:
         from .linux import state as linux_state
-        regions = [[a, b - a] for a, b, _p, _n in kernel.mem.vmas]
-    else:
-        regions = [[start, size] for start, size, _ in v.regions]
+    regions = memory_regions(m)
     st = {
         "header": header_frame,
         "log_index": log_index,

@@ -109,9 +109,24 @@ class Checkpoint:
     rng: list
     rp_state: tuple
     temporary: bool = False
+    regions: list = dataclasses.field(default_factory=list)   # [[start, size]] of its memory, in order
 
     def blob(self):
         return b"".join([self.meta, *self.chunks])
+
+    def read(self, addr, n):
+        """Guest bytes [addr, addr + n) as they were here; None if any is unmapped."""
+        off = 0
+        for start, size in self.regions:
+            if start <= addr and addr + n <= start + size:
+                a = off + addr - start
+                out = b""
+                while len(out) < n:
+                    i, j = divmod(a + len(out), MEM_CHUNK)
+                    out += bytes(self.chunks[i][j:j + n - len(out)])
+                return out
+            off += size
+        return None
 
 
 class ListSource:
@@ -627,6 +642,7 @@ class Timeline:
         m, rp = self.m, self.rp
         c = m.cpu
         t0 = time.perf_counter()
+        regions = snapshot.memory_regions(m)
         blob = snapshot.capture(m, self.header_frame, rp.source.pos, self.console.total, b"", digest=False)
         _, _, meta_len = snapshot._HEAD.unpack_from(blob, 0)
         head = snapshot._HEAD.size + meta_len
@@ -652,7 +668,7 @@ class Timeline:
             words.insert(0, (buf, 0))
         cp = Checkpoint(p, self.events, meta, chunks, rp.source.pos, self.ev, words, list(m.rng._queue),
                         (rp.events, rp.records, rp._safe_blocks, rp.last_golive, rp.last_disk_read_record),
-                        temporary)
+                        temporary, regions)
         self.checkpoints.append(cp)
         self._capture_s = time.perf_counter() - t0
         self.checkpoints.sort(key=lambda x: (x.point, x.events))
@@ -791,12 +807,26 @@ class Timeline:
 
     def reverse_continue(self):
         """Back to the last breakpoint or watchpoint hit before here, or the start.
-        Stretches of the past are replayed with the hooks collecting hits, the nearest
-        first; each stretch is twice as long as the one before, up to STRETCH_MAX
-        snapshot intervals (fewer restores, little replayed beyond the hit)."""
+
+        With a write or access watchpoint, the checkpoints say where to look first:
+        the latest one whose watched bytes differ from the current ones lies before
+        a write that changed them, so the last hit is between it and here. That
+        stretch is replayed once, forwards, collecting hits (exact: a write of the
+        same value and a value changed and changed back are hits like any other).
+        Otherwise (or if that finds nothing: the change came from a system call,
+        which no hook sees), stretches of the past are replayed with the hooks
+        collecting hits, the nearest first; each stretch is twice as long as the one
+        before, up to STRETCH_MAX snapshot intervals (fewer restores, little
+        replayed beyond the hit)."""
         here, here_events = self.pos(), self.events
         cps = [cp for cp in self.checkpoints if cp.point < here or (cp.point == here and cp.events < here_events)]
         end, span, i = here, 1, len(cps)
+        j = self._last_change(cps)
+        if j is not None:
+            r = self._collect_since(cps, j, here)
+            if isinstance(r, Stop):
+                return r
+            end, i, span = cps[j].point, j, STRETCH_MAX
         while i > 0 and (self.breakpoints or self.watchpoints):
             if self.interrupted():
                 self.goto(here)
@@ -820,3 +850,51 @@ class Timeline:
             end = cp.point
         self.goto(Point(0, 0))
         return Stop("begin")
+
+    def _last_change(self, cps):
+        """The index in ``cps`` of the latest checkpoint whose bytes under a write or
+        access watchpoint differ from the current ones (None: none differs, or no
+        such watchpoint). Compares the checkpoints' copies of memory: no execution."""
+        ranges = [(addr, n) for kind, addr, n in self.watchpoints if kind in ("watch", "awatch")]
+        if not ranges:
+            return None
+        now = [self._read_now(addr, n) for addr, n in ranges]
+        for j in range(len(cps) - 1, -1, -1):
+            if any(cps[j].read(addr, n) != v for (addr, n), v in zip(ranges, now)):
+                return j
+        return None
+
+    def _read_now(self, addr, n):
+        try:
+            return bytes(self.m.vcpu.uc.mem_read(addr, n))
+        except unicorn.UcError:
+            return None
+
+    def _collect_since(self, cps, j, here):
+        """Replay from checkpoint ``cps[j]`` to ``here`` collecting hits, one snapshot
+        interval at a time (only the latest hit is kept); stop at the last one. None
+        if there was none."""
+        cp = cps[j]
+        self._restore(cp)
+        best = None
+        for target in [c.point for c in cps[j + 1:]] + [here]:
+            if self.interrupted():
+                self.goto(here)
+                return Stop("interrupt")
+            self.hits = []
+            r = self.forward(min(target, here), mode="collect")
+            for raw in self.hits:
+                pt = self._hit_point(raw, after=False)
+                if cp.point <= pt < here and (best is None or pt > best[0]):
+                    best = (pt, raw)
+            self.hits = []
+            if r.reason == "interrupt":
+                self.goto(here)
+                return r
+            if r.reason != "target":
+                break
+        if best is None:
+            return None
+        pt, raw = best
+        self.goto(pt)
+        return Stop(raw[0], addr=raw[1])
