@@ -14,10 +14,12 @@ the boundary of event N with the events before it applied and N not yet.
 
 How instructions are executed one at a time (Unicorn's ``count``) without upsetting the
 block count: stepping from the middle of a block makes Unicorn begin a new translated
-block there, which the C block hook would count; ``resume_mid`` tells it not to (the
+block there, which the block counter would count; ``resume_mid`` tells it not to (the
 block was counted when it began). A step that ends in front of a new block has had that
-block counted by the hook before Unicorn's instruction counter stopped it; it is
-uncounted again here. Breakpoints are code hooks bounded to their address (no guest
+block counted before Unicorn's instruction counter stopped it; it is uncounted again
+here. Both counters (hypervisor/counter.py: the patched engine's inline one, or the C
+block hook) behave so, and the debugger uses whichever the process has: the inline one
+replays a CPU-bound guest of small blocks about 1.5 times as fast. Breakpoints are code hooks bounded to their address (no guest
 memory is written); watchpoints are memory hooks over their range, present only while
 watchpoints exist (any memory hook puts every guest store on Unicorn's slow path).
 
@@ -200,22 +202,9 @@ class HighWaterSink:
             self.printed = end
 
 
-def _use_block_hook():
-    """The debugger counts blocks with ftvm's C block hook, never with the patched
-    engine's inline counter: stepping from the middle of a block and uncounting a block
-    a step stopped in front of are done there. Both counters count the same blocks, so
-    any log replays either way; this process keeps the hook from here on."""
-    import os
-    from .. import counter
-    if os.environ.get(counter.ENV) != "hook":
-        os.environ[counter.ENV] = "hook"
-        counter.mode.cache_clear()
-
-
 class Timeline:
     def __init__(self, log_path, write=lambda b: None, interval_s: float = 0.25,
                  mem_max_bytes: int = 1 << 30, interrupted=lambda: False):
-        _use_block_hook()
         self.src = ListSource(log_path)
         self.path = str(log_path)
         self.sink = HighWaterSink(write)
