@@ -19,9 +19,14 @@ block was counted when it began). A step that ends in front of a new block has h
 block counted before Unicorn's instruction counter stopped it; it is uncounted again
 here. Both counters (hypervisor/counter.py: the patched engine's inline one, or the C
 block hook) behave so, and the debugger uses whichever the process has: the inline one
-replays a CPU-bound guest of small blocks about 1.5 times as fast. Breakpoints are code hooks bounded to their address (no guest
-memory is written); watchpoints are memory hooks over their range, present only while
-watchpoints exist (any memory hook puts every guest store on Unicorn's slow path).
+replays a CPU-bound guest of small blocks about 1.5 times as fast.
+
+Breakpoints are code hooks bounded to their address (no guest memory is written);
+watchpoints are memory hooks over their range, present only while watchpoints exist.
+Any memory hook puts every guest load and store on Unicorn's slow path (the i386 TCG
+backend jumps to the helper whenever a UC_HOOK_MEM_READ or _WRITE exists, however
+narrow its range): bounding the range spares the Python calls for other addresses,
+not the slow path.
 
 Going backwards
 ---------------
@@ -34,10 +39,32 @@ holds a full copy of guest memory; past ``mem_max_bytes`` the checkpoint whose l
 leaves the smallest gap is dropped (the first one, at the start, is always kept), so
 going back gets slower, never impossible.
 
-reverse-continue replays the stretch between the checkpoint before the current point
-and the current point with the hooks collecting hits, then the stretch before that, and
-so on; the last hit found is where it stops (for a watchpoint: in front of the
-instruction that made the access, so that gdb sees the value change).
+Cost model (docs/debugging.md says the same for users):
+
+- memory: one full copy of guest memory per checkpoint in MEM_CHUNK pieces, a piece
+  equal to the previous checkpoint's shared; bounded by ``mem_max_bytes``.
+- going to an earlier point (reverse-stepi, goto): one restore (a copy of the
+  snapshot into a fresh engine) plus at most one interval of re-execution; a costly
+  one leaves a temporary checkpoint where it landed.
+- reverse-continue with a write or access watchpoint: comparing the watched bytes in
+  the checkpoints' copies of memory with the current ones costs no execution. The
+  latest checkpoint where they differ (C) lies before the last write that changed
+  them, so the last hit of any hook lies between C and here: one restore of C, one
+  forward run to here with the hooks collecting hits (only the latest kept), then a
+  goto to that hit. Cost: the replay time from C to here, with memory hooks on (every
+  guest load and store on Unicorn's slow path). Every write is a hit, a write of the
+  value already there too (as x86 debug registers and rr report them; gdb ignores a
+  write-watchpoint report whose value did not change and goes on), so the comparison
+  only bounds the search, it never decides a hit: a value changed and changed back
+  between two checkpoints is found.
+- otherwise (breakpoints, read watchpoints, no checkpoint differing, or no hit after
+  C because a system call made the change): the stretch between the checkpoint before
+  here and here is replayed with the hooks collecting hits, then the stretch before
+  that, and so on, each up to STRETCH_MAX intervals; about the replay time back to the
+  hit.
+
+For a watchpoint the stop is in front of the instruction that made the access, so
+that gdb sees the value change.
 """
 from __future__ import annotations
 
