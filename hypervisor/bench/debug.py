@@ -1,13 +1,14 @@
 """`ftvm bench --only debug`: how fast the debugger goes back in a CPU-bound recording.
 
 A C program (compiled here with gcc) touches a 64 MiB buffer and then computes for 10 s of
-recording, in rounds of about a millisecond that each also store into the buffer. It writes
-one watched variable once, at the first round that ends 5 s or more into the computation,
-and reads the clock after every round: the clock calls are logged, so the program's own
-output says how much recording lies between that write and the end (the issue's "5 s
-back"), on any machine and however fast the engine gets. Measured on its replay:
-reverse-stepi at random points (target 1 s at most), reverse-continue from the end to that
-write (target 10 s), and the memory the snapshots take.
+recording, in rounds of a million multiply-adds (one to a few ms) that each also store into
+the buffer and read the clock (the loop's only system call, so its only logged event). It
+writes one watched variable once, at the first round that ends 5 s or more into the
+computation. The clock calls are logged, so the program's own output says how much
+recording lies between that write and the end (the issue's "5 s back"), on any machine and
+however fast the engine gets. Measured on its replay: reverse-stepi at random points
+(target 1 s at most), reverse-continue from the end to that write (target 10 s), and the
+memory the snapshots take.
 """
 from __future__ import annotations
 
@@ -39,7 +40,7 @@ int main(int argc, char **argv)
     double t0 = now(), t = t0, written = -1;
     long r;
     for (r = 0; t - t0 < total_s; r++) {
-        for (long i = 0; i < 200000; i++)
+        for (long i = 0; i < 1000000; i++)
             acc = acc * 6364136223846793005ul + (unsigned long)i;
         buf[((size_t)r * 4096) % size] ^= (unsigned char)acc;
         t = now();
