@@ -9,6 +9,7 @@ the state digest taken with it.
 """
 from __future__ import annotations
 
+import ctypes
 import struct
 import zlib
 
@@ -58,14 +59,41 @@ def memory_regions(m: Machine) -> list:
     return [[start, size] for start, size, _ in m.vcpu.regions]
 
 
+def memory_pieces(m: Machine, size: int):
+    """The memory part of a snapshot of ``m`` (what capture lays out after the map), in
+    pieces of ``size`` bytes (the last one may be shorter), read straight from the engine
+    into one bytearray that is reused: use or copy each piece before asking for the next.
+    (A bytearray compares with bytes at memcmp speed; a memoryview compares item by item.)"""
+    from unicorn.unicorn_py3.unicorn import uclib
+    from .uc import unicorn
+    uc = m.vcpu.uc
+    buf = bytearray(size)
+    fill = 0
+    for start, n in memory_regions(m):
+        a = 0
+        while a < n:
+            k = min(size - fill, n - a)
+            status = uclib.uc_mem_read(uc._uch, start + a, (ctypes.c_char * k).from_buffer(buf, fill), k)
+            if status != 0:
+                raise unicorn.UcError(status)
+            fill += k
+            a += k
+            if fill == size:
+                yield buf
+                fill = 0
+    if fill:
+        yield buf[:fill]
+
+
 def capture(m: Machine, header_frame: bytes, log_index: int, retained_from: int, retained: bytes,
-            extra: dict | None = None, digest: bool = True) -> bytearray:
+            extra: dict | None = None, digest: bool = True, memory: bool = True) -> bytearray:
     """Snapshot of ``m`` at a stop; the log continues at record ``log_index``.
     ``retained``: console bytes from offset ``retained_from`` the observer may lack.
     ``digest``: include a state digest, which restore checks (False: the snapshot never
     leaves this process, and computing the digest would cost a pass over all memory).
     Layout: MAGIC, u32 version, u64 length of the msgpack map that follows, the map,
-    then the memory regions raw, in the order the map lists them."""
+    then the memory regions raw, in the order the map lists them (``memory`` False: not
+    them; ``memory_pieces`` reads them)."""
     v, c = m.vcpu, m.cpu
     kernel = getattr(m, "kernel", None)
     if kernel is not None:
@@ -90,12 +118,14 @@ def capture(m: Machine, header_frame: bytes, log_index: int, retained_from: int,
     if kernel is not None:
         st["linux"] = linux_state.capture(kernel, _ctx_bytes)
     meta = msgpack.packb(st, use_bin_type=True)
-    total = _HEAD.size + len(meta) + sum(size for _, size in regions)
+    total = _HEAD.size + len(meta) + (sum(size for _, size in regions) if memory else 0)
     out = bytearray(total)
     _HEAD.pack_into(out, 0, MAGIC, VERSION, len(meta))
     off = _HEAD.size
     out[off:off + len(meta)] = meta
     off += len(meta)
+    if not memory:
+        return out
     if kernel is not None:
         for start, size in regions:
             for a in range(0, size, STEP):

@@ -659,22 +659,17 @@ class Timeline:
         c = m.cpu
         t0 = time.perf_counter()
         regions = snapshot.memory_regions(m)
-        blob = snapshot.capture(m, self.header_frame, rp.source.pos, self.console.total, b"", digest=False)
-        _, _, meta_len = snapshot._HEAD.unpack_from(blob, 0)
-        head = snapshot._HEAD.size + meta_len
-        view = memoryview(blob)
+        meta = bytes(snapshot.capture(m, self.header_frame, rp.source.pos, self.console.total, b"", digest=False,
+                                      memory=False))
         prev = None
         for cp in self.checkpoints:
             if cp.point < p:
                 prev = cp
-        old = dict(enumerate(prev.chunks)) if prev is not None else {}
+        old = prev.chunks if prev is not None else []
         chunks = []
-        for i, a in enumerate(range(head, len(blob), MEM_CHUNK)):
-            piece = view[a:a + MEM_CHUNK]
-            same = old.get(i)
+        for i, piece in enumerate(snapshot.memory_pieces(m, MEM_CHUNK)):
+            same = old[i] if i < len(old) else None
             chunks.append(same if same is not None and same == piece else bytes(piece))
-        meta = bytes(view[:head])
-        del view, blob
         words = list(m.vtime._queue)
         left = int(c.tsc_len - c.tsc_pos)
         if left:
