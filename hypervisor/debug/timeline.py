@@ -140,9 +140,6 @@ class Checkpoint:
     temporary: bool = False
     regions: list = dataclasses.field(default_factory=list)   # [[start, size]] of its memory, in order
 
-    def blob(self):
-        return b"".join([self.meta, *self.chunks])
-
     def read(self, addr, n):
         """Guest bytes [addr, addr + n) as they were here; None if any is unmapped."""
         off = 0
@@ -711,7 +708,7 @@ class Timeline:
 
     def _restore(self, cp: Checkpoint):
         old = self.m
-        m, header, k, _ = snapshot.restore(cp.blob(), self.console)
+        m, header, k, _ = snapshot.restore(cp.meta, self.console, pieces=cp.chunks)
         rp = Replayer(_Cursor(self.src, cp.log_pos), self.console, header=self.header, machine=m)
         (rp.events, rp.records, rp._safe_blocks, rp.last_golive, rp.last_disk_read_record) = cp.rp_state
         m.vtime._queue = collections.deque(cp.tsc_words)
