@@ -9,6 +9,7 @@ the state digest taken with it.
 """
 from __future__ import annotations
 
+import ctypes
 import struct
 import zlib
 
@@ -50,21 +51,54 @@ def _copy(dst, dst_off, src, n):
         dst[dst_off + a:dst_off + b] = src[a:b]
 
 
+def memory_regions(m: Machine) -> list:
+    """[[start, size]] of the guest memory a snapshot holds, in its order."""
+    kernel = getattr(m, "kernel", None)
+    if kernel is not None:
+        return [[a, b - a] for a, b, _p, _n in kernel.mem.vmas]
+    return [[start, size] for start, size, _ in m.vcpu.regions]
+
+
+def memory_pieces(m: Machine, size: int):
+    """The memory part of a snapshot of ``m`` (what capture lays out after the map), in
+    pieces of ``size`` bytes (the last one may be shorter), read straight from the engine
+    into one bytearray that is reused: use or copy each piece before asking for the next.
+    (A bytearray compares with bytes at memcmp speed; a memoryview compares item by item.)"""
+    from unicorn.unicorn_py3.unicorn import uclib
+    from .uc import unicorn
+    uc = m.vcpu.uc
+    buf = bytearray(size)
+    fill = 0
+    for start, n in memory_regions(m):
+        a = 0
+        while a < n:
+            k = min(size - fill, n - a)
+            status = uclib.uc_mem_read(uc._uch, start + a, (ctypes.c_char * k).from_buffer(buf, fill), k)
+            if status != 0:
+                raise unicorn.UcError(status)
+            fill += k
+            a += k
+            if fill == size:
+                yield buf
+                fill = 0
+    if fill:
+        yield buf[:fill]
+
+
 def capture(m: Machine, header_frame: bytes, log_index: int, retained_from: int, retained: bytes,
-            extra: dict | None = None, digest: bool = True) -> bytearray:
+            extra: dict | None = None, digest: bool = True, memory: bool = True) -> bytearray:
     """Snapshot of ``m`` at a stop; the log continues at record ``log_index``.
     ``retained``: console bytes from offset ``retained_from`` the observer may lack.
     ``digest``: include a state digest, which restore checks (False: the snapshot never
     leaves this process, and computing the digest would cost a pass over all memory).
     Layout: MAGIC, u32 version, u64 length of the msgpack map that follows, the map,
-    then the memory regions raw, in the order the map lists them."""
+    then the memory regions raw, in the order the map lists them (``memory`` False: not
+    them; ``memory_pieces`` reads them)."""
     v, c = m.vcpu, m.cpu
     kernel = getattr(m, "kernel", None)
     if kernel is not None:
         from .linux import state as linux_state
-        regions = [[a, b - a] for a, b, _p, _n in kernel.mem.vmas]
-    else:
-        regions = [[start, size] for start, size, _ in v.regions]
+    regions = memory_regions(m)
     st = {
         "header": header_frame,
         "log_index": log_index,
@@ -84,12 +118,14 @@ def capture(m: Machine, header_frame: bytes, log_index: int, retained_from: int,
     if kernel is not None:
         st["linux"] = linux_state.capture(kernel, _ctx_bytes)
     meta = msgpack.packb(st, use_bin_type=True)
-    total = _HEAD.size + len(meta) + sum(size for _, size in regions)
+    total = _HEAD.size + len(meta) + (sum(size for _, size in regions) if memory else 0)
     out = bytearray(total)
     _HEAD.pack_into(out, 0, MAGIC, VERSION, len(meta))
     off = _HEAD.size
     out[off:off + len(meta)] = meta
     off += len(meta)
+    if not memory:
+        return out
     if kernel is not None:
         for start, size in regions:
             for a in range(0, size, STEP):
@@ -152,9 +188,48 @@ def join(parts) -> bytes:
     return bytes(a.blob())
 
 
-def restore(blob, console, mode="replay"):
-    """A Machine in the snapshot's state, plus (header, log_index, extra)."""
+class _Pieces:
+    """The memory part of a snapshot kept as equal pieces (bytes, the last one may be
+    shorter), as the debugger's checkpoints hold it: read where they lie, never joined."""
+
+    def __init__(self, pieces):
+        self.pieces = pieces
+        self.size = len(pieces[0]) if pieces else 1
+        self.total = sum(len(p) for p in pieces)
+        # Where each piece's bytes lie (a bytes object's c_char_p points at its own
+        # buffer, no copy); the pieces list keeps them alive.
+        self.bases = [ctypes.cast(ctypes.c_char_p(p), ctypes.c_void_p).value for p in pieces]
+
+    def spans(self, off, n):
+        """(piece index, offset in it, length) covering bytes [off, off + n)."""
+        while n > 0:
+            i, j = divmod(off, self.size)
+            k = min(n, len(self.pieces[i]) - j)
+            yield i, j, k
+            off, n = off + k, n - k
+
+    def write(self, uc, addr, off, n):
+        from unicorn.unicorn_py3.unicorn import uclib
+        from .uc import unicorn
+        for i, j, k in self.spans(off, n):
+            status = uclib.uc_mem_write(uc._uch, addr, ctypes.cast(self.bases[i] + j, ctypes.POINTER(ctypes.c_char)), k)
+            if status != 0:
+                raise unicorn.UcError(status)
+            addr += k
+
+    def copy_into(self, ram, off, n):
+        dst, at = memoryview(ram), 0
+        for i, j, k in self.spans(off, n):
+            dst[at:at + k] = memoryview(self.pieces[i])[j:j + k]
+            at += k
+
+
+def restore(blob, console, mode="replay", pieces=None):
+    """A Machine in the snapshot's state, plus (header, log_index, extra). ``pieces``:
+    ``blob`` is the head and map alone (``capture(memory=False)``) and the memory part
+    is these bytes objects one after the other (see memory_pieces)."""
     view = memoryview(blob)
+    area = _Pieces(pieces) if pieces is not None else None
     try:
         magic, version, meta_len = _HEAD.unpack_from(view, 0)
         if magic != MAGIC:
@@ -170,6 +245,7 @@ def restore(blob, console, mode="replay"):
     from . import elf_loader
     config = Config.from_dict(header.config)
     off = _HEAD.size + meta_len
+    end = len(view) if area is None else off + area.total
     if header.config.get("personality") == "linux":
         from .guest import LinuxGuest
         from .linux import state as linux_state
@@ -177,11 +253,16 @@ def restore(blob, console, mode="replay"):
         v, c = m.vcpu, m.cpu
         spans = {}
         for start, size in st["regions"]:
-            if off + size > len(view):
+            if off + size > end:
                 raise BadSnapshot(f"snapshot memory region {start:#x} is cut short")
             spans[start] = (off, size)
             off += size
-        m.kernel.mem.restore(st["linux"]["mem"], lambda a, b: bytes(view[spans[a][0]:spans[a][0] + (b - a)]))
+        if area is None:
+            m.kernel.mem.restore(st["linux"]["mem"], lambda a, b: bytes(view[spans[a][0]:spans[a][0] + (b - a)]))
+        else:
+            head = _HEAD.size + meta_len
+            m.kernel.mem.restore(st["linux"]["mem"], None,
+                                 write=lambda a, b: area.write(v.uc, a, spans[a][0] - head, b - a))
         linux_state.restore(m.kernel, st["linux"], lambda data: _ctx_from(m.vcpu.uc, data))
     else:
         image = elf_loader.parse(header.elf, header.elf_name, mem_limit=max(config.mem_limit, 1 << 62),
@@ -189,9 +270,12 @@ def restore(blob, console, mode="replay"):
         m = Machine(image, config, mode, console)
         v, c = m.vcpu, m.cpu
         for (start, size), ram, (rstart, rsize, _) in zip(st["regions"], v.ram, v.regions):
-            if start != rstart or size != rsize or off + size > len(view):
+            if start != rstart or size != rsize or off + size > end:
                 raise BadSnapshot(f"snapshot memory region {start:#x} does not match the guest's layout")
-            _copy(ram, 0, view[off:off + size], size)
+            if area is None:
+                _copy(ram, 0, view[off:off + size], size)
+            else:
+                area.copy_into(ram, off - _HEAD.size - meta_len, size)
             off += size
     v.restore_context(_ctx_from(v.uc, st["context"]))
     c.blocks, c.tsc_last, c.tsc_count, c.tsc_offset_ns, c.tsc_aux = st["cpu"]

@@ -14,12 +14,19 @@ the boundary of event N with the events before it applied and N not yet.
 
 How instructions are executed one at a time (Unicorn's ``count``) without upsetting the
 block count: stepping from the middle of a block makes Unicorn begin a new translated
-block there, which the C block hook would count; ``resume_mid`` tells it not to (the
+block there, which the block counter would count; ``resume_mid`` tells it not to (the
 block was counted when it began). A step that ends in front of a new block has had that
-block counted by the hook before Unicorn's instruction counter stopped it; it is
-uncounted again here. Breakpoints are code hooks bounded to their address (no guest
-memory is written); watchpoints are memory hooks over their range, present only while
-watchpoints exist (any memory hook puts every guest store on Unicorn's slow path).
+block counted before Unicorn's instruction counter stopped it; it is uncounted again
+here. Both counters (hypervisor/counter.py: the patched engine's inline one, or the C
+block hook) behave so, and the debugger uses whichever the process has: the inline one
+replays a CPU-bound guest of small blocks about 1.5 times as fast.
+
+Breakpoints are code hooks bounded to their address (no guest memory is written);
+watchpoints are memory hooks over their range, present only while watchpoints exist.
+Any memory hook puts every guest load and store on Unicorn's slow path (the i386 TCG
+backend jumps to the helper whenever a UC_HOOK_MEM_READ or _WRITE exists, however
+narrow its range): bounding the range spares the Python calls for other addresses,
+not the slow path.
 
 Going backwards
 ---------------
@@ -32,10 +39,32 @@ holds a full copy of guest memory; past ``mem_max_bytes`` the checkpoint whose l
 leaves the smallest gap is dropped (the first one, at the start, is always kept), so
 going back gets slower, never impossible.
 
-reverse-continue replays the stretch between the checkpoint before the current point
-and the current point with the hooks collecting hits, then the stretch before that, and
-so on; the last hit found is where it stops (for a watchpoint: in front of the
-instruction that made the access, so that gdb sees the value change).
+Cost model (docs/debugging.md says the same for users):
+
+- memory: one full copy of guest memory per checkpoint in MEM_CHUNK pieces, a piece
+  equal to the previous checkpoint's shared; bounded by ``mem_max_bytes``.
+- going to an earlier point (reverse-stepi, goto): one restore (a copy of the
+  snapshot into a fresh engine) plus at most one interval of re-execution; a costly
+  one leaves a temporary checkpoint where it landed.
+- reverse-continue with a write or access watchpoint: comparing the watched bytes in
+  the checkpoints' copies of memory with the current ones costs no execution. The
+  latest checkpoint where they differ (C) lies before the last write that changed
+  them, so the last hit of any hook lies between C and here: one restore of C, one
+  forward run to here with the hooks collecting hits (only the latest kept), then a
+  goto to that hit. Cost: the replay time from C to here, with memory hooks on (every
+  guest load and store on Unicorn's slow path). Every write is a hit, a write of the
+  value already there too (as x86 debug registers and rr report them; gdb ignores a
+  write-watchpoint report whose value did not change and goes on), so the comparison
+  only bounds the search, it never decides a hit: a value changed and changed back
+  between two checkpoints is found.
+- otherwise (breakpoints, read watchpoints, no checkpoint differing, or no hit after
+  C because a system call made the change): the stretch between the checkpoint before
+  here and here is replayed with the hooks collecting hits, then the stretch before
+  that, and so on, each up to STRETCH_MAX intervals; about the replay time back to the
+  hit.
+
+For a watchpoint the stop is in front of the instruction that made the access, so
+that gdb sees the value change.
 """
 from __future__ import annotations
 
@@ -109,9 +138,21 @@ class Checkpoint:
     rng: list
     rp_state: tuple
     temporary: bool = False
+    regions: list = dataclasses.field(default_factory=list)   # [[start, size]] of its memory, in order
 
-    def blob(self):
-        return b"".join([self.meta, *self.chunks])
+    def read(self, addr, n):
+        """Guest bytes [addr, addr + n) as they were here; None if any is unmapped."""
+        off = 0
+        for start, size in self.regions:
+            if start <= addr and addr + n <= start + size:
+                a = off + addr - start
+                out = b""
+                while len(out) < n:
+                    i, j = divmod(a + len(out), MEM_CHUNK)
+                    out += bytes(self.chunks[i][j:j + n - len(out)])
+                return out
+            off += size
+        return None
 
 
 class ListSource:
@@ -185,22 +226,9 @@ class HighWaterSink:
             self.printed = end
 
 
-def _use_block_hook():
-    """The debugger counts blocks with ftvm's C block hook, never with the patched
-    engine's inline counter: stepping from the middle of a block and uncounting a block
-    a step stopped in front of are done there. Both counters count the same blocks, so
-    any log replays either way; this process keeps the hook from here on."""
-    import os
-    from .. import counter
-    if os.environ.get(counter.ENV) != "hook":
-        os.environ[counter.ENV] = "hook"
-        counter.mode.cache_clear()
-
-
 class Timeline:
     def __init__(self, log_path, write=lambda b: None, interval_s: float = 0.25,
                  mem_max_bytes: int = 1 << 30, interrupted=lambda: False):
-        _use_block_hook()
         self.src = ListSource(log_path)
         self.path = str(log_path)
         self.sink = HighWaterSink(write)
@@ -627,22 +655,18 @@ class Timeline:
         m, rp = self.m, self.rp
         c = m.cpu
         t0 = time.perf_counter()
-        blob = snapshot.capture(m, self.header_frame, rp.source.pos, self.console.total, b"", digest=False)
-        _, _, meta_len = snapshot._HEAD.unpack_from(blob, 0)
-        head = snapshot._HEAD.size + meta_len
-        view = memoryview(blob)
+        regions = snapshot.memory_regions(m)
+        meta = bytes(snapshot.capture(m, self.header_frame, rp.source.pos, self.console.total, b"", digest=False,
+                                      memory=False))
         prev = None
         for cp in self.checkpoints:
             if cp.point < p:
                 prev = cp
-        old = dict(enumerate(prev.chunks)) if prev is not None else {}
+        old = prev.chunks if prev is not None else []
         chunks = []
-        for i, a in enumerate(range(head, len(blob), MEM_CHUNK)):
-            piece = view[a:a + MEM_CHUNK]
-            same = old.get(i)
+        for i, piece in enumerate(snapshot.memory_pieces(m, MEM_CHUNK)):
+            same = old[i] if i < len(old) else None
             chunks.append(same if same is not None and same == piece else bytes(piece))
-        meta = bytes(view[:head])
-        del view, blob
         words = list(m.vtime._queue)
         left = int(c.tsc_len - c.tsc_pos)
         if left:
@@ -652,7 +676,7 @@ class Timeline:
             words.insert(0, (buf, 0))
         cp = Checkpoint(p, self.events, meta, chunks, rp.source.pos, self.ev, words, list(m.rng._queue),
                         (rp.events, rp.records, rp._safe_blocks, rp.last_golive, rp.last_disk_read_record),
-                        temporary)
+                        temporary, regions)
         self.checkpoints.append(cp)
         self._capture_s = time.perf_counter() - t0
         self.checkpoints.sort(key=lambda x: (x.point, x.events))
@@ -684,7 +708,7 @@ class Timeline:
 
     def _restore(self, cp: Checkpoint):
         old = self.m
-        m, header, k, _ = snapshot.restore(cp.blob(), self.console)
+        m, header, k, _ = snapshot.restore(cp.meta, self.console, pieces=cp.chunks)
         rp = Replayer(_Cursor(self.src, cp.log_pos), self.console, header=self.header, machine=m)
         (rp.events, rp.records, rp._safe_blocks, rp.last_golive, rp.last_disk_read_record) = cp.rp_state
         m.vtime._queue = collections.deque(cp.tsc_words)
@@ -791,12 +815,26 @@ class Timeline:
 
     def reverse_continue(self):
         """Back to the last breakpoint or watchpoint hit before here, or the start.
-        Stretches of the past are replayed with the hooks collecting hits, the nearest
-        first; each stretch is twice as long as the one before, up to STRETCH_MAX
-        snapshot intervals (fewer restores, little replayed beyond the hit)."""
+
+        With a write or access watchpoint, the checkpoints say where to look first:
+        the latest one whose watched bytes differ from the current ones lies before
+        a write that changed them, so the last hit is between it and here. That
+        stretch is replayed once, forwards, collecting hits (exact: a write of the
+        same value and a value changed and changed back are hits like any other).
+        Otherwise (or if that finds nothing: the change came from a system call,
+        which no hook sees), stretches of the past are replayed with the hooks
+        collecting hits, the nearest first; each stretch is twice as long as the one
+        before, up to STRETCH_MAX snapshot intervals (fewer restores, little
+        replayed beyond the hit)."""
         here, here_events = self.pos(), self.events
         cps = [cp for cp in self.checkpoints if cp.point < here or (cp.point == here and cp.events < here_events)]
         end, span, i = here, 1, len(cps)
+        j = self._last_change(cps)
+        if j is not None:
+            r = self._collect_since(cps, j, here)
+            if isinstance(r, Stop):
+                return r
+            end, i, span = cps[j].point, j, STRETCH_MAX
         while i > 0 and (self.breakpoints or self.watchpoints):
             if self.interrupted():
                 self.goto(here)
@@ -820,3 +858,51 @@ class Timeline:
             end = cp.point
         self.goto(Point(0, 0))
         return Stop("begin")
+
+    def _last_change(self, cps):
+        """The index in ``cps`` of the latest checkpoint whose bytes under a write or
+        access watchpoint differ from the current ones (None: none differs, or no
+        such watchpoint). Compares the checkpoints' copies of memory: no execution."""
+        ranges = [(addr, n) for kind, addr, n in self.watchpoints if kind in ("watch", "awatch")]
+        if not ranges:
+            return None
+        now = [self._read_now(addr, n) for addr, n in ranges]
+        for j in range(len(cps) - 1, -1, -1):
+            if any(cps[j].read(addr, n) != v for (addr, n), v in zip(ranges, now)):
+                return j
+        return None
+
+    def _read_now(self, addr, n):
+        try:
+            return bytes(self.m.vcpu.uc.mem_read(addr, n))
+        except unicorn.UcError:
+            return None
+
+    def _collect_since(self, cps, j, here):
+        """Replay from checkpoint ``cps[j]`` to ``here`` collecting hits, one snapshot
+        interval at a time (only the latest hit is kept); stop at the last one. None
+        if there was none."""
+        cp = cps[j]
+        self._restore(cp)
+        best = None
+        for target in [c.point for c in cps[j + 1:]] + [here]:
+            if self.interrupted():
+                self.goto(here)
+                return Stop("interrupt")
+            self.hits = []
+            r = self.forward(min(target, here), mode="collect")
+            for raw in self.hits:
+                pt = self._hit_point(raw, after=False)
+                if cp.point <= pt < here and (best is None or pt > best[0]):
+                    best = (pt, raw)
+            self.hits = []
+            if r.reason == "interrupt":
+                self.goto(here)
+                return r
+            if r.reason != "target":
+                break
+        if best is None:
+            return None
+        pt, raw = best
+        self.goto(pt)
+        return Stop(raw[0], addr=raw[1])

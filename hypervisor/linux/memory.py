@@ -204,12 +204,16 @@ class AddressSpace:
     def state(self):
         return {"vmas": [list(v) for v in self.vmas], "brk_start": self.brk_start, "brk": self.brk}
 
-    def restore(self, st, contents):
-        """Rebuild the map in a fresh engine; ``contents(start, end)`` gives the bytes."""
+    def restore(self, st, contents, write=None):
+        """Rebuild the map in a fresh engine; ``contents(start, end)`` gives the bytes
+        (or ``write(start, end)`` writes them into the engine itself)."""
         self.vmas = []
         for start, end, prot, name in st["vmas"]:
             self.uc.mem_map(start, end - start, _uc_prot(prot) | UC.UC_PROT_WRITE)
-            self.uc.mem_write(start, contents(start, end))
+            if write is not None:
+                write(start, end)
+            else:
+                self.uc.mem_write(start, contents(start, end))
             if not prot & PROT_WRITE:
                 self.uc.mem_protect(start, end - start, _uc_prot(prot))
             self.vmas.append([start, end, prot, name])
