@@ -7,9 +7,7 @@ retransmission, status). They share the state below under ``self.lock``.
 """
 from __future__ import annotations
 
-import collections
 import dataclasses
-import json
 import os
 import sys
 import threading
@@ -20,6 +18,7 @@ from logging_channel import records as R
 from logging_channel.frames import Frames, check as frames_check
 from logging_channel.logfile import LogWriter
 from .arbiter import Arbiter
+from .statusfile import StatusFile
 
 from ..console import Console
 from ..errors import FtvmError
@@ -121,6 +120,7 @@ class Node:
         self.writer = LogWriter(log_path)
         self.managed = False            # roles come from the view service (managed.py)
         self.status_at = 0
+        self.status_file = StatusFile(os.path.join(run_dir, f"{name}.status.json"))
         self.last_release_unix = None
         self._rate_mark = (0, 0)
         self.after_stop_ns = 0          # time the emulation thread spent handing over at stops
@@ -350,14 +350,9 @@ class Node:
         }
 
     def _write_status(self, now):
-        st = self._status(now)
-        path = os.path.join(self.run_dir, f"{self.name}.status.json")
-        try:
-            with open(path + ".tmp", "w") as f:
-                json.dump(st, f)
-            os.replace(path + ".tmp", path)
-        except OSError:
-            pass
+        """Hand the status to its writer thread (statusfile.py): no file I/O here, on
+        the I/O thread, under the lock."""
+        self.status_file.put(self._status(now))
 
     def _rule_stats(self):
         h = self.rule
@@ -529,7 +524,8 @@ class Node:
         finally:
             self.writer.close()
             with self.lock:
-                self._write_status(now_ns())
+                final = self._status(now_ns())
+            self.status_file.close(final)
             self.ep.close()
         return 0
 
