@@ -30,9 +30,10 @@ needs_redis = pytest.mark.skipif(not os.path.exists(REDIS_SERVER) or not shutil.
 
 
 def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    """Below the ephemeral range (see free_tcp_port): a bind(0) port could be handed to
+    someone else before ftvm binds it."""
+    from hypervisor.ft.transport import free_tcp_port
+    return free_tcp_port("127.0.0.1")
 
 
 def redis_cmd(port):
