@@ -28,6 +28,8 @@ EXIT_NO_NODE = 8
 # (Until confirmed the nodes keep the bytes, and a new primary re-sends them; the
 # front end takes each byte once, by offset.)
 NET_CONFIRM_BYTES = 256 << 10
+VS_PING_INTERVAL_MS = 50   # nodes ping the run's view service this often (ManagedNode's default)
+VS_DEAD_PINGS_MIN = 6      # missed pings before the view service declares a node dead, at least
 NO_PRIMARY_S = 15          # a dead primary with no successor this long: the run cannot go on
 
 
@@ -488,9 +490,14 @@ def _run_managed(guest, log_path, kill_after, progress, run_dir, opts, host, say
         vs_addr = coordinator
     else:
         vs_addr = f"tcp://{host}:{free_tcp_port(host)}"
+        # A node is dead after VS_DEAD_PINGS_MIN missed pings, or after --fail-timeout-ms
+        # if that is longer (a run asked to tolerate slow peers is judged the same way by
+        # the view service as by the nodes).
+        dead_pings = max(VS_DEAD_PINGS_MIN, -(-opts.fail_timeout_ms // VS_PING_INTERVAL_MS))
         with open(os.path.join(run_dir, "viewservice.stderr"), "wb") as err:
             vs = subprocess.Popen([sys.executable, "-m", "hypervisor.cli", "viewservice", "--listen", vs_addr,
-                                   "--ping-interval-ms", "50", "--dead-pings", "6", "--first-backup-wait-ms", "5000",
+                                   "--ping-interval-ms", str(VS_PING_INTERVAL_MS), "--dead-pings", str(dead_pings),
+                                   "--first-backup-wait-ms", "5000",
                                    "--state-file", os.path.join(run_dir, "viewservice.json")],
                                   stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=err)
     try:
