@@ -33,6 +33,20 @@ VS_DEAD_PINGS_MIN = 6      # missed pings before the view service declares a nod
 NO_PRIMARY_S = 15          # a dead primary with no successor this long: the run cannot go on
 
 
+def redundant(statuses) -> bool:
+    """From one look at every node's status: the primary is protected by the backup its
+    view names, and that backup says it is up to date in the same view. (Any backup's
+    "ready" alone is not enough: a status left from an earlier view says ready while the
+    next state transfer is under way, and a kill then ends the run.)"""
+    by_name = {st.get("name"): st for st in statuses}
+    for st in statuses:
+        if st.get("role") == "primary" and st.get("protected"):
+            backup = by_name.get((st.get("vs_view") or [None, None, None])[2]) or {}
+            if backup.get("role") == "backup" and backup.get("ready") and backup.get("view") == st.get("view"):
+                return True
+    return False
+
+
 class AllNodesDead(FtvmError):
     """Every node died before the guest ended. The logs stay in the run directory."""
     exit_status = EXIT_NO_NODE
@@ -273,7 +287,7 @@ class Observer:
         service's stuck case instead of testing a failover. A pair needs no wait."""
         if len(self.nodes) <= 2 or not self.procs:
             return True
-        return any(st.get("role") == "backup" and st.get("ready") for st in read_status(self.run_dir))
+        return redundant(read_status(self.run_dir))
 
     def _kill_clock(self):
         """When --kill-primary-after starts counting: when the first primary announced
