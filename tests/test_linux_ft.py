@@ -43,16 +43,21 @@ def redundant(run_dir):
     return False
 
 
-def run_with_kills(tmp_path, program, kill_at_lines, nodes=2, timeout=240):
+def run_with_kills(tmp_path, program, kill_at_lines, nodes=2, timeout=240, stdin_after_kills=None):
     """`ftvm run` PROGRAM; kill the primary once the observer has printed each count
-    of lines in ``kill_at_lines``. Returns (stdout bytes, stderr, returncode, log)."""
+    of lines in ``kill_at_lines``. With ``stdin_after_kills`` (bytes) the guest's stdin
+    is a pipe that gets those bytes and its end after the last kill: a guest that reads
+    stdin after printing that many lines is still running when the kill lands (a quick
+    one could otherwise end before it, its output released in one batch).
+    Returns (stdout bytes, stderr, returncode, log)."""
     run_dir, log = tmp_path / "run", tmp_path / "whole.ftlog"
     # A generous failure timeout: these tests are about the Linux personality's output and
     # data across a failover, not about failure detection on a loaded machine.
     args = [str(FTVM), "run", "--run-dir", str(run_dir), "--log", str(log), "--nodes", str(nodes),
             "--fail-timeout-ms", "1000",
             "--data", f"{tmp_path / 'data'}:/data", "--cwd", str(ROOT), "--", *program]
-    p = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL)
+    p = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                         stdin=subprocess.DEVNULL if stdin_after_kills is None else subprocess.PIPE)
     out = bytearray()
     kills = sorted(kill_at_lines)
     # A run that stops making progress must fail the test, not hang it.
@@ -68,6 +73,9 @@ def run_with_kills(tmp_path, program, kill_at_lines, nodes=2, timeout=240):
                     assert wait_for(lambda: redundant(run_dir), timeout=60), "redundancy restored"
                 k = run_ftvm("kill", "primary", "--run-dir", run_dir)
                 assert k.returncode == 0, k.stderr
+                if not kills and stdin_after_kills is not None:
+                    p.stdin.write(stdin_after_kills)
+                    p.stdin.close()
         err = p.stderr.read().decode()
         p.wait(timeout=timeout)
     finally:
@@ -118,10 +126,16 @@ def test_busybox_md5sum_survives_a_primary_kill(tmp_path):
     for i in range(400):
         (data / f"f{i:03d}").write_bytes(hashlib.sha256(str(i).encode()).digest() * (i % 7 + 1))
         names.append(f"/data/f{i:03d}")
-    native = subprocess.run([BUSYBOX, "md5sum", *[str(data / n[6:]) for n in names]], capture_output=True,
-                            check=True).stdout.replace(str(data).encode(), b"/data")
     kill_at = random.Random(7).randrange(50, 300)
-    out, err, rc, log = run_with_kills(tmp_path, [BUSYBOX, "md5sum", *names], [kill_at])
+    # md5sum reads stdin ("-") after the last file and the test ends stdin only after the
+    # kill: so the guest is still running when the kill lands, whatever the load. (Its
+    # stdout is a pipe, fully buffered: lines come out in 4 KiB batches, the last one at
+    # exit, so a kill timed by lines alone could come after the end.) The batches before
+    # the stdin read hold more than kill_at lines.
+    names.append("-")
+    native = subprocess.run([BUSYBOX, "md5sum", *[n if n == "-" else str(data / n[6:]) for n in names]],
+                            input=b"stdin\n", capture_output=True, check=True).stdout.replace(str(data).encode(), b"/data")
+    out, err, rc, log = run_with_kills(tmp_path, [BUSYBOX, "md5sum", *names], [kill_at], stdin_after_kills=b"stdin\n")
     assert rc == 0, err
     assert out == native, f"kill after {kill_at} lines\n{err}"
     check_replay(log, out)
