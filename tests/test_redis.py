@@ -508,7 +508,11 @@ def test_garbage_a_client_that_never_reads_and_connection_churn(tmp_path):
         try:
             assert r.get("big") == big and r.info("clients")["connected_clients"] <= 3
         except redis.ConnectionError as e:     # once, under load: say what the nodes saw
-            raise AssertionError(f"{e}\n{srv.stderr()}\n{srv.nodes_stderr()[-6000:]}") from e
+            # Stop with SIGTERM (not the SIGKILL of __exit__) so that the whole-run log,
+            # with the new primary's records after it went live, is written for replay.
+            rc = srv.stop()
+            raise AssertionError(f"{e}\n{srv.stderr()}\n{srv.nodes_stderr()[-6000:]}\n"
+                                 f"ftvm exited {rc}; whole-run log {srv.log}") from e
         assert sigterm(srv) == 0, srv.stderr()
     check_replay(srv)
 
