@@ -30,9 +30,10 @@ needs_redis = pytest.mark.skipif(not os.path.exists(REDIS_SERVER) or not shutil.
 
 
 def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    """Below the ephemeral range (see free_tcp_port): a bind(0) port could be handed to
+    someone else before ftvm binds it."""
+    from hypervisor.ft.transport import free_tcp_port
+    return free_tcp_port("127.0.0.1")
 
 
 def redis_cmd(port):
@@ -507,7 +508,11 @@ def test_garbage_a_client_that_never_reads_and_connection_churn(tmp_path):
         try:
             assert r.get("big") == big and r.info("clients")["connected_clients"] <= 3
         except redis.ConnectionError as e:     # once, under load: say what the nodes saw
-            raise AssertionError(f"{e}\n{srv.stderr()}\n{srv.nodes_stderr()[-6000:]}") from e
+            # Stop with SIGTERM (not the SIGKILL of __exit__) so that the whole-run log,
+            # with the new primary's records after it went live, is written for replay.
+            rc = srv.stop()
+            raise AssertionError(f"{e}\n{srv.stderr()}\n{srv.nodes_stderr()[-6000:]}\n"
+                                 f"ftvm exited {rc}; whole-run log {srv.log}") from e
         assert sigterm(srv) == 0, srv.stderr()
     check_replay(srv)
 

@@ -28,7 +28,23 @@ EXIT_NO_NODE = 8
 # (Until confirmed the nodes keep the bytes, and a new primary re-sends them; the
 # front end takes each byte once, by offset.)
 NET_CONFIRM_BYTES = 256 << 10
+VS_PING_INTERVAL_MS = 50   # nodes ping the run's view service this often (ManagedNode's default)
+VS_DEAD_PINGS_MIN = 6      # missed pings before the view service declares a node dead, at least
 NO_PRIMARY_S = 15          # a dead primary with no successor this long: the run cannot go on
+
+
+def redundant(statuses) -> bool:
+    """From one look at every node's status: the primary is protected by the backup its
+    view names, and that backup says it is up to date in the same view. (Any backup's
+    "ready" alone is not enough: a status left from an earlier view says ready while the
+    next state transfer is under way, and a kill then ends the run.)"""
+    by_name = {st.get("name"): st for st in statuses}
+    for st in statuses:
+        if st.get("role") == "primary" and st.get("protected"):
+            backup = by_name.get((st.get("vs_view") or [None, None, None])[2]) or {}
+            if backup.get("role") == "backup" and backup.get("ready") and backup.get("view") == st.get("view"):
+                return True
+    return False
 
 
 class AllNodesDead(FtvmError):
@@ -271,7 +287,7 @@ class Observer:
         service's stuck case instead of testing a failover. A pair needs no wait."""
         if len(self.nodes) <= 2 or not self.procs:
             return True
-        return any(st.get("role") == "backup" and st.get("ready") for st in read_status(self.run_dir))
+        return redundant(read_status(self.run_dir))
 
     def _kill_clock(self):
         """When --kill-primary-after starts counting: when the first primary announced
@@ -488,9 +504,14 @@ def _run_managed(guest, log_path, kill_after, progress, run_dir, opts, host, say
         vs_addr = coordinator
     else:
         vs_addr = f"tcp://{host}:{free_tcp_port(host)}"
+        # A node is dead after VS_DEAD_PINGS_MIN missed pings, or after --fail-timeout-ms
+        # if that is longer (a run asked to tolerate slow peers is judged the same way by
+        # the view service as by the nodes).
+        dead_pings = max(VS_DEAD_PINGS_MIN, -(-opts.fail_timeout_ms // VS_PING_INTERVAL_MS))
         with open(os.path.join(run_dir, "viewservice.stderr"), "wb") as err:
             vs = subprocess.Popen([sys.executable, "-m", "hypervisor.cli", "viewservice", "--listen", vs_addr,
-                                   "--ping-interval-ms", "50", "--dead-pings", "6", "--first-backup-wait-ms", "5000",
+                                   "--ping-interval-ms", str(VS_PING_INTERVAL_MS), "--dead-pings", str(dead_pings),
+                                   "--first-backup-wait-ms", "5000",
                                    "--state-file", os.path.join(run_dir, "viewservice.json")],
                                   stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=err)
     try:

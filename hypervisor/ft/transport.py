@@ -21,6 +21,7 @@ import hmac
 import itertools
 import math
 import os
+import random
 import socket
 import threading
 import time
@@ -35,7 +36,34 @@ from ..profiling import thread_profile
 _ids = itertools.count()
 
 
+PORT_LOW = 10000             # free_tcp_port picks from PORT_LOW up to the ephemeral range
+
+
+def _ephemeral_low() -> int:
+    try:
+        with open("/proc/sys/net/ipv4/ip_local_port_range") as f:
+            return int(f.read().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768
+
+
 def free_tcp_port(host="127.0.0.1") -> int:
+    """A port that is free now, for a process started next to bind. Chosen below the
+    kernel's ephemeral range: a port the kernel handed out for bind(0) is free again
+    once we close it, and the kernel may hand it to anyone's next bind(0) or connect
+    before our node binds it (a backup died of EADDRINUSE that way on a busy machine, and
+    the run went on unprotected). Outside that range only another caller of this
+    function can take it, one chance in thousands."""
+    rnd = random.SystemRandom()
+    high = _ephemeral_low()
+    for _ in range(64 if high - PORT_LOW > 1000 else 0):
+        port = rnd.randrange(PORT_LOW, high)
+        with socket.socket() as s:
+            try:
+                s.bind((host, port))
+            except OSError:
+                continue
+            return port
     with socket.socket() as s:
         s.bind((host, 0))
         return s.getsockname()[1]
