@@ -314,6 +314,13 @@ class Replayer:
         self._inhook.queued.append((blob, off))
         return True
 
+    def _head_is_the_wait(self, k):
+        """The queued record is the call the running thread waits in, made again here
+        (a read of standard input, or of a blocking socket, that waited; its WAIT record
+        came before): the record completes it, as it would as the next event."""
+        head = self._inhook.head()
+        return head.blocks == self.m.blocks and head.nr == k.pending[0] and head.pc == k.pending[2]
+
     def _hook_sock(self):
         """Inside the syscall hook: the guest reads or writes a socket just as the record
         at the head of C's queue says (fastpath.c checked the point and arguments). Move
@@ -411,7 +418,7 @@ class Replayer:
         while True:
             if self._clocks_applied() and self._inhook.queued:
                 k = self.kernel
-                if k.pending is not None and k.threads.cur.blocked is None:
+                if k.pending is not None and (k.threads.cur.blocked is None or self._head_is_the_wait(k)):
                     self._apply(self._inhook.pop())     # a queued clock read, at a stop
                     continue
                 if m.blocks >= ev.blocks:
