@@ -83,6 +83,20 @@ def main():
     9 a stale node halted, 130 interrupted, 132 guest invalid instruction, 136 guest
     divide error, 139 guest memory fault.
     """
+    _stoppable()
+
+
+def _stoppable():
+    """SIGINT and SIGTERM stop ftvm cleanly (the guest told, the log closed, exit 130).
+    A process started with them ignored or blocked (a script's background job, a test
+    runner's worker) would never see them, and a run could then only be killed, its
+    log unfinished: take them back."""
+    import signal
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT, signal.SIGTERM})
+    if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+    if signal.getsignal(signal.SIGTERM) is signal.SIG_IGN:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
 
 
 def _device_options(fn):

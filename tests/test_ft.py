@@ -295,6 +295,24 @@ def test_ctrl_c_stops_the_whole_run(guests, tmp_path):
     assert wait_for(lambda: not any(os.path.exists(f"/proc/{p}") for p in pids), timeout=10), "nodes stopped"
 
 
+def test_ctrl_c_stops_a_run_started_with_it_ignored_and_blocked(guests, tmp_path):
+    """A script's background job starts with SIGINT ignored, and a thread's blocked
+    signals are inherited: `ftvm run` takes SIGINT and SIGTERM back, so it still stops
+    cleanly (a clean-clone test run once lost four Ctrl-C tests that way)."""
+    run_dir = tmp_path / "run"
+
+    def ignore_and_block():
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
+    proc = subprocess.Popen([str(FTVM), "run", str(GUESTS / "lines_long.elf"), "--run-dir", str(run_dir)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL,
+                            preexec_fn=ignore_and_block)
+    assert wait_for(lambda: status(run_dir, "A").get("blocks", 0) > 0 and status(run_dir, "B").get("pid"))
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=30)
+    assert proc.returncode == 130, err
+
+
 def test_nodes_stop_when_the_observer_dies(guests, tmp_path):
     run_dir = tmp_path / "run"
     proc = subprocess.Popen([str(FTVM), "run", str(GUESTS / "echo.elf"), "--run-dir", str(run_dir)],
