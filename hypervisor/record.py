@@ -315,13 +315,7 @@ class Recorder(LinuxRecording):
             self._take_host_events()
             delivered = self._maybe_deliver()
             while halted and not delivered:
-                self._flush_console()
-                self._flush_net()
-                self._mark_progress()
-                self._flush_log()
-                self.guest_waits = True
-                self.out.after_stop(self)
-                self.guest_waits = False
+                self._stop_to_wait()
                 if not self._can_wake():
                     return self._end("stuck", GuestStuck.exit_status, self._stuck_reason())
                 if self.script:
@@ -449,6 +443,18 @@ class Recorder(LinuxRecording):
 
     def _maybe_deliver(self) -> bool:
         return self.m.irq.record_delivery(self._event, self.m.blocks, self.m.cpu)
+
+    def _stop_to_wait(self):
+        """The guest waits (halted, or every thread blocked): everything it did so far
+        leaves (output, the log to the OS), and the stop says the guest waits, so that
+        a primary sends its log now rather than batching it."""
+        self._flush_console()
+        self._flush_net()
+        self._mark_progress()
+        self._flush_log()
+        self.guest_waits = True
+        self.out.after_stop(self)
+        self.guest_waits = False
 
     def _can_wake(self) -> bool:
         m = self.m

@@ -208,13 +208,7 @@ class LinuxRecording:
                 return self._end("stuck", GuestStuck.exit_status,
                                  "every thread of the guest waits and nothing can wake it: " + ", ".join(
                                      f"thread {x.tid} in {x.blocked.what}" for x in th.all.values() if x.blocked))
-            self._flush_console()
-            self._flush_net()
-            self._mark_progress()
-            self._flush_log()
-            self.guest_waits = True
-            self.out.after_stop(self)
-            self.guest_waits = False
+            self._stop_to_wait()
             timeout = 0.05
             deadline = th.earliest_deadline()
             if deadline is not None:
