@@ -235,10 +235,20 @@ class Observer:
 
     def _loop(self, deadline=None):
         kills = list(self.kill_after) if deadline is None else []
+        stop_sent = time.monotonic()
         while True:
             if deadline is not None and time.monotonic() > deadline:
                 self.say(f"the guest did not end within {GRACE_S} s of SIGTERM")
                 raise KeyboardInterrupt
+            if deadline is not None and time.monotonic() - stop_sent > STOP_RESEND_S:
+                # Stopping: say it again, to whoever is primary now. A STOP sent while the
+                # channel to the primary was down is dropped, not queued, and a primary
+                # that took over after a failover never got the first one.
+                stop_sent = time.monotonic()
+                with self.lock:
+                    primary = self.primary
+                if primary is not None:
+                    self.ep.send(primary, M.encode(M.STOP, "", self.view, 0, None))
             with self.lock:
                 if self.exit is not None and self.delivered >= self.exit[1]:
                     status, total, detail, node = self.exit
@@ -355,6 +365,7 @@ class Observer:
 
 
 GRACE_S = 30        # how long a stopped run waits for the guest to end after its SIGTERM
+STOP_RESEND_S = 0.2         # while stopping, the STOP goes to the primary again this often
 
 
 class Progress:
