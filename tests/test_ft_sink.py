@@ -1,5 +1,5 @@
 """The primary's unacknowledged log (hypervisor/ft/sink.py) against a plain list of frames."""
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from logging_channel import records as R
@@ -16,6 +16,7 @@ ops = st.lists(st.one_of(
 
 @settings(max_examples=80, deadline=None)
 @given(ops)
+@example([("blob", 2), ("send", 0, 2, 1)])   # a first run over the byte limit went whole
 def test_sink_keeps_what_a_list_of_frames_keeps(tmp_path_factory, steps):
     w = LogWriter(str(tmp_path_factory.mktemp("sink") / "a.ftlog"))
     sink = FtSink(w)

@@ -97,10 +97,13 @@ class FtSink:
                 break
             take = run[max(0, first - index):min(n, upto - index)]
             a, b = take.span()
-            if parts and size + (b - a) > max_bytes:
-                # Part of this run, frame by frame, as far as the limit goes.
+            if size + (b - a) > max_bytes:
+                # Part of this run, frame by frame, as far as the limit goes (and one
+                # record at least: a first run over the limit went whole).
                 k = take.lo
                 while k < take.hi and size + take.offs[k + 1] - a <= max_bytes:
+                    k += 1
+                if k == take.lo and not parts:
                     k += 1
                 if k > take.lo:
                     parts.append(take[:k - take.lo])
