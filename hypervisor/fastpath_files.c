@@ -85,15 +85,20 @@ static uint8_t *mp_bin_head(uint8_t *p, uint64_t n)
     return p;
 }
 
-/* The frame around a body written at frame + 10 (records.py's frame header). */
-static void close_frame(ftvm_cpu *c, uint8_t *frame, uint32_t len)
+static void frames_high_water(ftvm_cpu *c);
+
+/* The frame around a body written at frame + 10, up to `end` (records.py's frame
+ * header); past half the buffer, Python is asked to take the frames at the next stop. */
+static void close_frame(ftvm_cpu *c, uint8_t *frame, uint8_t *end)
 {
+    uint32_t len = (uint32_t)(end - (frame + 10));
     frame[0] = FRAME_VERSION;
     frame[1] = KIND_SYSCALL;
     put_le32(frame + 2, len);
     put_le32(frame + 6, crc32_update(crc32_update(0, frame, 6), frame + 10, len));
     c->sys_frames_len += 10 + len;
     c->sys_frames_count++;
+    frames_high_water(c);
 }
 
 /* [blocks, pc, nr, [args]] : the body's start, as records.py writes it. */
@@ -245,8 +250,7 @@ static int files_openat(uc_engine *uc, ftvm_cpu *c, ftvm_files *fs, uint64_t rip
             p = mp_str(p, path, n);
         }
     }
-    close_frame(c, frame, (uint32_t)(p - (frame + 10)));
-    frames_high_water(c);
+    close_frame(c, frame, p);
     return 1;
 }
 
@@ -279,8 +283,7 @@ static int files_read(uc_engine *uc, ftvm_cpu *c, ftvm_files *fs, uint64_t rip)
     memmove(p, data, (size_t)got);
     p += got;
     *p++ = 0x90;
-    close_frame(c, frame, (uint32_t)(p - (frame + 10)));
-    frames_high_water(c);
+    close_frame(c, frame, p);
     return 1;
 }
 
@@ -301,7 +304,7 @@ static int files_close(uc_engine *uc, ftvm_cpu *c, ftvm_files *fs, uint64_t rip)
     *p++ = 0x00;
     *p++ = 0x90;
     *p++ = 0x90;
-    close_frame(c, frame, (uint32_t)(p - (frame + 10)));
+    close_frame(c, frame, p);
     return 1;
 }
 
