@@ -30,7 +30,7 @@ import zmq
 
 from logging_channel import messages as M
 
-from . import faults
+from . import faults, priority
 from ..profiling import thread_profile
 
 _ids = itertools.count()
@@ -120,22 +120,15 @@ class Endpoint:
         self.sent = [0] * 16              # messages sent, by type (logging_channel.messages)
         self.received = [0] * 16          # messages taken in, by type
         # libzmq's own I/O thread starts with the first socket and inherits this
-        # thread's priority: raise it for that moment (as root; else no matter).
-        tid = threading.get_native_id()
-        try:
-            old_nice = os.getpriority(os.PRIO_PROCESS, tid)
-            os.setpriority(os.PRIO_PROCESS, tid, -10)
-        except OSError:
-            old_nice = None
-        self.ctx = zmq.Context()
-        self.inbox = self.ctx.socket(zmq.PULL)
+        # thread's scheduling: raise it for that moment (priority.py).
+        with priority.threads_started_here_raised():
+            self.ctx = zmq.Context()
+            self.inbox = self.ctx.socket(zmq.PULL)
         self.inbox.setsockopt(zmq.LINGER, 0)
         self.inbox.setsockopt(zmq.MAXMSGSIZE, M.PAYLOAD_MAX + M.SIZE)
         self.inbox.setsockopt(zmq.RCVHWM, 100000)
         self.inbox.bind(listen)
         self.address = self.inbox.getsockopt(zmq.LAST_ENDPOINT).decode()
-        if old_nice is not None:
-            os.setpriority(os.PRIO_PROCESS, tid, old_nice)
         self._wake_addr = f"inproc://ftvm-wake-{next(_ids)}"
         self._wake = self.ctx.socket(zmq.PULL)
         self._wake.bind(self._wake_addr)
@@ -143,6 +136,7 @@ class Endpoint:
         self._peers = {}                  # name -> PUSH socket (I/O thread only)
         self._peer_addrs = {}
         self.failure = None               # an exception raised by a handler, if any
+        self.io_sched = None              # what the I/O thread got from the OS (priority.py)
         self.key = ChannelKey.from_env()
         self.faults = faults.channel_faults_from_env()     # tests only: a bad network
         self._io_thread = threading.Thread(target=self._loop, name="ftvm-io", daemon=True)
@@ -267,12 +261,8 @@ class Endpoint:
             self._serve()
 
     def _serve(self):
-        # Messages must not wait for a busy emulation thread to be preempted: ask for a
-        # higher priority (works as root; harmless to be refused).
-        try:
-            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), -10)
-        except (OSError, AttributeError):
-            pass
+        # Messages must not wait for a busy emulation thread to be preempted (priority.py).
+        self.io_sched = priority.raise_this_thread()
         poller = zmq.Poller()
         poller.register(self.inbox, zmq.POLLIN)
         poller.register(self._wake, zmq.POLLIN)
