@@ -39,6 +39,7 @@ from .viewservice import ViewClient
 from .. import snapshot
 from ..console import Console
 from ..replay import Replayer
+from . import priority
 from . import protocol as P
 from .node import Halted, Node, Stopped, now_ns
 
@@ -93,6 +94,8 @@ class ManagedNode(Node):
         self.coord_wake.set()           # ask the coordinator now, not at the next ping
 
     def _pinger(self):
+        # A ping that waits for a busy core makes the view service think this node dead.
+        priority.raise_this_thread(inherited=True)
         client = self.coord or ViewClient(self.vs_addr, timeout_ms=int(self.ping_interval_s * 4000))
         incarnation = self.incarnation
         while self._pinging():

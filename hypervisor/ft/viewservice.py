@@ -13,6 +13,7 @@ import time
 import msgpack
 import zmq
 
+from . import priority
 from .views import ViewService
 
 
@@ -23,6 +24,9 @@ def serve(listen: str, ping_interval_ms: int = 100, dead_pings: int = 5, say=Non
           first_backup_wait_ms: int = 0):
     say = say or (lambda m: print(f"ftvm viewservice: {m}", file=sys.stderr, flush=True))
     vs = ViewService(ping_interval_ms * 1_000_000, dead_pings, first_backup_wait_ms * 1_000_000)
+    # A service descheduled under load judges nodes dead on pings it has not read: ask
+    # to run as soon as one arrives (priority.py), for libzmq's thread too.
+    priority.raise_this_thread(inherited=True)
     ctx = zmq.Context()
     sock = ctx.socket(zmq.ROUTER)
     sock.setsockopt(zmq.LINGER, 0)
