@@ -330,10 +330,6 @@ def test_no_acknowledged_write_lost_through_a_primary_kill(tmp_path):
 # --- 3. three nodes, two kills, the spare becomes backup by state transfer under load --------
 
 @needs_redis
-@pytest.mark.slow       # two minutes, and an expected failure for now: run with --run-slow
-@pytest.mark.xfail(strict=False, reason="intermittent: SIGTERM after two kills (the last node alone in a --nodes 3 "
-                   "run): either the observer misses the guest's exit ('every node is dead and the guest had not "
-                   "ended', exit 8) or the alone primary holds redis's shutdown output ('did not end within 30 s')")
 def test_three_nodes_two_primary_kills_with_state_transfer_under_load(tmp_path):
     data = tmp_path / "data"
     data.mkdir()
@@ -349,7 +345,9 @@ def test_three_nodes_two_primary_kills_with_state_transfer_under_load(tmp_path):
             w.wait_acked(w.acked() + 250, srv)
         w.check(srv.port)
         nodes = srv.nodes_stderr()
-        assert nodes.count("protected again") >= 2 and "going live as primary" in nodes, nodes
+        # view 1's backup follows the log from the first record; the spare got the state
+        assert "from the first record" in nodes and nodes.count("protected again") >= 1, nodes
+        assert nodes.count("going live as primary") == 2, nodes
         assert sigterm(srv) == 0, srv.stderr()
     check_replay(srv)
 

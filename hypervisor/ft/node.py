@@ -562,10 +562,16 @@ class Node:
         self._wait_for_the_end()
 
     def _wait_for_the_end(self):
-        """Keep serving (acks, retransmits, re-sends) until the observer has the exit."""
+        """Keep serving (acks, retransmits, re-sends) until the observer has the exit.
+        A STOP that came before the exit was sent (the run is being stopped: the guest got
+        SIGTERM and shut down) does not count: a primary alone in its view may still hold
+        the exit until the view service renews its lease, and leaving then ended such runs
+        with "every node is dead and the guest had not ended"."""
         with self.lock:
             deadline = time.monotonic() + 600
-            while not self.stop_requested and not self.halted and time.monotonic() < deadline:
+            c = self.core
+            while (not c.stop_after_exit and not c.observer_gone and not self.halted
+                   and time.monotonic() < deadline):
                 self.cond.wait(0.05)
             if self.halted:
                 raise Halted(self.halted)

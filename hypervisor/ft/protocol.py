@@ -292,6 +292,8 @@ class NodeCore:
         self.protected = peer is not None and role in (PRIMARY, BACKUP)
         self.halted = None
         self.stop_requested = False
+        self.stop_after_exit = False    # a STOP came after this node sent the guest's exit
+        self.observer_gone = False
         self.stale = 0                  # messages refused by the fence
         self.gaps = 0                   # log messages that skipped ahead (one was lost)
         self.failovers = 0
@@ -528,6 +530,10 @@ class NodeCore:
         self.observer_seen = now
         if m.type == STOP:
             self.stop_requested = True
+            if self.exit_msg is not None:
+                # The observer stops resending STOP once it has the exit, then says STOP
+                # to every node: this one (or a late resend, with the EXIT on its way).
+                self.stop_after_exit = True
             out.append(StopRun("the observer said stop"))
             out.append(Wake())
         elif m.type == CONFIRM:
@@ -590,7 +596,7 @@ class NodeCore:
         seen = self.observer_seen
         if not self.stop_requested and (now - seen > OBSERVER_GONE_NS if seen is not None
                                         else now - self.started > 6 * OBSERVER_GONE_NS):
-            self.stop_requested = True
+            self.stop_requested = self.observer_gone = True
             out.append(StopRun(f"no word from the observer for {(now - (seen or self.started)) // 10**9} s"))
             out.append(Wake())
 
