@@ -181,3 +181,19 @@ def test_latency_histogram_percentiles_within_two_percent():
     for p, want in ((50, 500), (99, 990), (100, 1000)):
         got = h.percentile(p)
         assert want <= got <= want * 1.021, (p, got)
+
+
+def test_flow_control_on_unacknowledged_bytes_ends_once_the_backup_has_everything():
+    """A stop that finds more unacknowledged log than allowed makes the primary wait;
+    the byte count came only with the next stop, which never came while it waited:
+    the backup's acknowledgement of every record logged must end the wait."""
+    from hypervisor.ft import protocol as P
+    from logging_channel.messages import ACK
+    t = P.Timing()
+    c = P.NodeCore("A", P.PRIMARY, 1, "B", t, now=0)
+    c.step(P.AtStop(10, 1000, unsent_bytes=0, unacked_bytes=t.unacked_bytes + 1), 1)
+    assert c.must_wait(2)
+    c.step(P.Recv(ACK, "B", 1, 5, [1000, 5, 0, 0]), 3)
+    assert c.must_wait(4)                       # half of it: still over, as far as the core knows
+    c.step(P.Recv(ACK, "B", 1, 10, [1000, 10, 0, 0]), 5)
+    assert not c.must_wait(6)

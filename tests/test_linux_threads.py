@@ -33,3 +33,24 @@ def test_python_threads_record_and_replay(tmp_path):
     rep = run_ftvm("replay", "-q", log, timeout=180)
     assert rep.returncode == 0, rep.stderr
     assert rep.stdout == rec.stdout
+
+
+@pytest.mark.parametrize("variant", ["static", "musl"])
+def test_timed_futex_waits_that_time_out_replay_guest_time(tmp_path, variant):
+    """Two threads whose timed waits (pthread_cond_timedwait: FUTEX_WAIT_BITSET with an
+    absolute deadline; a raw FUTEX_WAIT with a relative one) all time out. The clock
+    reads those waits make must move the replayed guest clock as the recording's
+    moved: the END record's digest compares guest time (a backup of CPython's GIL
+    diverged with 'state digest differs: guest time' when they did not)."""
+    prog = PROGS / f"timedwait.{variant}"
+    if not prog.exists():
+        pytest.skip(f"{prog.name} not built")
+    log = tmp_path / "tw.ftlog"
+    rec = run_ftvm("record", "-q", "-o", log, "--", prog, timeout=120)
+    assert rec.returncode == 0, rec.stderr
+    assert rec.stdout == b"cond timeouts=5 futex timeouts=5\n"
+    show = run_ftvm("log", "show", log, "--kind", "syscall")
+    assert show.stdout.count(b"ETIMEDOUT") == 10, show.stdout[-3000:]
+    rep = run_ftvm("replay", "-q", log, timeout=120)
+    assert rep.returncode == 0, rep.stderr
+    assert rep.stdout == rec.stdout

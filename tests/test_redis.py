@@ -382,10 +382,6 @@ def test_full_restart_loads_the_append_only_file(tmp_path, first):
 
 # --- 6. a threaded server: python3 -m http.server through a primary kill ----------------------
 
-# Intermittent (timing-dependent) bugs: strict=True would turn a lucky run into a failure.
-@pytest.mark.xfail(strict=False, reason="intermittent: (1) the primary can stall for good in flow control, waiting "
-                   "for the backup to reach log records it holds back for the next stop; (2) the backup diverges on "
-                   "guest time after a timed futex wait (CPython's GIL) times out: 'state digest differs: guest time'")
 def test_threaded_http_server_serves_files_through_a_primary_kill(tmp_path):
     data = tmp_path / "data"
     data.mkdir()

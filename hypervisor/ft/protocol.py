@@ -492,6 +492,10 @@ class NodeCore:
                     self.stale += 1         # acknowledges records never logged: not our backup's
                     return
                 self.acked = m.seq
+                if self.acked >= self.logged:
+                    # Nothing unacknowledged: the byte count from the last stop is stale
+                    # (flow control waiting on it would wait for a stop that never comes).
+                    self.unacked_bytes = 0
                 while self.net_marks and self.net_marks[0][0] <= m.seq:
                     self.net_safe = max(self.net_safe, self.net_marks.pop(0)[1])
                 self.last_ack_progress = now
