@@ -197,3 +197,22 @@ def test_flow_control_on_unacknowledged_bytes_ends_once_the_backup_has_everythin
     assert c.must_wait(4)                       # half of it: still over, as far as the core knows
     c.step(P.Recv(ACK, "B", 1, 10, [1000, 10, 0, 0]), 5)
     assert not c.must_wait(6)
+
+
+def test_a_backup_named_primary_acknowledges_the_view_only_once_it_has_gone_live():
+    """The coordinator makes the next view only after the primary acknowledged the
+    current one. A backup named primary of view 2 acknowledged it at once, before its
+    go-live transaction; etcd then made view 3 (the idle node added as backup), which
+    changed the view key under that transaction: it lost, the new primary halted and the
+    run had none (seen under load in test_etcd's quorum test)."""
+    from hypervisor.ft import protocol as P
+    c = P.NodeCore("C", P.BACKUP, 1, "A", P.Timing(), now=0, managed=True)
+    c.step(P.ViewReply(1, "A", "C", 0), 1)
+    assert c.acked_view == 1
+    out = c.step(P.ViewReply(2, "C", None, 2), 3)
+    assert any(isinstance(e, P.Failover) for e in out)
+    assert c.acked_view == 1, "not before the go-live was won"
+    out = c.step(P.Claimed(2, True), 4)
+    assert any(isinstance(e, P.GoLive) for e in out)
+    c.step(P.Recording(0, 0, "took over"), 5)
+    assert c.role == P.PRIMARY and c.acked_view == 2

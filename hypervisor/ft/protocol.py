@@ -811,6 +811,12 @@ class NodeCore:
                     self.failover = True
                     self.claiming = num
                     out.append(Failover(self.watch.last_ns if self.watch.last_ns is not None else now, num))
+                # Not acknowledged until this node has won the go-live and records (then
+                # _recording acknowledges it): the coordinator moves on only after the
+                # primary's word, and a view made meanwhile (the idle node added as
+                # backup) changed etcd's view key under the go-live transaction, which
+                # then lost: the new primary halted and the run had none.
+                return
             elif backup != me:
                 self.become_idle(f"view {num} no longer has this node as backup", out)
                 return
