@@ -313,6 +313,8 @@ class Observer:
                 "failovers": [{"t": t, "node": n, "view": v, "detail": d} for t, n, v, d in self.failovers],
                 "delivered_bytes": self.delivered, "stale_dropped": self.stale, "duplicates_dropped": self.duplicates,
                 "conflicts": self.conflicts, "hellos": self.hellos, "releases": self.releases,
+                "view": self.view, "primary": self.primary, "console_gaps": self.core.console.gaps,
+                "console_early": sorted(self.core.console.early)[:8],
                 "first_output_s": rel(self.first_output_t),
                 "net": None if self.front is None else dict(self.front.stats,
                                                             events=self.core.net_base + len(self.core.net_in),
