@@ -335,7 +335,7 @@ class Node:
             "rtt_us": None if c.skew.rtt_ns is None else c.skew.rtt_ns / 1000,
             "rtt_p50_us": (core.percentile(sorted(r for r, _ in c.skew.samples), 50) or 0) / 1000,
             "messages": {"sent": _by_type(self.ep.sent), "received": _by_type(self.ep.received)},
-            "garbage": self.ep.garbage, "stale": c.stale, "gaps": c.gaps, "io_sched": self.ep.io_sched,
+            "garbage": self.ep.garbage, "stale": c.stale, "gaps": c.gaps, "io_sched": f"{self.ep.io_sched}, libzmq {self.ep.zmq_sched}",
             "fail_timeout_ms": c.watch.timeout_ns() / 1e6,
             "io_failure": repr(self.ep.failure) if self.ep.failure else None,
             "observer_seen_s_ago": None if c.observer_seen is None else (now - c.observer_seen) / 1e9,

@@ -8,15 +8,18 @@ scheduler to preempt somebody. Linux's EEVDF scheduler does not preempt at once 
 woken thread of a higher weight: with nice -10 alone, one output in a hundred waited
 4-6 ms for its acknowledgement on a quiet 2-core machine (`ftvm bench --only ft`).
 
-So the I/O threads ask, in this order:
+So libzmq's I/O threads (which move the bytes and never take Python's interpreter
+lock) ask, in this order:
   fifo   SCHED_FIFO at a low real-time priority (root, CAP_SYS_NICE or an RLIMIT_RTPRIO).
          These threads sleep in poll and run for microseconds per message; a real-time
          thread that did spin would still leave 5% of each core to others (the kernel's
-         sched_rt_runtime_us). With it the same p99 is about 0.5 ms.
+         sched_rt_runtime_us). With it (and the slice for ftvm's thread) the same p99
+         is about 1 ms.
   slice  a short EEVDF time slice (sched_setattr's sched_runtime, Linux 6.12 and later,
          allowed to anyone) with nice -10 where permitted: a woken thread with a short
          slice gets an early deadline. p99 2-5 ms here.
   nice   nice -10 only (older kernels, as root).
+ftvm's own I/O thread, which runs Python, takes the short slice (raise_python_thread).
 The choice is per thread; the I/O thread's is not inherited (SCHED_RESET_ON_FORK).
 FTVM_IO_SCHED=fifo|slice|nice|off picks a ceiling (default fifo: the best allowed).
 The status file reports what each node got (`io_sched`).
@@ -107,12 +110,27 @@ def lower_this_thread(nice: int) -> None:
         pass
 
 
+def raise_python_thread() -> str:
+    """For a thread that runs Python (ftvm's own I/O thread): a short slice and nice
+    -10, not real-time. It needs the interpreter lock for every message: woken at
+    once by SCHED_FIFO, it mostly preempted its own process's emulation thread only to
+    wait for the lock that thread held, which put the median acknowledgement up by
+    about 80 µs (`ftvm run lines.elf`, four interleaved pairs on a quiet 2-core
+    machine, libzmq's threads real-time in both: p50 176-202 µs and p99 0.8-1.3 ms
+    this way, p50 214-294 µs and p99 0.5-0.75 ms with this thread real-time too)."""
+    ceiling = wanted()
+    return raise_this_thread("slice" if ceiling == "fifo" else ceiling)
+
+
 @contextlib.contextmanager
-def threads_started_here_raised():
+def threads_started_here_raised(got: list | None = None):
     """Threads created inside inherit the raised policy (libzmq's I/O thread starts with
-    a context's first socket); the calling thread goes back to what it had."""
+    a context's first socket); the calling thread goes back to what it had. ``got``
+    receives the mode."""
     nice = _current_nice()
-    raise_this_thread(inherited=True)
+    mode = raise_this_thread(inherited=True)
+    if got is not None:
+        got.append(mode)
     try:
         yield
     finally:

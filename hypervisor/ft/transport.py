@@ -121,7 +121,8 @@ class Endpoint:
         self.received = [0] * 16          # messages taken in, by type
         # libzmq's own I/O thread starts with the first socket and inherits this
         # thread's scheduling: raise it for that moment (priority.py).
-        with priority.threads_started_here_raised():
+        got = []
+        with priority.threads_started_here_raised(got):
             self.ctx = zmq.Context()
             self.inbox = self.ctx.socket(zmq.PULL)
         self.inbox.setsockopt(zmq.LINGER, 0)
@@ -129,6 +130,7 @@ class Endpoint:
         self.inbox.setsockopt(zmq.RCVHWM, 100000)
         self.inbox.bind(listen)
         self.address = self.inbox.getsockopt(zmq.LAST_ENDPOINT).decode()
+        self.zmq_sched = got[0] if got else None   # libzmq's I/O thread (priority.py)
         self._wake_addr = f"inproc://ftvm-wake-{next(_ids)}"
         self._wake = self.ctx.socket(zmq.PULL)
         self._wake.bind(self._wake_addr)
@@ -262,7 +264,7 @@ class Endpoint:
 
     def _serve(self):
         # Messages must not wait for a busy emulation thread to be preempted (priority.py).
-        self.io_sched = priority.raise_this_thread()
+        self.io_sched = priority.raise_python_thread()
         poller = zmq.Poller()
         poller.register(self.inbox, zmq.POLLIN)
         poller.register(self._wake, zmq.POLLIN)
