@@ -50,7 +50,10 @@ def test_timed_futex_waits_that_time_out_replay_guest_time(tmp_path, variant):
     assert rec.returncode == 0, rec.stderr
     assert rec.stdout == b"cond timeouts=5 futex timeouts=5\n"
     show = run_ftvm("log", "show", log, "--kind", "syscall")
-    assert show.stdout.count(b"ETIMEDOUT") == 10, show.stdout[-3000:]
+    # The five relative FUTEX_WAITs always reach the kernel and time out there; a
+    # pthread_cond_timedwait whose deadline has passed by the time it is called
+    # returns ETIMEDOUT without a system call (9 of 10 under load once).
+    assert 5 <= show.stdout.count(b"ETIMEDOUT") <= 10, show.stdout[-3000:]
     rep = run_ftvm("replay", "-q", log, timeout=120)
     assert rep.returncode == 0, rep.stderr
     assert rep.stdout == rec.stdout
