@@ -626,6 +626,9 @@ class Node:
         transfer its state later, so it keeps retaining unconfirmed bytes, as a backup
         does."""
         data = stream.unconfirmed_since(confirmed)
+        if name == "console":
+            self.say(f"going live: {len(data)} bytes of output from offset {confirmed} to send again "
+                     f"(output so far {stream.total}, kept from {stream.retained_from})")
         stream.retain = False
         stream.take()
         stream.retain = self.managed
