@@ -83,6 +83,13 @@ class Console:
         start = max(0, offset - self.retained_from)
         return bytes(self.retained[start:]) + bytes(self._buf)
 
+    def unconfirmed_from(self, offset: int):
+        """(where they start, bytes): what is kept from ``offset`` on. They start later
+        than ``offset`` when bytes before were let go already; labelled from
+        ``offset`` anyway, they would reach the observer shifted (seen once: a new
+        primary's output began with line 261 of the guest's as if it were line 1)."""
+        return max(offset, self.retained_from), self.unconfirmed_since(offset)
+
     def summary(self):
         """(bytes, crc32) of everything written so far."""
         return self.total, self.crc

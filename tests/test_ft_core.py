@@ -216,3 +216,18 @@ def test_a_backup_named_primary_acknowledges_the_view_only_once_it_has_gone_live
     assert any(isinstance(e, P.GoLive) for e in out)
     c.step(P.Recording(0, 0, "took over"), 5)
     assert c.role == P.PRIMARY and c.acked_view == 2
+
+
+def test_kept_output_is_labelled_where_it_really_starts():
+    """A re-send or a state transfer labels kept console bytes with their own offset,
+    never with an earlier one: bytes already let go would shift what follows (a new
+    primary's output once began with the guest's line 261 as if it were line 1)."""
+    from hypervisor.console import Console
+    c = Console()
+    c.retain = True
+    for _ in range(5):
+        c.write(b"abcd")
+    c.confirmed(8)
+    assert c.unconfirmed_from(4) == (8, b"abcd" * 3)
+    assert c.unconfirmed_from(12) == (12, b"abcd" * 2)
+    assert c.unconfirmed_from(20) == (20, b"")

@@ -315,7 +315,8 @@ class ManagedNode(Node):
         self.sink.flush()          # the writer buffers frames: the file must hold all k records
         with open(self.log_path, "rb") as f:
             prefix = f.read()
-        whole = snapshot.capture(m, prefix_header(prefix), k, confirmed, m.console.unconfirmed_since(confirmed),
+        kept_from, kept = m.console.unconfirmed_from(confirmed)
+        whole = snapshot.capture(m, prefix_header(prefix), k, kept_from, kept,
                                  extra={"log_prefix": prefix})
         with self.lock:
             if self.core.peer != backup or self.role != "primary":

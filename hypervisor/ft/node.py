@@ -625,18 +625,21 @@ class Node:
         output) from the offset the observer confirmed on. A managed primary may
         transfer its state later, so it keeps retaining unconfirmed bytes, as a backup
         does."""
-        data = stream.unconfirmed_since(confirmed)
+        start, data = stream.unconfirmed_from(confirmed)
         if name == "console":
-            self.say(f"going live: {len(data)} bytes of output from offset {confirmed} to send again "
-                     f"(output so far {stream.total}, kept from {stream.retained_from})")
+            self.say(f"going live: {len(data)} bytes of output from offset {start} to send again "
+                     f"(the observer has {confirmed}; output so far {stream.total})")
+        if start > confirmed:
+            self.say(f"warning: {name} output {confirmed}..{start} is no longer kept here; the observer "
+                     f"will wait for it")
         stream.retain = False
         stream.take()
         stream.retain = self.managed
-        stream.retained, stream.retained_from = bytearray(data if self.managed else b""), confirmed
+        stream.retained, stream.retained_from = bytearray(data if self.managed else b""), start
         sender = self.core.console if name == "console" else self.core.netout
         sender.reset(confirmed)
         if data:
-            self.step(P.Hold(name, confirmed, data, 0))
+            self.step(P.Hold(name, start, data, 0))
 
     def replay_priority(self, behind: bool):
         """The nice value of a backup's replaying thread (BACKUP_NICE while behind, 0
@@ -678,9 +681,9 @@ class Node:
             # The guest had already ended: send what the observer lacks, and the exit.
             with self.lock:
                 self.core.console.reset(resend_from)
-                data = console.unconfirmed_since(resend_from)
+                start, data = console.unconfirmed_from(resend_from)
                 if data:
-                    self.step(P.Hold("console", resend_from, data, 0))
+                    self.step(P.Hold("console", start, data, 0))
                 self.step(P.Hold("exit", console.total, None, 0, result.end.status, result.end.detail))
                 self.step(P.Recording(m.input.total, m.net.events,
                                       f"went live in view {self.view} after {outage_ms} ms; guest already ended"))
