@@ -392,13 +392,23 @@ class Node:
                 if self.stop_requested and not getattr(self, "_ending", False):
                     raise Stopped()
                 self.cond.wait(0.002)
-        if not self._may_write_disk():
+        # Released under a fresh lease; by now (this thread may have waited for a core)
+        # the lease may have lapsed, which alone is no reason to stop: wait until it is
+        # renewed, or until the core says this node is no longer primary. (Halting at
+        # once stopped a new primary at its first append-only-file write, seen with
+        # three nodes while its backup's state transfer had just ended.)
+        while not self._may_write_disk():
             with self.lock:
-                out = []
-                self.core._halt("no longer a primary in its lease: the data directory is not written", out)
-                for e in out:
-                    self._perform(e)
-            raise Halted(self.halted)
+                if self.halted or self.role != "primary":
+                    out = []
+                    if not self.halted:
+                        self.core._halt("no longer a primary in its lease: the data directory is not written", out)
+                    for e in out:
+                        self._perform(e)
+                    raise Halted(self.halted)
+                if self.stop_requested and not getattr(self, "_ending", False):
+                    raise Stopped()
+                self.cond.wait(0.002)
 
     def exit(self, total, status, detail, cover):
         with self.lock:
