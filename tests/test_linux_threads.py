@@ -8,15 +8,22 @@ from conftest import GUESTS, ROOT, run_ftvm
 PROGS = GUESTS / "linux"
 
 
-@pytest.mark.parametrize("variant", ["static", "dyn", "spie", "musl"])
-def test_pthreads_record_and_replay(tmp_path, variant):
-    prog = PROGS / f"threads.{variant}"
+def _record(tmp_path, name, expected):
+    """`ftvm record` of a built test program (skipped if not built): it exits 0 and
+    prints ``expected``. Returns (log path, the finished process)."""
+    prog = PROGS / name
     if not prog.exists():
         pytest.skip(f"{prog.name} not built")
-    log = tmp_path / "t.ftlog"
+    log = tmp_path / f"{name}.ftlog"
     rec = run_ftvm("record", "-q", "-o", log, "--", prog, timeout=120)
     assert rec.returncode == 0, rec.stderr
-    assert rec.stdout == b"counter=80000 sum=60 spin done\n"
+    assert rec.stdout == expected
+    return log, rec
+
+
+@pytest.mark.parametrize("variant", ["static", "dyn", "spie", "musl"])
+def test_pthreads_record_and_replay(tmp_path, variant):
+    log, rec = _record(tmp_path, f"threads.{variant}", b"counter=80000 sum=60 spin done\n")
     rep = run_ftvm("replay", "-q", log, timeout=120)
     assert rep.returncode == 0, rep.stderr
     assert rep.stdout == rec.stdout
@@ -42,13 +49,7 @@ def test_timed_futex_waits_that_time_out_replay_guest_time(tmp_path, variant):
     reads those waits make must move the replayed guest clock as the recording's
     moved: the END record's digest compares guest time (a backup of CPython's GIL
     diverged with 'state digest differs: guest time' when they did not)."""
-    prog = PROGS / f"timedwait.{variant}"
-    if not prog.exists():
-        pytest.skip(f"{prog.name} not built")
-    log = tmp_path / "tw.ftlog"
-    rec = run_ftvm("record", "-q", "-o", log, "--", prog, timeout=120)
-    assert rec.returncode == 0, rec.stderr
-    assert rec.stdout == b"cond timeouts=5 futex timeouts=5\n"
+    log, rec = _record(tmp_path, f"timedwait.{variant}", b"cond timeouts=5 futex timeouts=5\n")
     show = run_ftvm("log", "show", log, "--kind", "syscall")
     # The five relative FUTEX_WAITs always reach the kernel and time out there; a
     # pthread_cond_timedwait whose deadline has passed by the time it is called
