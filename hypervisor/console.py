@@ -90,6 +90,15 @@ class Console:
         primary's output began with line 261 of the guest's as if it were line 1)."""
         return max(offset, self.retained_from), self.unconfirmed_since(offset)
 
+    def broken(self):
+        """None while the kept and buffered bytes end where the guest's output does (what
+        a state transfer and a go-live rely on); else what disagrees."""
+        end = self.retained_from + len(self.retained) + len(self._buf)
+        if not self.retain or end == self.total:
+            return None
+        return (f"kept output runs from offset {self.retained_from} to {end}, "
+                f"but the guest has written {self.total} bytes")
+
     def summary(self):
         """(bytes, crc32) of everything written so far."""
         return self.total, self.crc

@@ -231,3 +231,15 @@ def test_kept_output_is_labelled_where_it_really_starts():
     assert c.unconfirmed_from(4) == (8, b"abcd" * 3)
     assert c.unconfirmed_from(12) == (12, b"abcd" * 2)
     assert c.unconfirmed_from(20) == (20, b"")
+    assert c.broken() is None
+
+
+def test_output_taken_while_not_kept_is_named():
+    """Kept output must end where the guest's output does; a console that let bytes go
+    unkept (the first primary of a managed run once did) says so."""
+    from hypervisor.console import Console
+    c = Console()
+    c.write(b"line 1\n")
+    c.retain = True
+    c.write(b"line 2\n")
+    assert c.broken() == "kept output runs from offset 0 to 7, but the guest has written 14 bytes"

@@ -153,3 +153,62 @@ def test_random_kill_sequences_campaign(guests, tmp_path):
     """>= 30 seeded random kill sequences with 3 or 4 nodes (run with --run-slow)."""
     import os
     _campaign(tmp_path, 30, int(os.environ.get("FTVM_TEST_SEED", "30")))
+
+
+def test_backup_by_state_transfer_from_the_first_primary_sends_what_the_observer_lacks(guests, tmp_path):
+    """The first primary of a run transfers its state to a backup that joins late, while
+    the observer has confirmed none of its output (it is not there yet); then it dies.
+    The new primary must send the observer everything from the first line. (The first
+    primary once kept no unconfirmed output: its backup went live with its kept output
+    labelled from the observer's offset, and the observer printed lines out of place or
+    waited forever for a line nobody had.)"""
+    import json
+    import os
+    import signal
+    from hypervisor.ft.transport import free_tcp_port
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    port = {n: free_tcp_port() for n in ("vs", "obs", "A", "B")}
+    vs, obs = f"tcp://127.0.0.1:{port['vs']}", f"tcp://127.0.0.1:{port['obs']}"
+    addr = {n: f"tcp://127.0.0.1:{port[n]}" for n in "AB"}
+    procs = [subprocess.Popen([str(FTVM), "viewservice", "--listen", vs], stdin=subprocess.DEVNULL,
+                              stdout=subprocess.DEVNULL, stderr=open(run_dir / "vs.stderr", "wb"))]
+
+    def node(name):
+        procs.append(subprocess.Popen(
+            [str(FTVM), "node", "--name", name, "--viewservice", vs, "--listen", addr[name], "--observer", obs,
+             "--shared-dir", str(tmp_path / "shared"), "--run-dir", str(run_dir),
+             "--log", str(run_dir / f"{name}.ftlog"), "--guest", str(GUESTS / "lines_long.elf")],
+            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=open(run_dir / f"{name}.stderr", "wb")))
+    observer = None
+    try:
+        node("A")
+        assert wait_for(lambda: status(run_dir, "A").get("role") == "primary", timeout=30), "A primary"
+        # Output while A is alone: the guest runs, its output waits for an observer.
+        assert wait_for(lambda: status(run_dir, "A").get("released_bytes", 0) > 2000, timeout=30)
+        node("B")
+        assert wait_for(lambda: status(run_dir, "B").get("role") == "backup" and status(run_dir, "B").get("ready"),
+                        timeout=30), "B backup by state transfer"
+        os.kill(status(run_dir, "A")["pid"], signal.SIGKILL)
+        assert wait_for(lambda: status(run_dir, "B").get("role") == "primary", timeout=30), "B primary"
+        observer = subprocess.Popen([str(FTVM), "observe", "--listen", obs, *[f"--node={n}={a}" for n, a in addr.items()],
+                                     "--run-dir", str(run_dir)],
+                                    stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        out, err = observer.communicate(timeout=120)
+    finally:
+        if observer is not None and observer.poll() is None:
+            observer.kill()
+        for p in procs:
+            p.terminate()
+        for p in procs:
+            try:
+                p.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                p.kill()
+    assert observer.returncode == 0, err.decode()
+    check_n_lines(out, 6000)
+    assert json.loads((run_dir / "observer.json").read_text())["conflicts"] == 0
+    b_err = (run_dir / "B.stderr").read_text()
+    assert "going live: " in b_err and "no longer kept" not in b_err, b_err
+    for name in "AB":
+        assert "kept output runs" not in (run_dir / f"{name}.stderr").read_text()

@@ -204,28 +204,9 @@ class ManagedNode(Node):
             self.managed_backup()
 
     def managed_start_primary(self, claimed=False):
-
-        from ..record import Recorder
-        from ..sources.interrupts import HostEvents
-        from .sink import FtSink
-        from ..guest import open_guest
-        guest = open_guest(self.guest)
         if not claimed and not self.arbiter.claim(self.view, self.name) and self.coord is not None:
             raise Halted(f"lost go-live for view {self.view} (node {self.arbiter.owner(self.view)} has it)")
-        self._wait_for_backup()         # view 1 may have a backup from the start
-        self.sink = FtSink(self.writer)
-        console = Console()
-        console.retain = True
-        with self.lock:
-            self.host = HostEvents(None, None, external_input=True)
-        rec = Recorder.start(guest, self.sink, self.machine_config(), console,
-                             out=self, progress_records=True, poke_interval_s=0.02, host=self.host)
-        self.machine = rec.m
-        rec.m.netout.retain = True
-        self.attach_devices(rec)
-        with self.lock:
-            self.step(P.Recording(0, 0, "primary"))
-        self._record(rec)
+        self._run_primary()         # view 1 may have a backup from the start: it waits for it
 
     def managed_backup_from_start(self):
         """Backup of view 1: follow the primary's log from its first record, as the
@@ -316,6 +297,9 @@ class ManagedNode(Node):
         with open(self.log_path, "rb") as f:
             prefix = f.read()
         kept_from, kept = m.console.unconfirmed_from(confirmed)
+        for name, stream in (("console", m.console), ("network", m.netout)):
+            if stream.broken():
+                self.say(f"warning: {name} output: {stream.broken()}; a backup made now may send wrong output")
         whole = snapshot.capture(m, prefix_header(prefix), k, kept_from, kept,
                                  extra={"log_prefix": prefix})
         with self.lock:

@@ -556,11 +556,18 @@ class Node:
         config = self.machine_config()
         self.sink = FtSink(self.writer)
         console = Console()
+        # A managed primary may transfer its state to a new backup later; the snapshot
+        # must carry the output the observer has not confirmed, so keep it. (Not kept,
+        # a backup made by state transfer from the first primary of a run went live
+        # with its kept output labelled from the wrong offset: the observer printed
+        # lines out of place or waited forever for a line nobody had.)
+        console.retain = self.managed
         with self.lock:
             self.host = HostEvents(None, None, external_input=True)
         rec = Recorder.start(guest, self.sink, config, console, out=self,
                              progress_records=True, poke_interval_s=0.02, host=self.host)
         self.machine = rec.m
+        rec.m.netout.retain = self.managed
         self.attach_devices(rec)
         with self.lock:
             self.step(P.Recording(0, 0, "primary" if self.view == 1 else f"started afresh in view {self.view}"))
@@ -635,6 +642,8 @@ class Node:
         output) from the offset the observer confirmed on. A managed primary may
         transfer its state later, so it keeps retaining unconfirmed bytes, as a backup
         does."""
+        if stream.broken():
+            self.say(f"warning: {name} output: {stream.broken()}; what is sent again may be wrong")
         start, data = stream.unconfirmed_from(confirmed)
         if name == "console":
             self.say(f"going live: {len(data)} bytes of output from offset {start} to send again "
