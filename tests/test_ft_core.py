@@ -243,3 +243,21 @@ def test_output_taken_while_not_kept_is_named():
     c.retain = True
     c.write(b"line 2\n")
     assert c.broken() == "kept output runs from offset 0 to 7, but the guest has written 14 bytes"
+
+
+def test_observer_says_when_output_waits_past_a_gap_nobody_fills():
+    """Output past a gap that stays unfilled for seconds is a stall the observer names
+    once (a new primary whose output began past what was delivered stalled silently)."""
+    from hypervisor.ft.protocol import OUTPUT, GAP_SAY_NS, ObserverCore, Recv, Say, Tick, Write
+    o = ObserverCore(["A", "B"])
+    s = 1_000_000_000
+    said = lambda out: [e.text for e in out if isinstance(e, Say)]  # noqa: E731
+    assert any(isinstance(e, Write) for e in o.step(Recv(OUTPUT, "A", 1, 0, b"line 1\n"), 0))
+    assert said(o.step(Recv(OUTPUT, "B", 2, 21, b"line 4\n"), 1 * s)) == []
+    assert said(o.step(Tick(), 1 * s + GAP_SAY_NS - 1)) == []
+    text = said(o.step(Tick(), 1 * s + GAP_SAY_NS))
+    assert len(text) == 1 and "offset 21 on but none at offset 7" in text[0], text
+    assert said(o.step(Tick(), 20 * s)) == []                   # once per gap
+    out = o.step(Recv(OUTPUT, "B", 2, 7, b"line 2\nline 3\n"), 21 * s)
+    assert [e.data for e in out if isinstance(e, Write)] == [b"line 2\nline 3\nline 4\n"]
+    assert o.gap is None and said(o.step(Tick(), 40 * s)) == []

@@ -116,7 +116,7 @@ class Observer:
                     self.hellos.append((round(time.monotonic() - self.t0, 3), node, role, msg.view, name))
                 if self.first_hello_t is None and role == "primary":
                     self.first_hello_t = time.monotonic()
-            effects = self.core.step(P.Recv(msg.type, name, msg.view, msg.seq, msg.payload), 0)
+            effects = self.core.step(P.Recv(msg.type, name, msg.view, msg.seq, msg.payload), time.monotonic_ns())
             fresh = sum(len(e.data) for e in effects if isinstance(e, P.Write))
             if fresh:
                 self._note_release(name, msg.view, fresh)
@@ -179,7 +179,7 @@ class Observer:
 
     def _on_tick(self):
         with self.lock:
-            self._perform(self.core.step(P.Tick(), 0))
+            self._perform(self.core.step(P.Tick(), time.monotonic_ns()))
 
     def _read_stdin(self, fd):
         while True:

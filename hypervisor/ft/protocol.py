@@ -891,6 +891,7 @@ class Announced:
 
 
 NET_CONFIRM_BYTES = 256 << 10
+GAP_SAY_NS = 5_000_000_000     # output past a gap this long, the gap unfilled: the observer says so
 
 
 class ObserverCore:
@@ -910,6 +911,7 @@ class ObserverCore:
         self.net_base = 0
         self.netout = OffsetReceiver()
         self.net_confirm_sent = 0
+        self.gap = None                 # (offset, since, said): output came past offset, none at it
 
     @property
     def delivered(self):
@@ -926,8 +928,10 @@ class ObserverCore:
         out = []
         if isinstance(ev, Recv):
             self._recv(ev, out)
+            self._watch_gap(now, out)
         elif isinstance(ev, Tick):
             self._confirm(out)
+            self._watch_gap(now, out)
         elif isinstance(ev, StdinData):
             self._stdin(ev, out)
         elif isinstance(ev, NetEvents):
@@ -974,6 +978,24 @@ class ObserverCore:
             return
         if self.finished():
             out.append(Ended(self.exit[0], self.exit[3], self.exit[2]))
+
+    def _watch_gap(self, now: int, out: list):
+        """Output kept past a gap that nobody fills is a stall a person should hear of
+        (once per gap), not a silent wait: the primary's output begins past what was
+        delivered."""
+        early = self.console.early
+        if not early:
+            self.gap = None
+            return
+        if self.gap is None or self.gap[0] != self.console.received:
+            self.gap = (self.console.received, now, False)
+            return
+        at, since, said = self.gap
+        if not said and now - since >= GAP_SAY_NS:
+            self.gap = (at, since, True)
+            out.append(Say(f"stalled: {(now - since) // 1_000_000_000} s with output from offset {min(early)} on "
+                           f"but none at offset {at}, where delivery stands (primary {self.primary}, view "
+                           f"{self.view}); nobody has sent the bytes between"))
 
     def _hello(self, m: Recv, out: list):
         node, role = m.sender, m.payload[1]
