@@ -201,7 +201,12 @@ class Node:
         elif isinstance(e, P.Released):
             if self.core.protected:
                 self.rule.add(e.waited_ns)
-            self.last_release_unix = time.time()
+            # When the core decided, not now: a process frozen between the decision and
+            # this line (SIGSTOP under load) would otherwise seem to release after it
+            # resumed, which a stale primary never decides to do (its lease is judged on
+            # echoes of its own clock).
+            decided_ns = e.held.at + e.waited_ns
+            self.last_release_unix = time.time() - max(0, now_ns() - decided_ns) / 1e9
         elif isinstance(e, P.Deliver):
             if e.held.stream == "disk":
                 if self.disk_worker is not None:
