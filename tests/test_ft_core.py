@@ -261,3 +261,15 @@ def test_observer_says_when_output_waits_past_a_gap_nobody_fills():
     out = o.step(Recv(OUTPUT, "B", 2, 7, b"line 2\nline 3\n"), 21 * s)
     assert [e.data for e in out if isinstance(e, Write)] == [b"line 2\nline 3\nline 4\n"]
     assert o.gap is None and said(o.step(Tick(), 40 * s)) == []
+
+
+def test_observer_reports_a_failover_after_output_with_no_announcement():
+    """An observer that took a primary's output before hearing its announcement (started
+    late, then the primary was cut off) still reports the next primary as a failover."""
+    from hypervisor.ft.protocol import HELLO, OUTPUT, PRIMARY, Announced, ObserverCore, Recv
+    o = ObserverCore(["A", "B"])
+    o.step(Recv(OUTPUT, "A", 1, 0, b"line 1\n"), 0)
+    assert (o.view, o.primary) == (1, "A")
+    out = o.step(Recv(HELLO, "B", 3, 0, ["B", PRIMARY, 1, "went live in view 3", 0, 0]), 1)
+    assert [(e.node, e.view, e.new_primary) for e in out if isinstance(e, Announced)] == [("B", 3, True)]
+    assert o.step(Recv(OUTPUT, "A", 1, 7, b"line 2\n"), 2) == [] and o.stale == 1     # the fence holds

@@ -952,6 +952,12 @@ class ObserverCore:
         if m.view < self.view:
             self.stale += 1
             return
+        if self.view == 0 and m.type in (OUTPUT, NETOUT, EXIT):
+            # Output before any announcement (the primary's re-announcement comes every
+            # HELLO_EVERY_NS; an observer started late can take output first): only a
+            # primary sends it, so the primary and its view are known. Without this, a
+            # failover soon after would not be reported as one.
+            self.view, self.primary = m.view, m.sender
         if m.type == OUTPUT:
             fresh = self.console.accept(m.seq, m.payload)
             if fresh:
