@@ -344,6 +344,7 @@ class Node:
             "fail_timeout_ms": c.watch.timeout_ns() / 1e6,
             "io_failure": repr(self.ep.failure) if self.ep.failure else None,
             "observer_seen_s_ago": None if c.observer_seen is None else (now - c.observer_seen) / 1e9,
+            "observer_confirmed": c.console.confirmed,
             "paced_ms": self.paced_ns / 1e6, "after_stop_ms": self.after_stop_ns / 1e6,
             "net_events": int(ms.net.events) if ms is not None else 0,
             "net_out_bytes": int(ms.netout.total) if ms is not None else 0,
