@@ -46,6 +46,17 @@ def guests():
     return GUESTS
 
 
+def stop_processes(procs, grace=10):
+    """SIGTERM to each, then SIGKILL to any still there after ``grace`` seconds."""
+    for p in procs:
+        p.terminate()
+    for p in procs:
+        try:
+            p.wait(timeout=grace)
+        except subprocess.TimeoutExpired:
+            p.kill()
+
+
 def run_ftvm(*args, input=b"", timeout=180, cwd=None):
     """Run the installed ftvm console script. stdout stays bytes; stderr is text."""
     p = subprocess.run([str(FTVM), *map(str, args)], input=input, capture_output=True, timeout=timeout, cwd=cwd)

@@ -6,7 +6,7 @@ import subprocess
 import pytest
 
 import netns
-from conftest import FTVM, GUESTS, run_ftvm
+from conftest import FTVM, GUESTS, run_ftvm, stop_processes
 from test_ft import check_lines, status, wait_for
 
 REASON = netns.available()
@@ -142,13 +142,7 @@ def test_partition_the_primary_then_heal(net3, guests, tmp_path):
             pytest.fail(f"the observer did not end: {len(out.splitlines())} lines; its summary {summary}; "
                         f"nodes {nodes}; stderr {err.decode()}")
     finally:
-        for p in procs:
-            p.terminate()
-        for p in procs:
-            try:
-                p.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                p.kill()
+        stop_processes(procs)
     err = err.decode()
     assert observer.returncode == 0, err
     nums = [int(line.split()[1]) for line in out.decode().splitlines()]

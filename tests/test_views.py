@@ -5,7 +5,7 @@ import time
 
 import pytest
 
-from conftest import FTVM, GUESTS, run_ftvm
+from conftest import FTVM, GUESTS, run_ftvm, stop_processes
 from test_ft import check_replay, status, wait_for
 
 
@@ -198,13 +198,7 @@ def test_backup_by_state_transfer_from_the_first_primary_sends_what_the_observer
     finally:
         if observer is not None and observer.poll() is None:
             observer.kill()
-        for p in procs:
-            p.terminate()
-        for p in procs:
-            try:
-                p.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                p.kill()
+        stop_processes(procs)
     assert observer.returncode == 0, err.decode()
     check_n_lines(out, 6000)
     assert json.loads((run_dir / "observer.json").read_text())["conflicts"] == 0
